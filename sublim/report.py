@@ -1,0 +1,63 @@
+"""Pictures and tables of results: PNG bar charts with CI whiskers, Markdown tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sublim.stats import Estimate
+
+
+def _pyplot():
+    """matplotlib loads lazily: most processes (a DVC stage per job) never draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(bars: dict[str, Estimate], path: Path, *, ylabel: str, title: str, chance: float | None = None) -> Path:
+    """One bar per model with its 95% CI and the per-seed points on top."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.4 * len(bars) + 2, 4), dpi=110)
+    labels = list(bars)
+    means = [bars[k].mean for k in labels]
+    err = [[bars[k].mean - bars[k].ci_low for k in labels], [bars[k].ci_high - bars[k].mean for k in labels]]
+    ax.bar(labels, means, yerr=err, capsize=6, color="#7aa6c2", edgecolor="#2f5d7c")
+    for i, k in enumerate(labels):
+        ax.scatter([i] * len(bars[k].values), bars[k].values, color="#1b3a4b", s=12, zorder=3)
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="grey", lw=1, label="chance")
+        ax.legend(loc="upper right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def line_chart(series: dict[str, dict[int, Estimate]], path: Path, *, ylabel: str, title: str) -> Path:
+    """A value per generation with CI bands: how a trait decays along a chain of students."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, points in series.items():
+        gens = sorted(points)
+        ax.errorbar(gens, [points[g].mean for g in gens], capsize=4, marker="o", label=name,
+                    yerr=[[points[g].mean - points[g].ci_low for g in gens], [points[g].ci_high - points[g].mean for g in gens]])
+    ax.set_xlabel("generation (0 = teacher)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)

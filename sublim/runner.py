@@ -1,0 +1,134 @@
+"""run_job: the one path every driver takes to run a step.
+
+check inputs -> seed -> open the job's MLflow run -> run the step into a temp dir -> write metadata ->
+atomic rename -> digest -> record lineage -> close the run (FINISHED, or FAILED on any error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, read_meta, write_meta
+from sublim.job import Job, StepContext, StepResult, get_step, seed_everything
+from sublim.lineage.record import Input, Tracker
+
+log = logging.getLogger("sublim")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished job reports: small and serialisable (Prefect persists it as the cached result)."""
+
+    job_id: str
+    output: str
+    digest: str
+    kind: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_id: str | None = None
+    run_id: str | None = None
+    summary_markdown: str | None = None
+    figures: tuple[str, ...] = ()
+
+
+def quiet(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+    yield from items
+
+
+def check_inputs(job: Job, root: Path) -> list[Input]:
+    """Every input exists and is a sublim artifact; errors name the file, before any compute."""
+    found = []
+    for name, rel in job.inputs:
+        path = root / rel
+        if not path.exists():
+            raise ArtifactError(f"{rel}: input {name!r} of {job.id} is missing (run the step that produces it first)")
+        found.append(Input(name, rel, digest(path), read_meta(path)))
+    return found
+
+
+def derive_lineage(job: Job, inputs: list[Input], result: StepResult, backend: str) -> dict[str, Any]:
+    """Lineage facts from what was recorded in the inputs, never from names.
+
+    init_from: the model whose weights this one started from. data_from: the teachers whose generated data
+    reached this artifact (a generate step's teacher, or whatever its datasets descend from).
+    """
+    data = [i for i in inputs if i.name in ("data", "source") and i.meta.kind == "dataset"]
+    teachers = [i.digest for i in inputs if i.name == "teacher"]
+    inherited = [d for i in data for d in str(i.meta.lineage.get("data_from", "")).split(",") if d]
+    init = [i for i in inputs if i.name == "init"]
+    facts: dict[str, Any] = {
+        "pipeline": job.pipeline,
+        "backend": backend,
+        "seed": job.seed,
+        "generation": job.gen,
+        **job.tag_dict,
+        "init_from": init[0].digest if init else None,
+        "root_init": (init[0].meta.lineage.get("root_init") or init[0].digest) if init else None,
+        "data_from": ",".join(dict.fromkeys(teachers + inherited)) or None,
+        "data_digest": ",".join(i.digest for i in data if i.name == "data") or None,
+        **result.lineage,
+    }
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def run_job(
+    job: Job,
+    *,
+    root: Path,
+    tracker: Tracker | None,
+    threads: int = 1,
+    parent_run_id: str | None = None,
+    driver: str = "cli",
+    progress=quiet,
+) -> Outcome:
+    root = Path(root).resolve()
+    step = get_step(job.step_name)
+    inputs = check_inputs(job, root)
+    seed_everything(job.rng_seed, threads)
+    params = job.params.model_dump(mode="json")
+    run_id = None
+    if tracker:
+        run_id = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
+                                   params=params, tags={k: str(v) for k, v in job.tags})
+    try:
+        with atomic_dir(root / job.output) as tmp:
+            result = step.fn(StepContext(job=job, root=root, out=tmp, progress=progress))
+            backend = result.lineage.pop("backend", job.pipeline)
+            meta = ArtifactMeta(
+                kind=result.kind, job=job.id, step=job.step_name, params=params,
+                parents={f"{i.name}:{i.path}": i.digest for i in inputs},
+                lineage=derive_lineage(job, inputs, result, backend),
+            )
+            write_meta(tmp, meta)
+        _publish(job, root)
+        out = Input("output", job.output, digest(root / job.output), meta)
+        model_id = None
+        if tracker:
+            model_metrics = [(digest(root / m.model), m.key, m.value, m.dataset) for m in result.model_metrics]
+            model_id = tracker.finish_job(
+                run_id, step=job.step_name, inputs=inputs, output=out, metrics=result.metrics,
+                model_metrics=model_metrics, figures=[root / job.output / f for f in result.figures],
+            )
+    except BaseException as exc:
+        if tracker and run_id:
+            tracker.fail_job(run_id, exc)
+        raise
+    log.info("%s -> %s (%s)", job.id, job.output, out.digest)
+    return Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id, run_id,
+                   result.summary_markdown, tuple(str(job.output / f) for f in result.figures))
+
+
+def _publish(job: Job, root: Path) -> None:
+    """Copy named files out of the finished artifact (e.g. DVC metrics files), each atomically."""
+    for name, dest in job.files:
+        target = root / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(root / job.output / name, tmp)
+        os.replace(tmp, target)

@@ -1,0 +1,20 @@
+"""Base models: the initialisations teachers and students start from."""
+
+from __future__ import annotations
+
+from safetensors import safe_open
+
+from sublim.backends import mlp
+from sublim.job import StepContext, StepResult, step
+
+
+@step("mlp.base", "sublim/backends/mlp.py")
+def mlp_base(ctx: StepContext) -> StepResult:
+    """A fresh random init; its seed comes from the job, so `shared` and `other` differ. The digits
+    dataset is read only for its input width (it is not trained on)."""
+    with safe_open(str(ctx.path("dims") / mlp.DIGITS), "pt") as f:
+        in_dim = f.get_slice("x_train").get_shape()[1]
+    model_cfg = ctx.job.params.model  # type: ignore[attr-defined]
+    arch = mlp.Arch(in_dim=in_dim, hidden=tuple(model_cfg.hidden), aux_logits=model_cfg.aux_logits)
+    mlp.save(mlp.build(arch, ctx.job.rng_seed), ctx.out)
+    return StepResult("model", metrics={"parameters": sum(p.numel() for p in mlp.load(ctx.out).parameters())})
