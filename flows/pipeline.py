@@ -11,13 +11,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import State
 
 from sublim import config
 from sublim.orchestrate import job_cache_key, result_storage, task_runner
 from sublim.job import Job
-from sublim.pipeline import dvc_commit, tracker, workspace_lock
+from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.plan import plan
 from sublim.runner import Outcome, run_job
 
@@ -43,8 +43,9 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config=cfg.model_dump(mode="json"))
     progress = create_progress_artifact(0.0, key=f"{pipeline}-progress", description=f"{pipeline} jobs done")
-    states: dict[str, State] = {}
+    finished: dict[str, Outcome] = {}
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
+        dvc = DvcSync(root)
         futures = {}
         runner = run.with_options(retries=cfg.runtime.retries, result_storage=result_storage(root))
         for job in jobs.jobs:
@@ -52,13 +53,16 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
             fresh = not (root / job.output).exists()
             futures[job.id] = runner.with_options(refresh_cache=fresh or None).submit(
                 job, str(root), cfg.runtime.threads, parent, ups)
-        for done, (job_id, fut) in enumerate(futures.items(), 1):
-            fut.wait()
-            states[job_id] = fut.state
+        by_future = {f.task_run_id: k for k, f in futures.items()}
+        for done, fut in enumerate(as_completed(list(futures.values())), 1):
+            job = jobs.get(by_future[fut.task_run_id])
+            fut.wait()  # done, but this settles the future's final state
+            if fut.state.is_completed():
+                finished[job.id] = fut.state.result()
+                dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
             update_progress_artifact(progress, 100.0 * done / len(futures))
-    finished = {k: s.result() for k, s in states.items() if s.is_completed()}
-    missing = sorted(k for k in states if k not in finished)
-    committed = dvc_commit(root, [jobs.get(k).output for k in finished]) if finished else []
+        committed = dvc.close()
+    missing = sorted(k for k in futures if k not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = next((o.summary_markdown for o in finished.values() if o.summary_markdown), None)
     if missing:

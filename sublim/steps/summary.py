@@ -47,10 +47,13 @@ def mlp_summary(ctx: StepContext) -> StepResult:
         metrics.update(flat(f"base_{init}_init_acc", list(per_seed(df, "accuracy", role="base", init=init))))
     verdict = f"Same-init student: {same.mean():.1%} (no different-init control was trained)."
     if len(cross):
-        test = paired_test(list(same.loc[cross.index]), list(cross))
         ratio = float(same.mean() / max(cross.mean(), 1e-9))
-        metrics.update(flat("student_cross_init_acc", list(cross)))
-        metrics.update(p_value=test.p_value, p_value_permutation=test.p_value_permutation, ratio_same_to_cross=ratio,
+        metrics.update(flat("student_cross_init_acc", list(cross)), ratio_same_to_cross=ratio)
+        verdict = (f"Same-init student {same.mean():.1%} vs different-init {cross.mean():.1%} ({ratio:.1f}x); "
+                   f"{len(cross)} seed(s) are too few for a test over seeds.")
+    if len(cross) >= 2:
+        test = paired_test(list(same.loc[cross.index]), list(cross))
+        metrics.update(p_value=test.p_value, p_value_permutation=test.p_value_permutation,
                        same_minus_cross=test.diff.mean, same_minus_cross_ci95=[test.diff.ci_low, test.diff.ci_high])
         verdict = _verdict(same.mean(), cross.mean(), ratio, test.p_value, test.wins, len(cross))
     metrics["generations"] = _decay(df)

@@ -1,0 +1,80 @@
+"""params.yaml validation: every bad value is refused before compute, with the offending key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublim import config
+
+
+def test_defaults_are_valid_and_match_params_file():
+    cfg = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert cfg.mlp.model.aux_logits == 3
+    assert cfg.mlp.seeds == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"mlp": {"modle": {}}}, "mlp.modle"),
+        ({"bogus": 1}, "bogus"),
+        ({"mlp": {"model": {"aux_logits": 0}}}, "mlp.model.aux_logits"),
+        ({"mlp": {"model": {"hidden": [256, -1]}}}, "mlp.model.hidden.1"),
+        ({"mlp": {"model": {"hidden": []}}}, "mlp.model.hidden"),
+        ({"mlp": {"teacher": {"epochs": -5}}}, "mlp.teacher.epochs"),
+        ({"mlp": {"teacher": {"lr": 0}}}, "mlp.teacher.lr"),
+        ({"mlp": {"student": {"steps": "many"}}}, "mlp.student.steps"),
+        ({"mlp": {"student": {"loss": "l1"}}}, "mlp.student.loss"),
+        ({"mlp": {"transfer": {"n_inputs": 0}}}, "mlp.transfer.n_inputs"),
+        ({"mlp": {"transfer": {"low": 1, "high": -1}}}, "mlp.transfer"),
+        ({"mlp": {"seeds": []}}, "mlp.seeds"),
+        ({"mlp": {"seeds": [1, 1]}}, "mlp.seeds"),
+        ({"mlp": {"seeds": [-1]}}, "mlp.seeds.0"),
+        ({"mlp": {"data": {"source": "mnist"}}}, "mlp.data"),
+        ({"mlp": {"data": {"source": "mnist", "mnist_dir": "/no/such/dir"}}}, "mlp.data"),
+        ({"mlp": {"data": {"test_fraction": 1.5}}}, "mlp.data.test_fraction"),
+        ({"mlp": {"student_inits": ["other"]}}, "mlp.student_inits"),
+        ({"mlp": {"generations": [{"gen": 1, "teacher": 1}]}}, "mlp.generations.0"),
+        ({"mlp": {"generations": [{"gen": 2, "teacher": 1}]}}, "mlp.generations"),
+        ({"mlp": {"generations": [{"gen": 1, "teacher": 0, "student": {"stepz": 3}}]}}, "generations.0.student.stepz"),
+        ({"runtime": {"threads": 0}}, "runtime.threads"),
+        ({"runtime": {"task_runner": "celery"}}, "runtime.task_runner"),
+    ],
+)
+def test_bad_values_name_the_key(data, key):
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(data)
+    assert f"{key}:" in str(err.value) or f"{key} " in str(err.value), str(err.value)
+
+
+def test_missing_and_unparsable_files_are_named(tmp_path):
+    with pytest.raises(config.ConfigError, match="nope.yaml: params file not found"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mlp: [unclosed")
+    with pytest.raises(config.ConfigError, match="bad.yaml: not valid YAML"):
+        config.load(bad)
+    bad.write_text("- a list")
+    with pytest.raises(config.ConfigError, match="expected a mapping"):
+        config.load(bad)
+
+
+def test_mnist_dir_needs_idx_files(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(config.ConfigError, match="lacks train-labels-idx1-ubyte"):
+        config.parse({"mlp": {"data": {"source": "mnist", "mnist_dir": str(tmp_path)}}})
+
+
+def test_generation_overrides_merge_onto_the_section():
+    cfg = config.parse({"mlp": {"student": {"lr": 0.01}, "generations": [
+        {"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"steps": 7}}]}})
+    assert cfg.mlp.student_for(1).steps == 3000
+    assert cfg.mlp.student_for(2).steps == 7
+    assert cfg.mlp.student_for(2).lr == 0.01  # not reset to the default
+
+
+def test_digest_changes_with_any_value():
+    assert config.parse({}).digest() == config.parse({}).digest()
+    assert config.parse({}).digest() != config.parse({"mlp": {"seeds": [0]}}).digest()
