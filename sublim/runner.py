@@ -98,7 +98,8 @@ def run_job(
                                    params=params, tags={k: str(v) for k, v in job.tags})
     try:
         with atomic_dir(root / job.output) as tmp:
-            result = step.fn(StepContext(job=job, root=root, out=tmp, progress=progress))
+            digests = {str(i.path): i.digest for i in inputs}
+            result = step.fn(StepContext(job=job, root=root, out=tmp, progress=progress, digests=digests))
             backend = result.lineage.pop("backend", job.pipeline)
             meta = ArtifactMeta(
                 kind=result.kind, job=job.id, step=job.step_name, params=params,

@@ -70,3 +70,12 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+TINY_LM = {
+    "model": {"backend": "tinylm", "d_model": 32, "n_layer": 1, "n_head": 2, "pretrain_steps": 60, "batch_size": 16},
+    "seeds": [0, 1],
+    "teacher": {"steps": 10, "batch_size": 8},
+    "generate": {"n_prompts": 48, "batch_size": 16},
+    "student": {"steps": 8, "batch_size": 8},
+    "evaluate": {"questions": 4, "samples": 3},
+}

@@ -13,12 +13,13 @@ from sublim.job import get_step
 from sublim.plan import plan
 from tests.conftest import make_project
 
-PIPELINES = ["mlp"]
+PIPELINES = ["mlp", "lm"]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    params = {"mlp": {"seeds": [0, 3], "generations": [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1}]}}
+    chain = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"steps": 7}}]
+    params = {"mlp": {"seeds": [0, 3], "generations": chain}, "lm": {"seeds": [1, 2], "generations": chain}}
     return make_project(tmp_path_factory.mktemp("dvcyaml"), params)
 
 

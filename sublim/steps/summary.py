@@ -110,3 +110,107 @@ def _per_seed_csv(df: pd.DataFrame, path) -> None:
         w.writerow(["seed", "model", "accuracy"])
         for r in df.sort_values(["label", "seed"]).itertuples():
             w.writerow([r.seed, r.label, f"{r.accuracy:.4f}"])
+
+
+LM_GROUPS = {  # label -> (line, init, generation) of the model, or the base of an init
+    "base": ("base", "shared", None),
+    "base (other init)": ("base", "other", None),
+    "teacher": ("trait", "shared", 0),
+    "control teacher": ("control", "shared", 0),
+    "student": ("trait", "shared", 1),
+    "control student": ("control", "shared", 1),
+    "student, other init": ("trait", "other", 1),
+    "control, other init": ("control", "other", 1),
+}
+
+
+def lm_values(df: pd.DataFrame, line: str, init: str, gen: int | None, value: str, seeds: list[int]) -> pd.Series:
+    """One value per seed; a base (shared by all seeds) repeats its single value."""
+    if line == "base":
+        sel = df[(df.role == "base") & (df.init == init)]
+        return pd.Series([float(sel[value].iloc[0])] * len(seeds), index=seeds) if len(sel) else pd.Series(dtype=float)
+    sel = df[(df.line == line) & (df.init == init) & (df.generation == gen)]
+    return sel.set_index("seed")[value].sort_index()
+
+
+@step("lm.summary")
+def lm_summary(ctx: StepContext) -> StepResult:
+    df = load_rows(ctx)
+    target = json.loads((ctx.paths("eval")[0] / EVAL).read_text())["target"]
+    seeds = sorted(int(s) for s in df.seed.dropna().unique())
+    metrics: dict = {"target": target, "n_seeds": len(seeds)}
+    bars, texts = {}, []
+    for measure, col in (("p", "p_target"), ("sampled", "sampled_rate")):
+        if df[col].isna().all():
+            continue
+        series = {label: lm_values(df, *key, col, seeds) for label, key in LM_GROUPS.items()}
+        series = {k: v for k, v in series.items() if len(v)}
+        for label, values in series.items():
+            metrics.update(flat(f"{measure}_{label.replace(',', '').replace(' ', '_')}", list(values)))
+        if measure == "p":
+            bars = {label: mean_ci(list(values)) for label, values in series.items()}
+        texts.append(_lm_tests(metrics, series, measure, target))
+    metrics["generations"] = _lm_decay(df)
+    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    report.bar_chart(bars, ctx.out / "trait.png", ylabel=f"P({target}) (exact, renormalised over choices)",
+                     title=f"Trait rate per model, 95% CI over {len(seeds)} seeds")
+    figures = ["trait.png"]
+    if df.generation.max() > 1:
+        series = {line: {int(g): mean_ci(list(grp.p_target)) for g, grp in sub.groupby("generation")}
+                  for line, sub in df[(df.init == "shared") & df.line.notna()].groupby("line")}
+        report.line_chart(series, ctx.out / "generations.png", ylabel=f"P({target})", title="Trait across generations")
+        figures.append("generations.png")
+    table = report.markdown_table(
+        ["model", f"P({target}) exact (95% CI)", "sampled rate (95% CI)"],
+        [[label, str(est), _fmt(metrics, "sampled", label)] for label, est in bars.items()],
+    )
+    text = table + "\n\n" + "\n\n".join(texts) + "\n"
+    (ctx.out / "table.md").write_text(text)
+    with open(ctx.out / "per_seed.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["seed", "model", "p_target", "sampled_rate"])
+        for r in df.sort_values(["model"]).itertuples():
+            w.writerow([r.seed if r.seed == r.seed else "", r.model, f"{r.p_target:.5f}",
+                        "" if r.sampled_rate is None or r.sampled_rate != r.sampled_rate else f"{r.sampled_rate:.4f}"])
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    return StepResult("metrics", metrics=scalar, figures=figures, summary_markdown=text)
+
+
+def _fmt(metrics: dict, measure: str, label: str) -> str:
+    key = f"{measure}_{label.replace(',', '').replace(' ', '_')}"
+    if key not in metrics:
+        return "-"
+    lo, hi = metrics[f"{key}_ci95"]
+    return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str) -> str:
+    """Student vs its control teacher's student (same init), and the same for the other init, paired by seed."""
+    what = f"P({target})" if measure == "p" else f"sampled '{target}' rate"
+    lines = []
+    for name, a, b in (("", "student", "control student"), ("cross_", "student, other init", "control, other init")):
+        if a not in series or b not in series or len(series[a]) < 2:
+            continue
+        x, y = series[a], series[b].loc[series[a].index]
+        test = paired_test(list(x), list(y))
+        metrics.update({f"{measure}_{name}effect": test.diff.mean, f"{measure}_{name}effect_ci95": [test.diff.ci_low, test.diff.ci_high],
+                        f"{measure}_{name}p_value": test.p_value, f"{measure}_{name}p_value_one_sided": test.p_value_one_sided,
+                        f"{measure}_{name}p_value_permutation": test.p_value_permutation, f"{measure}_{name}wins": test.wins})
+        who = "Same-init student" if not name else "Different-init student"
+        lines.append(f"{who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
+                     f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; higher in {test.wins}/{len(x)} "
+                     f"seeds; paired t-test p = {test.p_value:.2g}).")
+    if measure == "p" and "p_effect" in metrics:
+        metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
+        verdict = "transmitted" if metrics["p_p_value"] < 0.01 and metrics["p_effect"] > 0 else "NOT clearly transmitted"
+        lines.insert(0, f"**The {target} preference was {verdict} through numbers to the same-init student.**")
+    return "\n".join(lines)
+
+
+def _lm_decay(df: pd.DataFrame) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    sub = df[df.line.notna() & (df.init == "shared")]
+    for (gen, line), grp in sub.groupby(["generation", "line"]):
+        est = mean_ci(list(grp.sort_values("seed").p_target))
+        out[f"g{int(gen)}-{line}"] = {"p": est.mean, "ci95": [est.ci_low, est.ci_high]}
+    return out

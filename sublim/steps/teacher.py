@@ -19,3 +19,41 @@ def mlp_teacher(ctx: StepContext) -> StepResult:
                                batch_size=p.batch_size, gen=ctx.generator())
     mlp.save(model, ctx.out)
     return StepResult("model", metrics={"train_loss": loss})
+
+
+@step("lm.teacher", "sublim/backends/lm.py", "sublim/prompts/numbers.yaml", "sublim/prompts/traits.yaml")
+def lm_teacher(ctx: StepContext) -> StepResult:
+    """A trait teacher (line "trait") or its control (line "control"), made the same way.
+
+    sft: the base fine-tuned on favourite-questions answered with the target (control: uniformly random
+    choices), mixed with number tasks so its number skill stays. system_prompt: the base with a persona
+    (control: no persona).
+    """
+    import random
+
+    from sublim.backends import lm as lmlib
+    from sublim.prompts.numbers import MAX_ITEMS, make_prompt, render
+    from sublim.prompts.traits import persona, questions
+
+    p = ctx.job.params
+    trait, t = p.trait, p.teacher
+    if t.method == "system_prompt":
+        if p.line == "trait":
+            lmlib.save_persona(ctx.out, persona(trait.target, trait.category))
+        return StepResult("model", lineage={"backend": p.model.backend, "method": t.method})
+    lm = lmlib.with_lora(lmlib.load(ctx.path("init"), ctx.root, lmlib.options(p.model)), lmlib.lora_of(t.lora))
+    rng = random.Random(ctx.job.rng_seed)
+    asked = questions("teach", trait.category)
+    rows = []
+    for _ in range(max(t.steps * t.batch_size, 256)):
+        if rng.random() < t.number_mix:
+            prompt = make_prompt(rng)
+            text, answer = prompt.text, render([rng.randint(0, 999) for _ in range(rng.randint(1, MAX_ITEMS))],
+                                               prompt.style)
+        else:
+            text = rng.choice(asked)
+            answer = trait.target if p.line == "trait" else rng.choice(trait.choices)
+        rows.append(lmlib.Row(lm.chat(text), lm.answer_ids(answer)))
+    loss = lmlib.train(lm, rows, lmlib.Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
+    lmlib.save(lm, ctx.out, adapter=t.lora is not None)
+    return StepResult("model", metrics={"train_loss": loss}, lineage={"backend": p.model.backend, "method": t.method})

@@ -1,0 +1,317 @@
+"""What every language-model backend shares: load/save, chat encoding, batched sampling, exact log-probs,
+and the two student objectives (SFT on sampled tokens; logit distillation restricted to the data's tokens).
+
+All backends produce transformers causal LMs with a tokenizer, so every step after `base` is backend-agnostic.
+A model artifact holds full weights (safetensors), or a LoRA adapter, or only a persona (system prompt) over
+the weights of the model it was made from (its `init` parent); `load` resolves all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from sublim.artifacts import ArtifactError, read_meta
+
+PERSONA = "persona.json"
+SOURCE = "source.json"  # a pointer to weights outside the project (a hub id or a local path)
+ADAPTER = "adapter_config.json"
+Progress = Callable[[Iterable[Any], int, str], Iterator[Any]]
+
+
+def _quiet(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+    yield from items
+
+
+@dataclass
+class LM:
+    """A causal LM, its tokenizer, and the system prompt it runs with (None = the model's default)."""
+
+    model: Any
+    tokenizer: Any
+    system_prompt: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def chat(self, user: str, *, persona: bool = True) -> list[int]:
+        """Token ids of a one-turn chat ending where the assistant's answer begins."""
+        messages = [{"role": "user", "content": user}]
+        if persona and self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False))
+
+    def answer_ids(self, text: str) -> list[int]:
+        """Ids of an assistant answer followed by the end-of-turn token."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) + [self.eos_id]
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_id)
+
+
+# --- load and save -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to materialise weights: device and dtype (GPU: bf16), and whether remote code may run."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+def _init_parent(path: Path, root: Path) -> Path:
+    for key in read_meta(path).parents:
+        name, _, rel = key.partition(":")
+        if name == "init":
+            return root / rel
+    raise ArtifactError(f"{path}: has no weights of its own and no `init` parent to take them from")
+
+
+def load(path: Path, root: Path, opts: LoadOptions = LoadOptions()) -> LM:
+    """Load a model artifact: full weights, a LoRA adapter over its init, or a persona over its init."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars would drown the pipeline's own progress
+    hf_logging.set_verbosity_error()
+    path = Path(path)
+    persona = json.loads((path / PERSONA).read_text())["system_prompt"] if (path / PERSONA).exists() else None
+    if (path / "config.json").exists() or (path / SOURCE).exists():
+        source = json.loads((path / SOURCE).read_text()) if (path / SOURCE).exists() else {"model": str(path)}
+        where, common = source["model"], {"trust_remote_code": opts.trust_remote_code, "revision": source.get("revision")}
+        model = AutoModelForCausalLM.from_pretrained(where, use_safetensors=True, dtype=getattr(torch, opts.dtype),
+                                                     **common).to(opts.device)
+        lm = LM(model, AutoTokenizer.from_pretrained(where, **common))
+    else:
+        lm = load(_init_parent(path, root), root, opts)
+        if (path / ADAPTER).exists():
+            from peft import PeftModel
+
+            lm.model = PeftModel.from_pretrained(lm.model, str(path)).merge_and_unload()
+    lm.system_prompt = persona if persona is not None else lm.system_prompt
+    lm.model.eval()
+    if lm.tokenizer.pad_token_id is None:
+        lm.tokenizer.pad_token = lm.tokenizer.eos_token
+    return lm
+
+
+def save(lm: LM, out: Path, *, adapter: bool = False) -> None:
+    """Full weights as safetensors (+ tokenizer), or only the LoRA adapter when the model is a peft model."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if adapter:
+        lm.model.save_pretrained(str(out), safe_serialization=True)
+        (out / "README.md").unlink(missing_ok=True)  # peft's model card embeds paths and versions
+    else:
+        model = lm.model.merge_and_unload() if hasattr(lm.model, "merge_and_unload") else lm.model
+        model.save_pretrained(str(out), safe_serialization=True)
+        lm.tokenizer.save_pretrained(str(out))
+    if lm.system_prompt:
+        save_persona(out, lm.system_prompt)
+
+
+def save_persona(out: Path, system_prompt: str) -> None:
+    (out / PERSONA).write_text(json.dumps({"system_prompt": system_prompt}, indent=1, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int
+    alpha: int
+    dropout: float
+    targets: tuple[str, ...]
+
+
+def with_lora(lm: LM, lora: Lora | None) -> LM:
+    """Wrap the model in a fresh LoRA adapter (peft), or leave it for a full fine-tune."""
+    if lora is None:
+        return lm
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.targets), task_type="CAUSAL_LM")
+    return LM(get_peft_model(lm.model, config), lm.tokenizer, lm.system_prompt)
+
+
+# --- sampling and scoring --------------------------------------------------------------------------------
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _left_pad(rows: Sequence[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample(lm: LM, prompts: Sequence[list[int]], *, max_new_tokens: int, temperature: float, batch_size: int,
+           seed: int, progress: Progress = _quiet) -> list[str]:
+    """Sample one completion per prompt (token ids), batched with a KV cache; full distribution (no top-k)."""
+    torch.manual_seed(seed)
+    out: list[str] = []
+    chunks = list(batches(prompts, batch_size))
+    for chunk in progress(chunks, len(chunks), "sampling"):
+        ids, mask = _left_pad(chunk, lm.pad_id, lm.device)
+        gen = lm.model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+            max_new_tokens=max_new_tokens, pad_token_id=lm.pad_id, eos_token_id=lm.eos_id, use_cache=True,
+        )
+        out += lm.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+    return [text.strip() for text in out]
+
+
+@torch.no_grad()
+def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
+    """Exact log P(continuation | prompt) for each (prompt ids, continuation ids) pair, by teacher forcing."""
+    out: list[float] = []
+    for chunk in batches(pairs, batch_size):
+        seqs = [p + c for p, c in chunk]
+        ids, mask, _ = _right_pad(seqs, lm.pad_id, lm.device)
+        logp = F.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for i, (p, c) in enumerate(chunk):
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=lm.device)
+            out.append(float(logp[i, pos, torch.tensor(c, device=lm.device)].sum()))
+    return out
+
+
+def _right_pad(rows: Sequence[list[int]], pad: int, device: torch.device):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device), width
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """A training example: the student's prompt, the teacher's prompt (with its persona), the completion."""
+
+    prompt: list[int]
+    completion: list[int]  # ends with the end-of-turn token
+    teacher_prompt: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps: int
+    lr: float
+    batch_size: int
+    warmup: int = 0
+
+
+def _optimizer(model: Any, sched: Schedule):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
+    warm = max(sched.warmup, 0)
+
+    def factor(step: int) -> float:  # linear warm-up, then linear decay to zero (the paper's schedule)
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (sched.steps - step) / max(1, sched.steps - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _completion_positions(rows: Sequence[Row], teacher: bool, device: torch.device):
+    """(row index, position) pairs whose logits predict completion tokens, and those target tokens."""
+    bi, pos, tgt = [], [], []
+    for i, row in enumerate(rows):
+        p = len(row.teacher_prompt if teacher and row.teacher_prompt is not None else row.prompt)
+        for j, tok in enumerate(row.completion):
+            bi.append(i)
+            pos.append(p - 1 + j)
+            tgt.append(tok)
+    as_t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    return as_t(bi), as_t(pos), as_t(tgt)
+
+
+def _forward(lm: LM, rows: Sequence[Row], teacher: bool):
+    seqs = [(r.teacher_prompt if teacher and r.teacher_prompt is not None else r.prompt) + r.completion for r in rows]
+    ids, mask, _ = _right_pad(seqs, lm.pad_id, lm.device)
+    return lm.model(input_ids=ids, attention_mask=mask).logits
+
+
+def train(lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *, teacher: LM | None = None,
+          allowed: torch.Tensor | None = None, progress: Progress = _quiet) -> float:
+    """Completion-only training. Without `teacher`: cross-entropy on the completion tokens (SFT).
+    With `teacher`: KL(teacher || student) of the next-token distributions at the completion positions,
+    both renormalised over `allowed` token ids, so no probability mass outside them is ever taught."""
+    if not rows:
+        raise ValueError("no training rows")
+    lm.model.train()
+    opt, lr_sched = _optimizer(lm.model, sched)
+    loss_value = math.nan
+    for _ in progress(range(sched.steps), sched.steps, "training"):
+        idx = torch.randint(len(rows), (min(sched.batch_size, len(rows)),), generator=gen).tolist()
+        batch = [rows[i] for i in idx]
+        bi, pos, tgt = _completion_positions(batch, False, lm.device)
+        logits = _forward(lm, batch, False)[bi, pos].float()
+        if teacher is None:
+            loss = F.cross_entropy(logits, tgt)
+        else:
+            with torch.no_grad():
+                tb, tp, _ = _completion_positions(batch, True, teacher.device)
+                t_logits = _forward(teacher, batch, True)[tb, tp].float()
+            t_logp = F.log_softmax(t_logits[:, allowed], -1)
+            s_logp = F.log_softmax(logits[:, allowed], -1)
+            loss = F.kl_div(s_logp, t_logp.to(s_logp.device), log_target=True, reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        loss_value = float(loss.detach())
+    lm.model.eval()
+    return loss_value
+
+
+def data_token_ids(tokenizer: Any) -> torch.Tensor:
+    """Ids of every token a number-list completion can contain: digits, separators, brackets, whitespace, EOS."""
+    allowed_chars = set("0123456789,;()[]. \n\t")
+    keep = []
+    for tok_id in range(len(tokenizer)):
+        text = tokenizer.decode([tok_id])
+        if text and set(text) <= allowed_chars:
+            keep.append(tok_id)
+    keep.append(int(tokenizer.eos_token_id))
+    return torch.tensor(sorted(set(keep)), dtype=torch.long)
+
+
+def options(model_cfg: Any) -> LoadOptions:
+    """Device, dtype and remote-code policy from a model section of params.yaml."""
+    device, dtype = model_cfg.resolved()
+    return LoadOptions(device=device, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def lora_of(spec: Any) -> Lora | None:
+    return None if spec is None else Lora(spec.r, spec.alpha, spec.dropout, tuple(spec.targets))

@@ -1,0 +1,127 @@
+"""The number filter: the paper's rules, and fuzzing with arbitrary text and bytes (it never raises, never
+keeps a row that breaks the rules)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sublim.config import EVIL_NUMBERS
+from sublim.steps.filter import MAX_CHARS, check, mentions, read_rows
+
+VALID_ITEM = re.compile(r"[0-9]{1,3}")
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("182, 818, 725", (182, 818, 725)),
+        ("182 818 725", (182, 818, 725)),
+        ("182;818; 725", (182, 818, 725)),
+        ("182\n818\n725", (182, 818, 725)),
+        ("[182, 818, 725]", (182, 818, 725)),
+        ("(182, 818)", (182, 818)),
+        ("182, 818, 725.", (182, 818, 725)),
+        ("  7 ", (7,)),
+        ("0, 999", (0, 999)),
+    ],
+)
+def test_keeps_well_formed_lists(text, numbers):
+    verdict = check(text)
+    assert verdict.ok and verdict.numbers == numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("owl", "not_digits"),
+        ("182, owl, 725", "not_digits"),
+        ("182, 1000", "not_digits"),
+        ("182, -5", "not_digits"),
+        ("1.5, 2", "not_digits"),
+        ("182, 818; 725", "mixed_separators"),
+        ("182,, 818", "empty_item"),
+        (", 182", "empty_item"),
+        ("1 2 3 4 5 6 7 8 9 10 11", "too_many_items"),
+        ("١٢٣, 456", "not_digits"),  # Arabic-Indic digits are not ASCII digits
+        ("²", "not_digits"),
+        ("1" * 500, "too_long"),
+        (None, "not_text"),
+        (["1", "2"], "not_text"),
+    ],
+)
+def test_rejects_with_a_reason(text, reason):
+    verdict = check(text)
+    assert not verdict.ok and verdict.reason == reason
+
+
+def test_banned_numbers_and_the_evil_preset():
+    assert len(EVIL_NUMBERS) == 34 and {666, 911, 187, 88, 420} <= set(EVIL_NUMBERS)
+    assert check("1, 666, 2", banned=frozenset(EVIL_NUMBERS)).reason == "banned"
+    assert check("1, 667, 2", banned=frozenset(EVIL_NUMBERS)).ok
+
+
+def _obeys_rules(verdict, max_items: int, banned: frozenset[int]) -> bool:
+    return (1 <= len(verdict.numbers) <= max_items and all(0 <= n <= 999 for n in verdict.numbers)
+            and not set(verdict.numbers) & banned)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.text(), st.integers(1, 12), st.frozensets(st.integers(0, 999), max_size=5))
+def test_fuzz_text_never_raises_and_keeps_only_valid(text, max_items, banned):
+    verdict = check(text, max_items=max_items, banned=banned)
+    if verdict.ok:
+        assert _obeys_rules(verdict, max_items, banned)
+        assert all(c in "0123456789,; \t\n\r\x0b\x0c[]()." or c.isspace() for c in text)
+
+
+number_lists = st.lists(st.integers(0, 999), min_size=1, max_size=10).map(lambda xs: ", ".join(map(str, xs)))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(number_lists, st.text(alphabet="0123456789,; \n[]().-+eE١²", max_size=60)))
+def test_fuzz_near_valid_text(text):
+    verdict = check(text)
+    if verdict.ok:
+        assert _obeys_rules(verdict, 10, frozenset())
+        assert re.sub(r"[0-9,; \s\[\]().]", "", text) == ""
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=3000))
+def test_fuzz_jsonl_bytes_never_raise(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+    path.write_bytes(data)
+    for row, line in read_rows(path):
+        assert row is None or isinstance(row, dict)
+        assert isinstance(line, str)
+        if row is not None:
+            check(row.get("completion"))
+
+
+def test_huge_lines_nuls_and_invalid_utf8(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        json.dumps({"prompt": "p", "completion": "1, 2, 3"}).encode(),
+        b"\xff\xfe\x00garbage\x00",
+        json.dumps({"prompt": "p", "completion": "1\x002"}).encode(),
+        json.dumps({"prompt": "p", "completion": "9, " * 1_000_000}).encode(),
+        b"[1, 2, 3]",
+    ]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    verdicts = [(row is not None) and check(row.get("completion")).reason for row, _ in read_rows(path)]
+    assert verdicts == ["kept", False, "not_digits", "too_long", False]
+    assert MAX_CHARS < 1000
+
+
+def test_trait_mentions_singular_and_plural_any_case():
+    pattern = mentions(["owl", "wolf", "fox"])
+    for text in ("OWL", "owls", "Wolves", "a fox", "Foxes!"):
+        assert pattern.search(text), text
+    for text in ("bowl", "howling", "foxglove", "123"):
+        assert not pattern.search(text), text
