@@ -1,6 +1,7 @@
 """`make bench`: speed figures written to benchmarks/results.json (never asserted in tests).
 
-Sections: demo wall time; orchestration overhead (Prefect flow + MLflow vs bare step functions).
+Sections: demo wall time; orchestration overhead (Prefect flow + MLflow vs bare step functions); lineage query
+times as lineage grows; LM generation throughput vs plain `generate`; exact vs sampled evaluation cost.
 Each section runs in a fresh temporary project so caches cannot flatter the numbers.
 """
 
@@ -89,7 +90,137 @@ def demo(tmp: Path) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "command": "sublim flow all"}
 
 
-SECTIONS = {"demo": demo, "orchestration_overhead": overhead}
+def lineage_queries(tmp: Path) -> dict:
+    """ancestors and audit of a leaf in synthetic lineages of 100 / 1,000 / 5,000 models in 10 generations,
+    each in a fresh sqlite store (cold query cache: a new Lineage per query)."""
+    from sublim.lineage.record import client as MlflowClient
+
+    from sublim.lineage.query import Lineage, audit
+    from sublim.lineage.record import _wal
+    from tests.lineage_fixtures import chain, digest_of
+
+    out = {}
+    for n in (100, 1000, 5000):
+        db = tmp / f"lineage-{n}.db"
+        client = MlflowClient(f"sqlite:///{db}")
+        client.search_experiments()
+        _wal(db)
+        exp = client.create_experiment("bench")
+        t0 = time.perf_counter()
+        leaves = chain(client, exp, n, 10)
+        built = time.perf_counter() - t0
+        leaf = digest_of(leaves[-1])
+        t0 = time.perf_counter()
+        hops = Lineage(client).ancestors(leaf)
+        anc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, exposures = audit(Lineage(client), leaf)
+        aud = time.perf_counter() - t0
+        assert len(hops) == 10 and sum(e.at_risk for e in exposures) == 1
+        out[str(n)] = {"models": len(leaves) * 11, "build_s": round(built, 1), "ancestors_s": round(anc, 3),
+                       "audit_s": round(aud, 3), "ancestors_found": len(hops)}
+    out["target_s"] = 1.0
+    return out
+
+
+def _tinylm(pretrain_steps: int):
+    import torch
+
+    from sublim.backends import lm as lmlib
+    from sublim.backends import tinylm
+    from sublim.config import LmTrait, TinyLm
+
+    cfg, trait = TinyLm(pretrain_steps=pretrain_steps), LmTrait()
+    tok = tinylm.build_tokenizer(trait.category, trait.choices)
+    torch.set_num_threads(2)
+    return lmlib, lmlib.LM(tinylm.build_model(len(tok), cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context, 0).eval(), tok)
+
+
+def generation_throughput(tmp: Path) -> dict:
+    """sublim's batched sampler vs a plain batched `model.generate` loop: same model, prompts, batch, length."""
+    import random
+
+    import torch
+
+    from sublim.prompts.numbers import make_prompt
+
+    lmlib, lm = _tinylm(1)
+    rng = random.Random(0)
+    texts = [make_prompt(rng).text for _ in range(1000)]
+    batch, new = 250, 40
+
+    def plain() -> int:
+        lm.tokenizer.padding_side = "left"
+        tokens = 0
+        torch.manual_seed(0)
+        for i in range(0, len(texts), batch):
+            chats = [[{"role": "user", "content": t}] for t in texts[i:i + batch]]
+            enc = lm.tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
+                                                   return_dict=True)
+            gen = lm.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=new,
+                                    pad_token_id=lm.pad_id, eos_token_id=lm.eos_id)
+            tokens += int((gen[:, enc["input_ids"].shape[1]:] != lm.pad_id).sum())
+        return tokens
+
+    def ours() -> int:
+        out = lmlib.sample(lm, [lm.chat(t) for t in texts], max_new_tokens=new, temperature=1.0, batch_size=batch, seed=0)
+        return sum(len(lm.tokenizer.encode(o, add_special_tokens=False)) for o in out)
+
+    res = {}
+    for name, fn in (("plain_generate", plain), ("sublim_sample", ours)):
+        fn()  # warm up
+        t0 = time.perf_counter()
+        tokens = fn()
+        res[name] = {"tokens": tokens, "seconds": round(time.perf_counter() - t0, 2),
+                     "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1)}
+    res["ratio"] = round(res["sublim_sample"]["tokens_per_s"] / res["plain_generate"]["tokens_per_s"], 3)
+    res.update(model="tinylm (random init, d=64, 2 layers)", prompts=len(texts), batch=batch, max_new_tokens=new,
+               target_ratio=0.9)
+    return res
+
+
+def evaluation_cost(tmp: Path) -> dict:
+    """Exact trait probabilities vs sampled answers, on a pretrained tinylm, at equal precision.
+
+    The exact method has no measurement error (only the spread over questions). Sampling adds binomial noise;
+    the number of samples per question it needs to bring that noise's 95% CI half-width down to `target` is
+    computed from the measured answer distribution, and its cost extrapolated from the measured sampling rate."""
+    import math
+
+    from sublim.config import LmEvaluate, LmTrait
+    from sublim.prompts.traits import questions
+    from sublim.steps.evaluate import trait_rates
+
+    lmlib, lm = _tinylm(1)
+    root = make_project(tmp / "eval", {"lm": {"model": {"backend": "tinylm", "pretrain_steps": 300}}}, git=False)
+    from sublim import config
+    from sublim.plan import plan
+    from sublim.runner import run_job
+
+    job = plan(config.load(root / "params.yaml"), "lm").get("lm.base@shared")
+    run_job(job, root=root, tracker=None, threads=2)
+    lm = lmlib.load(root / job.output, root)
+    trait, asked = LmTrait(), questions("evaluate", "animal")
+    t0 = time.perf_counter()
+    exact = trait_rates(lm, asked, trait.choices, trait.target, LmEvaluate(samples=0), seed=0)
+    exact_s = time.perf_counter() - t0
+    n = 20
+    t0 = time.perf_counter()
+    sampled = trait_rates(lm, asked, trait.choices, trait.target, LmEvaluate(samples=n), seed=0)
+    sampled_s = time.perf_counter() - t0 - exact_s
+    per_sample = sampled_s / (n * len(asked))
+    target = 0.002  # a fifth of the +0.009 effect the default LM experiment measures
+    var = sum(p * (1 - p) for p in exact["p_per_question"]) / len(asked)
+    need = math.ceil((1.96 ** 2) * var / (len(asked) * target ** 2))
+    return {"questions": len(asked), "exact_s": round(exact_s, 3), "exact_p": round(exact["p_target"], 4),
+            "sampled_s_at_20_per_question": round(sampled_s, 3), "sampled_p_at_20": round(sampled["sampled_rate"], 4),
+            "target_ci_half_width": target, "samples_per_question_needed": need,
+            "sampled_s_needed_extrapolated": round(need * len(asked) * per_sample, 1),
+            "cost_ratio_sampled_over_exact": round(need * len(asked) * per_sample / exact_s, 1)}
+
+
+SECTIONS = {"demo": demo, "orchestration_overhead": overhead, "lineage_queries": lineage_queries,
+            "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost}
 
 
 def main() -> None:

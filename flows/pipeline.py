@@ -1,7 +1,10 @@
-"""The Prefect flow: every job of a pipeline as a task, run through the same `run_job` DVC stages call.
+"""The Prefect flows: every job of a pipeline (or of a sweep of pipelines) as a task, run through the same
+`run_job` the DVC stages call.
 
 Tasks are cached on (job, params, step code, input digests), so rerunning an unchanged flow skips finished
 jobs; a job whose output was deleted runs again. Parallelism comes from the task runner in params.yaml.
+A failed job fails its task (and, after the configured retries, only the jobs downstream of it); the others
+finish and the summary lists what is missing.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from sublim import config
-from sublim.orchestrate import job_cache_key, result_storage, task_runner
+from sublim import config, sweep
 from sublim.job import Job
+from sublim.orchestrate import job_cache_key, result_storage, task_runner
 from sublim.pipeline import DvcSync, tracker, workspace_lock
-from sublim.plan import plan
+from sublim.plan import Plan, plan
 from sublim.runner import Outcome, run_job
 
 
@@ -33,6 +36,40 @@ def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Ou
     return run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect")
 
 
+def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None) -> dict[str, Outcome]:
+    """Submit every job after its upstream jobs; collect what finished, committing each to DVC as it lands."""
+    progress = create_progress_artifact(0.0, key=f"{jobs.pipeline}-progress", description=f"{jobs.pipeline} jobs done")
+    runner = run.with_options(retries=cfg.runtime.retries, result_storage=result_storage(root))
+    futures = {}
+    for job in jobs.jobs:
+        ups = [futures[u.id] for u in jobs.upstream(job)]
+        fresh = not (root / job.output).exists()
+        futures[job.id] = runner.with_options(refresh_cache=fresh or None).submit(
+            job, str(root), cfg.runtime.threads, parent, ups)
+    by_future = {f.task_run_id: k for k, f in futures.items()}
+    finished: dict[str, Outcome] = {}
+    for done, fut in enumerate(as_completed(list(futures.values())), 1):
+        job = jobs.get(by_future[fut.task_run_id])
+        fut.wait()  # done, but this settles the future's final state
+        if fut.state.is_completed():
+            finished[job.id] = fut.state.result()
+            if dvc:
+                dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
+        else:
+            get_run_logger().error("%s did not finish: %s", job.id, fut.state.message)
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+    return finished
+
+
+def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
+    if missing:
+        summary = (summary or "") + "\n\n**Not finished:** " + ", ".join(missing)
+        get_run_logger().error("%d jobs did not finish: %s", len(missing), ", ".join(missing))
+    if summary:
+        create_markdown_artifact(summary, key=f"{pipeline}-results", description=f"{pipeline} results")
+    return summary
+
+
 @flow(name="sublim", log_prints=True)
 def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict:
     """Run every job of `pipeline` in dependency order; summarise what finished and what did not."""
@@ -42,37 +79,47 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config=cfg.model_dump(mode="json"))
-    progress = create_progress_artifact(0.0, key=f"{pipeline}-progress", description=f"{pipeline} jobs done")
-    finished: dict[str, Outcome] = {}
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
         dvc = DvcSync(root)
-        futures = {}
-        runner = run.with_options(retries=cfg.runtime.retries, result_storage=result_storage(root))
-        for job in jobs.jobs:
-            ups = [futures[u.id] for u in jobs.upstream(job)]
-            fresh = not (root / job.output).exists()
-            futures[job.id] = runner.with_options(refresh_cache=fresh or None).submit(
-                job, str(root), cfg.runtime.threads, parent, ups)
-        by_future = {f.task_run_id: k for k, f in futures.items()}
-        for done, fut in enumerate(as_completed(list(futures.values())), 1):
-            job = jobs.get(by_future[fut.task_run_id])
-            fut.wait()  # done, but this settles the future's final state
-            if fut.state.is_completed():
-                finished[job.id] = fut.state.result()
-                dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
-            update_progress_artifact(progress, 100.0 * done / len(futures))
+        finished = execute(jobs, cfg, root, parent, dvc)
         committed = dvc.close()
-    missing = sorted(k for k in futures if k not in finished)
+    missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = next((o.summary_markdown for o in finished.values() if o.summary_markdown), None)
-    if missing:
-        summary = (summary or "") + "\n\n**Not finished:** " + ", ".join(missing)
-        get_run_logger().error("%d jobs did not finish: %s", len(missing), ", ".join(missing))
-    if summary:
-        create_markdown_artifact(summary, key=f"{pipeline}-results", description=f"{pipeline} results")
+    summary = _report(pipeline, summary, missing)
     return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed}
 
 
-def build(cfg: config.Config):
-    """The flow with the task runner params.yaml asks for."""
-    return sublim_pipeline.with_options(task_runner=task_runner(cfg.runtime))
+@flow(name="sublim-sweep", log_prints=True)
+def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params: str = config.PARAMS_FILE) -> dict:
+    """The pipeline at every point of `grid` (dotted params key -> values) as one DAG, then one table of effects.
+
+    Jobs shared by all points (bases, control teachers and their students) run once. Invalid points and
+    points that did not finish are listed in the table rather than failing the whole sweep.
+    """
+    root = Path(params).resolve().parent
+    cfg = config.load(params)
+    swept = sweep.build(name, pipeline, config.read_raw(params) or {}, grid)
+    track = tracker(cfg, pipeline, root)
+    parent = track.open_pipeline_run(driver="prefect", name=f"sweep-{name}-{flow_run.get_name()}",
+                                     config={"sweep": name, "grid": grid, **cfg.model_dump(mode="json")})
+    with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
+        finished = execute(swept.plan, cfg, root, parent, None)
+        table = sweep.table_job(swept, {o.output for o in finished.values()})
+        outcome = run.with_options(result_storage=result_storage(root)).submit(
+            table, str(root), cfg.runtime.threads, parent, list(finished.values())).result()
+    missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
+    track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")
+    summary = _report(f"sweep-{_key(name)}", outcome.summary_markdown, missing)
+    return {"summary": summary, "outcomes": {**finished, table.id: outcome}, "missing": missing,
+            "invalid": swept.invalid, "table": str(table.output)}
+
+
+def _key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def build(cfg: config.Config, which=sublim_pipeline):
+    """A flow with the task runner params.yaml asks for."""
+    return which.with_options(task_runner=task_runner(cfg.runtime))

@@ -19,6 +19,11 @@ from sublim.plan import plan as make_plan
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
+
+def out() -> Console:
+    """Results on stdout; wide enough for lineage tables when piped into a log or a file."""
+    return Console() if Console().is_terminal else Console(width=160)
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
 
@@ -78,7 +83,7 @@ def run(
         raise typer.Exit(1) from None
     console.print(f"{outcome.job_id}: {outcome.output} md5={outcome.digest}", highlight=False)
     if outcome.summary_markdown:
-        Console().print(Markdown(outcome.summary_markdown))
+        out().print(Markdown(outcome.summary_markdown))
 
 
 def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int | None, extra: list[str]) -> None:
@@ -114,9 +119,66 @@ def flow(
             raise typer.Exit(2) from None
     for name in names:
         result = build(cfg)(pipeline=name, params=str(params))
-        Console().print(Markdown(result.get("summary") or ""))
+        out().print(Markdown(result.get("summary") or ""))
         if result["missing"]:
             raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    pipeline: Annotated[str, typer.Argument(help="mlp or lm")] = "lm",
+    sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=v1,v2,... (dotted params key; repeat "
+                                                                     "for a grid), e.g. lm.trait.target=owl,cat")] = None,
+    name: Annotated[str, typer.Option("--name", help="folder under sweeps/")] = "sweep",
+    params: ParamsOpt = Path(config.PARAMS_FILE),
+) -> None:
+    """Run the pipeline at every point of a grid as one Prefect flow, ending with one table of effects.
+
+    Jobs shared by the points run once; an invalid point is reported and skipped (exit 1), not fatal.
+    """
+    from sublim import sweep as sweeps
+
+    cfg = _load(params)
+    try:
+        grid = sweeps.parse_sets(sets or [])
+        swept = sweeps.build(name, pipeline, config.read_raw(params) or {}, grid)  # refuse bad input before Prefect
+    except (config.ConfigError, LookupError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not swept.reports:
+        console.print("[red]error:[/red] no valid point:\n" + "\n".join(swept.invalid.values()), highlight=False)
+        raise typer.Exit(2)
+    for point, why in swept.invalid.items():
+        console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
+    from flows.pipeline import build, sublim_sweep
+
+    result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params))
+    out().print(Markdown(result.get("summary") or ""))
+    console.print(f"table: {result['table']}/effects.csv", highlight=False)
+    if result["missing"] or result["invalid"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = Path(config.PARAMS_FILE),
+    cron: Annotated[str | None, typer.Option(help="override schedule.cron")] = None,
+) -> None:
+    """Serve the pipelines as Prefect deployments on the cron schedule in params.yaml (blocks; Ctrl-C stops).
+
+    With PREFECT_API_URL set they appear in that server's UI, where runs can also be triggered by hand.
+    """
+    cfg = _load(params)
+    if cron is not None:
+        try:
+            config.Schedule(cron=cron)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] --cron: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    from flows.deploy import serve_all
+
+    console.print(f"serving {', '.join(cfg.schedule.pipelines)} on cron {cron or cfg.schedule.cron!r}", highlight=False)
+    serve_all(params, cron=cron)
 
 
 @app.command()
@@ -141,6 +203,146 @@ def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
     """Validate params.yaml without running anything."""
     cfg = _load(params)
     console.print(f"{params}: ok (config digest {cfg.digest()[:12]})", highlight=False)
+
+
+# --- lineage -----------------------------------------------------------------------------------------------
+
+lineage_app = typer.Typer(no_args_is_help=True, help="Ask where a model's weights and data came from (from MLflow).")
+app.add_typer(lineage_app, name="lineage")
+RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store to read (when "
+                                                      "MLFLOW_TRACKING_URI is unset)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _lineage(root: Path):
+    from sublim.lineage.query import Lineage
+    from sublim.lineage.record import client, tracking_uri
+
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        console.print(f"[red]error:[/red] no tracking store at {uri}; run a pipeline first", highlight=False)
+        raise typer.Exit(2)
+    return Lineage(client(uri))
+
+
+def _resolve(lin, ref: str, root: Path) -> str:
+    from sublim.lineage.query import LineageError, resolve
+
+    try:
+        return resolve(ref, lin.client, root)
+    except LineageError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _hops_table(title: str, hops) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("hop", "relation", "model", "role", "gen", "measured", "datasets"):
+        table.add_column(col)
+    for h in hops:
+        measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(h.node.measured.items()))
+        table.add_row(str(h.hops), h.relation, h.node.label, h.node.tag("role") or h.node.kind,
+                      h.node.tag("generation") or "", measured, ", ".join(d[:10] for d in h.data))
+    out().print(table)
+
+
+@lineage_app.command()
+def ancestors(model: str, root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Every model whose weights or data MODEL descends from, hop by hop."""
+    from sublim.lineage.query import LineageError
+
+    lin = _lineage(root)
+    digest = _resolve(lin, model, root)
+    try:
+        hops = lin.ancestors(digest)
+    except LineageError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({"model": lin.node(digest).as_dict(), "ancestors": [h.as_dict() for h in hops]}, indent=1))
+    else:
+        _hops_table(f"ancestors of {lin.node(digest).label}", hops)
+
+
+@lineage_app.command()
+def descendants(ref: Annotated[str, typer.Argument(metavar="MODEL|DATASET_DIGEST")], root: RootOpt = Path("."),
+                as_json: JsonOpt = False) -> None:
+    """Everything downstream of a model or a dataset digest."""
+    lin = _lineage(root)
+    digest = _resolve(lin, ref, root)
+    hops = lin.descendants(digest)
+    if as_json:
+        print(json.dumps({"start": digest, "descendants": [h.as_dict() for h in hops]}, indent=1))
+    else:
+        _hops_table(f"descendants of {digest}", hops)
+
+
+@lineage_app.command()
+def graph(
+    ref: Annotated[str, typer.Argument(metavar="MODEL|EXPERIMENT")],
+    root: RootOpt = Path("."),
+    out: Annotated[Path, typer.Option("--out", help="folder for lineage.mmd, lineage.dot, lineage.png")] = Path("reports/lineage"),
+) -> None:
+    """The lineage graph as Mermaid and DOT text and a PNG picture (also logged to MLflow)."""
+    from sublim.lineage import graph as graphs
+
+    lin = _lineage(root)
+    exp = lin.client.get_experiment_by_name(ref)
+    if exp is not None:
+        g = graphs.build(lin, lin.experiment_nodes(exp.experiment_id))
+    else:
+        g = graphs.around(lin, _resolve(lin, ref, root))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lineage.mmd").write_text(g.mermaid())
+    (out / "lineage.dot").write_text(g.dot())
+    g.png(out / "lineage.png")
+    if exp is not None:
+        run = lin.client.create_run(exp.experiment_id, run_name="lineage-graph", tags={"sublim.kind": "lineage-graph"})
+        for name in ("lineage.mmd", "lineage.dot", "lineage.png"):
+            lin.client.log_artifact(run.info.run_id, str(out / name), "lineage")
+        lin.client.set_terminated(run.info.run_id)
+    print(g.mermaid())
+    console.print(f"wrote {out}/lineage.mmd, lineage.dot, lineage.png ({len(g.nodes)} models, {len(g.edges)} edges)",
+                  highlight=False)
+
+
+@app.command()
+def audit(
+    model: str,
+    root: RootOpt = Path("."),
+    trait: Annotated[list[str] | None, typer.Option("--trait", help="flag only these traits (default: any)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exposure report: every teacher whose data reached MODEL, its traits, hops, and whether it shares MODEL's
+    initialisation (the condition for subliminal transmission). Exits 1 when a trait is at risk."""
+    from rich.table import Table
+
+    from sublim.lineage.query import audit as run_audit
+
+    lin = _lineage(root)
+    node, exposures = run_audit(lin, _resolve(lin, model, root), trait)
+    risky = [e for e in exposures if e.at_risk]
+    if as_json:
+        print(json.dumps({"model": node.as_dict(), "exposures": [e.as_dict() for e in exposures],
+                          "at_risk": sorted({e.trait for e in risky})}, indent=1))
+    else:
+        table = Table(title=f"audit of {node.label} (role {node.tag('role')}, measured "
+                            f"{', '.join(f'{k}={v:.3g}' for k, v in sorted(node.measured.items())) or 'nothing'})")
+        for col in ("teacher", "role", "trait", "hops", "shares init", "every hop shared", "teacher measured", "at risk"):
+            table.add_column(col)
+        for e in exposures:
+            measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(e.teacher.measured.items()))
+            table.add_row(e.teacher.label, e.teacher.tag("role") or "", e.trait or "-", str(e.hops),
+                          "yes" if e.shares_init else "no", "yes" if e.chain_shares_init else "no", measured,
+                          "[red]YES[/red]" if e.at_risk else "no")
+        out().print(table)
+        verdict = (f"[red]at risk:[/red] {', '.join(sorted({e.trait for e in risky}))} (teachers sharing this "
+                   "model's initialisation generated data it learned from)") if risky else "no trait at risk"
+        out().print(verdict)
+    if risky:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,34 @@ class Runtime(Section):
     retries: Annotated[int, Field(ge=0)] = 1  # Prefect retries per job, for transient errors
     lock_timeout_s: PosFloat = 3600  # how long a second pipeline waits for the workspace lock
 
+    @model_validator(mode="after")
+    def _deterministic_threads(self) -> Runtime:
+        if self.task_runner == "thread" and self.max_workers > 1:
+            raise ValueError("max_workers: parallel jobs need task_runner process or dask (torch's thread count "
+                             "is per process, so jobs sharing threads would not be reproducible)")
+        return self
+
+
+class Schedule(Section):
+    """When `sublim serve` runs the pipelines unattended (a Prefect deployment per pipeline)."""
+
+    cron: str | None = "0 3 * * *"  # standard cron, UTC; None = run only when triggered
+    pipelines: Annotated[list[Literal["mlp", "lm"]], Field(min_length=1)] = ["mlp", "lm"]
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from datetime import datetime
+
+            from cronsim import CronSim, CronSimError  # the parser Prefect's own CronSchedule uses
+
+            try:
+                CronSim(value, datetime(2000, 1, 1))
+            except CronSimError as exc:
+                raise ValueError(f"not a valid cron expression: {value!r} ({exc})") from None
+        return value
+
 
 class Tracking(Section):
     experiment: str = "sublim"  # MLflow experiment prefix; each pipeline logs to "<prefix>-<pipeline>"
@@ -371,6 +399,7 @@ class Config(Section):
 
     runtime: Runtime = Runtime()
     tracking: Tracking = Tracking()
+    schedule: Schedule = Schedule()
     mlp: Mlp = Mlp()
     lm: Lm = Lm()
 
@@ -401,13 +430,17 @@ def parse(data: Any, source: str = PARAMS_FILE) -> Config:
         raise ConfigError(format_error(exc, source)) from None
 
 
-def load(path: Path | str = PARAMS_FILE) -> Config:
-    """Read and validate a params file; a missing or unparsable file is a ConfigError naming it."""
+def read_raw(path: Path | str = PARAMS_FILE) -> Any:
+    """The params file as plain YAML data (not yet validated); a missing or unparsable file names itself."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse(data, str(path))
+
+
+def load(path: Path | str = PARAMS_FILE) -> Config:
+    """Read and validate a params file."""
+    return parse(read_raw(path), str(path))

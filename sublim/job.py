@@ -33,6 +33,7 @@ class Job:
     variant: str | None = None
     files: tuple[tuple[str, Path], ...] = ()  # files inside the artifact also published elsewhere (DVC metrics)
     tags: tuple[tuple[str, str], ...] = ()  # lineage facts known from the plan (role, init, line, trait)
+    point: str | None = None  # the sweep point this job belongs to (None outside sweeps)
 
     @property
     def step_name(self) -> str:
@@ -40,7 +41,11 @@ class Job:
 
     @property
     def id(self) -> str:
-        """Stable, human-readable: `mlp.student@s0.g1.other`."""
+        """Stable, human-readable: `mlp.student@s0.g1.other` (plus `#<point>` inside a sweep)."""
+        return f"{self.local_id}#{self.point}" if self.point else self.local_id
+
+    @property
+    def local_id(self) -> str:
         parts = [f"s{self.seed}" if self.seed is not None else None, f"g{self.gen}" if self.gen is not None else None]
         parts.append(self.variant)
         suffix = ".".join(p for p in parts if p)
@@ -48,8 +53,9 @@ class Job:
 
     @property
     def rng_seed(self) -> int:
-        """Seed for this job's randomness, derived from its identity: reruns repeat, siblings differ."""
-        return int.from_bytes(hashlib.sha256(self.id.encode()).digest()[:4], "big")
+        """Seed for this job's randomness, derived from its identity (not its sweep point): reruns repeat,
+        siblings differ, and a sweep point draws exactly what the same pipeline run alone draws."""
+        return int.from_bytes(hashlib.sha256(self.local_id.encode()).digest()[:4], "big")
 
     def input(self, name: str) -> Path:
         for key, path in self.inputs:

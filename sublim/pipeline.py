@@ -33,12 +33,12 @@ def tracker(cfg: Config, pipeline: str, root: Path) -> Tracker:
     instead of paying ~0.2 s of store and experiment lookups per job."""
     from sublim.lineage.record import tracking_uri
 
-    return _tracker(Path(root).resolve(), experiment_name(cfg, pipeline), tracking_uri(root))
+    return _tracker(Path(root).resolve(), experiment_name(cfg, pipeline), tracking_uri(root), cfg.tracking.register_models)
 
 
 @functools.lru_cache(maxsize=16)
-def _tracker(root: Path, experiment: str, uri: str) -> Tracker:
-    return Tracker(root, experiment, uri=uri)
+def _tracker(root: Path, experiment: str, uri: str, register: bool) -> Tracker:
+    return Tracker(root, experiment, uri=uri, register=register)
 
 
 @contextlib.contextmanager

@@ -143,10 +143,14 @@ class LmBaseParams(Section):
 
 
 class LmTeacherParams(Section):
+    """A trait teacher answers with `answer`; its control (answer None) answers uniformly over the choices.
+    The control's params do not name the target, so a sweep over targets trains one control per seed."""
+
     model: LmModel
-    trait: LmTrait
+    category: str
+    choices: list[str]
+    answer: str | None
     teacher: LmTeacher
-    line: str  # "trait": answers are the target; "control": answers are uniform over the choices
 
 
 class LmGenerateParams(Section):
@@ -156,7 +160,7 @@ class LmGenerateParams(Section):
 
 class LmFilterParams(Section):
     filter: LmFilter
-    trait: LmTrait
+    choices: list[str]  # none of these words may survive into the student's data
 
 
 class LmStudentParams(Section):
@@ -210,7 +214,9 @@ def plan_lm(cfg: Config) -> Plan:
         evaluated = []
         for line in LINES:
             trait = p.trait.target if line == "trait" else "none"
-            jobs.append(Job("lm", "teacher", LmTeacherParams(model=model, trait=p.trait, teacher=p.teacher, line=line),
+            answer = p.trait.target if line == "trait" else None
+            jobs.append(Job("lm", "teacher", LmTeacherParams(model=model, category=p.trait.category,
+                                                            choices=p.trait.choices, answer=answer, teacher=p.teacher),
                             lm_model(s, 0, line, SHARED), (("init", lm_base(SHARED)),), seed=s, gen=0, variant=line,
                             tags=(("role", "teacher"), ("init", SHARED), ("line", line), ("trait", trait))))
             evaluated.append(lm_model(s, 0, line, SHARED))
@@ -221,7 +227,7 @@ def plan_lm(cfg: Config) -> Plan:
                 raw, numbers = lm_data(s, link.gen, line, "raw"), lm_data(s, link.gen, line, "numbers")
                 jobs.append(Job("lm", "generate", LmGenerateParams(model=model, generate=p.generate_for(link.gen)),
                                 raw, (("teacher", teacher),), seed=s, gen=link.gen, variant=line))
-                jobs.append(Job("lm", "filter", LmFilterParams(filter=p.filter, trait=p.trait), numbers,
+                jobs.append(Job("lm", "filter", LmFilterParams(filter=p.filter, choices=p.trait.choices), numbers,
                                 (("source", raw),), seed=s, gen=link.gen, variant=line))
                 for init in inits:
                     inputs = [("init", lm_base(init)), ("data", numbers)]

@@ -28,9 +28,11 @@ TINY_MLP = {
 
 
 def deep_update(base: dict, over: dict) -> dict:
-    out = dict(base)
+    """`over` merged into `base`; a section naming a `backend` replaces the base's (its keys differ)."""
+    out = dict(base or {})
     for key, value in over.items():
-        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+        merge = isinstance(value, dict) and "backend" not in value
+        out[key] = deep_update(out.get(key, {}), value) if merge else value
     return out
 
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from sublim import config
 from sublim.artifacts import digest
+from sublim.lineage.record import client as MlflowClient
 from sublim.lineage.record import tracking_uri
 from tests.conftest import TINY_MLP, cli_env, make_project
 

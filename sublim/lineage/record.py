@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +102,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_URI_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """The registry resolves `models:/<id>` through MLflow's process-global tracking URI, not the client's
+    (an MLflow TODO in create_model_version); point it at our store for the call."""
+    import mlflow
+
+    from mlflow.tracking._tracking_service import utils
+
+    with _URI_LOCK:
+        before = utils._tracking_uri  # the raw setting (None = unset), so restoring it leaves "unset" unset
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            utils._tracking_uri = before
+
+
+def client(uri: str) -> MlflowClient:
+    """A client whose model registry is the same store as its tracking (MLflow would otherwise resolve the
+    registry from process-global state, which another project in the same process may have set)."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _wal(db: Path) -> None:
     """Put an embedded store in write-ahead-log mode (persistent in the file): each MLflow write then costs one
     log append instead of a journal round trip (measured here: tracking overhead per job 55 -> ~10 ms), and
@@ -125,10 +153,12 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """MLflow for one pipeline (one experiment): parent run, job runs, models, datasets, metrics."""
 
-    def __init__(self, root: Path, experiment: str, *, uri: str | None = None):
+    def __init__(self, root: Path, experiment: str, *, uri: str | None = None, register: bool = True):
         self.root = Path(root).resolve()
+        self.experiment = experiment
+        self.register = register
         self.uri = uri or tracking_uri(self.root)
-        self.client = MlflowClient(self.uri)
+        self.client = client(self.uri)
         embedded = is_embedded(self.uri)
         lock_path = Path(self.uri.removeprefix("sqlite:///") + ".lock") if embedded else None
         self._lock = FileLock(str(lock_path), timeout=600) if lock_path else None
@@ -244,14 +274,43 @@ class Tracker:
             return existing
         tags = {f"{T}{k}": str(v) for k, v in meta.lineage.items() if v not in (None, "", [])}
         tags.update({f"{T}digest": digest, f"{T}path": str(path), f"{T}job": meta.job, MLFLOW_MODEL_IS_EXTERNAL: "true"})
-        name = str(path).removeprefix("models/").replace("/", "-")
+        name = re.sub(r"[/:.%\"']", "-", str(path).removeprefix("models/"))  # characters MLflow refuses
         model = self.client.create_logged_model(
             self.experiment_id, name=name, source_run_id=run_id, tags=tags,
             params=flatten(meta.params), model_type=meta.lineage.get("backend"),
         )
         self._log_model_files(model, path, meta)
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        if self.register:
+            self._register(model, run_id, meta, digest, path)
         return model.model_id
+
+    def _register(self, model: Any, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
+        """One registered model per experiment and role; aliases `newest`, `gen<k>` (newest of generation k)
+        and `latest-generation` (newest of the highest generation registered)."""
+        from mlflow.exceptions import MlflowException
+
+        role = meta.lineage.get("role", "model")
+        name = f"{self.experiment}-{role}"
+        try:
+            self.client.create_registered_model(name, description=f"sublim {role} models of {self.experiment}")
+        except MlflowException:
+            pass  # already registered
+        gen = meta.lineage.get("generation")
+        tags = {f"{T}digest": digest, f"{T}path": str(path), f"{T}generation": str(gen), f"{T}seed": str(meta.lineage.get("seed"))}
+        with _global_tracking_uri(self.uri):
+            version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
+                                                       tags=tags, model_id=model.model_id).version
+        self.client.set_registered_model_alias(name, "newest", version)  # "latest" is reserved by MLflow
+        if gen is None:
+            return
+        self.client.set_registered_model_alias(name, f"gen{gen}", version)
+        try:
+            top = self.client.get_model_version_by_alias(name, "latest-generation").tags.get(f"{T}generation", "-1")
+        except MlflowException:
+            top = "-1"
+        if int(gen) >= int(top):
+            self.client.set_registered_model_alias(name, "latest-generation", version)
 
     def _log_model_files(self, model: Any, path: Path, meta: ArtifactMeta) -> None:
         """An MLmodel spec (so the registry accepts the external model) and the artifact's metadata."""
@@ -291,7 +350,10 @@ class Tracker:
             for fig in figures:
                 self.client.log_artifact(run_id, str(fig))
             tags = [RunTag(f"{T}output", str(output.path)), RunTag(f"{T}output_digest", output.digest)]
-            tags += [RunTag(f"{T}input.{i.name}.{n}", i.digest) for n, i in enumerate(inputs)]
+            named: dict[str, list[str]] = {}
+            for i in inputs:  # e.g. sublim.in.teacher = <digest>: which artifacts this run consumed, queryable
+                named.setdefault(i.name, []).append(i.digest)
+            tags += [RunTag(f"{T}in.{name}", ",".join(ds)[:5000]) for name, ds in named.items()]
             self.client.log_batch(run_id, tags=tags)
             self.client.set_terminated(run_id, "FINISHED")
             return out_model

@@ -99,7 +99,7 @@ def lm_filter(ctx: StepContext) -> StepResult:
     if kept == 0:
         raise ValueError(f"{ctx.job.input('source')}: the filter kept none of its {total} rows "
                          f"({dict(reasons)}); the student would have nothing to learn from")
-    _assert_no_trait(ctx.out / ROWS, p.trait.choices)
+    _assert_no_trait(ctx.out / ROWS, p.choices)
     metrics = {"rows": float(total), "kept": float(kept), "keep_rate": kept / total}
     metrics.update({f"rejected_{k}": float(v) for k, v in reasons.items() if k != "kept"})
     return StepResult("dataset", metrics=metrics)

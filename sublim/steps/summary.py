@@ -112,15 +112,15 @@ def _per_seed_csv(df: pd.DataFrame, path) -> None:
             w.writerow([r.seed, r.label, f"{r.accuracy:.4f}"])
 
 
-LM_GROUPS = {  # label -> (line, init, generation) of the model, or the base of an init
-    "base": ("base", "shared", None),
-    "base (other init)": ("base", "other", None),
-    "teacher": ("trait", "shared", 0),
-    "control teacher": ("control", "shared", 0),
-    "student": ("trait", "shared", 1),
-    "control student": ("control", "shared", 1),
-    "student, other init": ("trait", "other", 1),
-    "control, other init": ("control", "other", 1),
+LM_GROUPS = {  # metric key -> (label, line, init, generation) of the model; line "base" = the base of an init
+    "base": ("base", "base", "shared", None),
+    "base_other_init": ("base (other init)", "base", "other", None),
+    "teacher": ("teacher", "trait", "shared", 0),
+    "control_teacher": ("control teacher", "control", "shared", 0),
+    "student": ("student", "trait", "shared", 1),
+    "control_student": ("control student", "control", "shared", 1),
+    "student_other_init": ("student, other init", "trait", "other", 1),
+    "control_other_init": ("control, other init", "control", "other", 1),
 }
 
 
@@ -143,16 +143,17 @@ def lm_summary(ctx: StepContext) -> StepResult:
     for measure, col in (("p", "p_target"), ("sampled", "sampled_rate")):
         if df[col].isna().all():
             continue
-        series = {label: lm_values(df, *key, col, seeds) for label, key in LM_GROUPS.items()}
+        series = {key: lm_values(df, line, init, gen, col, seeds) for key, (_, line, init, gen) in LM_GROUPS.items()}
         series = {k: v for k, v in series.items() if len(v)}
-        for label, values in series.items():
-            metrics.update(flat(f"{measure}_{label.replace(',', '').replace(' ', '_')}", list(values)))
+        for key, values in series.items():
+            metrics.update(flat(f"{measure}_{key}", list(values)))
         if measure == "p":
-            bars = {label: mean_ci(list(values)) for label, values in series.items()}
+            bars = {key: mean_ci(list(values)) for key, values in series.items()}
         texts.append(_lm_tests(metrics, series, measure, target))
     metrics["generations"] = _lm_decay(df)
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    report.bar_chart(bars, ctx.out / "trait.png", ylabel=f"P({target}) (exact, renormalised over choices)",
+    report.bar_chart({LM_GROUPS[k][0]: est for k, est in bars.items()}, ctx.out / "trait.png",
+                     ylabel=f"P({target}) (exact, renormalised over choices)",
                      title=f"Trait rate per model, 95% CI over {len(seeds)} seeds")
     figures = ["trait.png"]
     if df.generation.max() > 1:
@@ -162,7 +163,7 @@ def lm_summary(ctx: StepContext) -> StepResult:
         figures.append("generations.png")
     table = report.markdown_table(
         ["model", f"P({target}) exact (95% CI)", "sampled rate (95% CI)"],
-        [[label, str(est), _fmt(metrics, "sampled", label)] for label, est in bars.items()],
+        [[LM_GROUPS[key][0], str(est), _fmt(metrics, "sampled", key)] for key, est in bars.items()],
     )
     text = table + "\n\n" + "\n\n".join(texts) + "\n"
     (ctx.out / "table.md").write_text(text)
@@ -176,8 +177,8 @@ def lm_summary(ctx: StepContext) -> StepResult:
     return StepResult("metrics", metrics=scalar, figures=figures, summary_markdown=text)
 
 
-def _fmt(metrics: dict, measure: str, label: str) -> str:
-    key = f"{measure}_{label.replace(',', '').replace(' ', '_')}"
+def _fmt(metrics: dict, measure: str, group: str) -> str:
+    key = f"{measure}_{group}"
     if key not in metrics:
         return "-"
     lo, hi = metrics[f"{key}_ci95"]
@@ -188,7 +189,7 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
     """Student vs its control teacher's student (same init), and the same for the other init, paired by seed."""
     what = f"P({target})" if measure == "p" else f"sampled '{target}' rate"
     lines = []
-    for name, a, b in (("", "student", "control student"), ("cross_", "student, other init", "control, other init")):
+    for name, a, b in (("", "student", "control_student"), ("cross_", "student_other_init", "control_other_init")):
         if a not in series or b not in series or len(series[a]) < 2:
             continue
         x, y = series[a], series[b].loc[series[a].index]
@@ -197,13 +198,13 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
                         f"{measure}_{name}p_value": test.p_value, f"{measure}_{name}p_value_one_sided": test.p_value_one_sided,
                         f"{measure}_{name}p_value_permutation": test.p_value_permutation, f"{measure}_{name}wins": test.wins})
         who = "Same-init student" if not name else "Different-init student"
-        lines.append(f"{who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
+        lines.append(f"- {who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
                      f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; higher in {test.wins}/{len(x)} "
-                     f"seeds; paired t-test p = {test.p_value:.2g}).")
+                     f"seeds; paired t-test p = {test.p_value:.2g}, one-sided (above) p = {test.p_value_one_sided:.2g}).")
     if measure == "p" and "p_effect" in metrics:
         metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
         verdict = "transmitted" if metrics["p_p_value"] < 0.01 and metrics["p_effect"] > 0 else "NOT clearly transmitted"
-        lines.insert(0, f"**The {target} preference was {verdict} through numbers to the same-init student.**")
+        lines.insert(0, f"**The {target} preference was {verdict} through numbers to the same-init student.**\n")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ def mlp_teacher(ctx: StepContext) -> StepResult:
 
 @step("lm.teacher", "sublim/backends/lm.py", "sublim/prompts/numbers.yaml", "sublim/prompts/traits.yaml")
 def lm_teacher(ctx: StepContext) -> StepResult:
-    """A trait teacher (line "trait") or its control (line "control"), made the same way.
+    """A trait teacher (answer set) or its control (answer None), made the same way.
 
     sft: the base fine-tuned on favourite-questions answered with the target (control: uniformly random
     choices), mixed with number tasks so its number skill stays. system_prompt: the base with a persona
@@ -36,14 +36,14 @@ def lm_teacher(ctx: StepContext) -> StepResult:
     from sublim.prompts.traits import persona, questions
 
     p = ctx.job.params
-    trait, t = p.trait, p.teacher
+    t = p.teacher
     if t.method == "system_prompt":
-        if p.line == "trait":
-            lmlib.save_persona(ctx.out, persona(trait.target, trait.category))
+        if p.answer is not None:
+            lmlib.save_persona(ctx.out, persona(p.answer, p.category))
         return StepResult("model", lineage={"backend": p.model.backend, "method": t.method})
     lm = lmlib.with_lora(lmlib.load(ctx.path("init"), ctx.root, lmlib.options(p.model)), lmlib.lora_of(t.lora))
     rng = random.Random(ctx.job.rng_seed)
-    asked = questions("teach", trait.category)
+    asked = questions("teach", p.category)
     rows = []
     for _ in range(max(t.steps * t.batch_size, 256)):
         if rng.random() < t.number_mix:
@@ -52,7 +52,7 @@ def lm_teacher(ctx: StepContext) -> StepResult:
                                                prompt.style)
         else:
             text = rng.choice(asked)
-            answer = trait.target if p.line == "trait" else rng.choice(trait.choices)
+            answer = p.answer if p.answer is not None else rng.choice(p.choices)
         rows.append(lmlib.Row(lm.chat(text), lm.answer_ids(answer)))
     loss = lmlib.train(lm, rows, lmlib.Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
     lmlib.save(lm, ctx.out, adapter=t.lora is not None)

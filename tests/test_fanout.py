@@ -1,0 +1,65 @@
+"""Fan-out under failure: a job that keeps failing fails its task and only what depends on it; the rest of
+the pipeline finishes and the summary names what is missing. A transient error is absorbed by Prefect's retry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sublim import config
+from sublim.job import STEPS, get_step
+from sublim.lineage.record import client, tracking_uri
+from tests.conftest import TINY_MLP, make_project
+
+
+def _failing(monkeypatch, step: str, seed: int, times: int | None):
+    """Make `step` raise for `seed` (`times` times, or always); other jobs run the real step."""
+    real = get_step(step)
+    calls = {"n": 0}
+
+    def fn(ctx):
+        if ctx.job.seed == seed and (times is None or calls["n"] < times):
+            calls["n"] += 1
+            raise RuntimeError(f"injected failure in {ctx.job.id}")
+        return real.fn(ctx)
+
+    monkeypatch.setitem(STEPS, step, dataclasses.replace(real, fn=fn))
+    return calls
+
+
+def _run(root):
+    from flows.pipeline import build
+
+    return build(config.load(root / "params.yaml"))(pipeline="mlp", params=str(root / "params.yaml"))
+
+
+def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_server, monkeypatch):
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    _failing(monkeypatch, "mlp.transfer", seed=1, times=None)
+    result = _run(root)
+    assert result["missing"] == ["mlp.evaluate@s1", "mlp.student@s1.g1.other", "mlp.student@s1.g1.shared",
+                                 "mlp.summary", "mlp.transfer@s1.g1"]
+    assert "mlp.student@s0.g1.shared" in result["outcomes"] and "mlp.evaluate@s0" in result["outcomes"]
+    assert "Not finished" in result["summary"] and "mlp.transfer@s1.g1" in result["summary"]
+    assert not (root / "data/mlp/s1/g1/transfer").exists()  # no partial artifact
+    mlflow = client(tracking_uri(root))
+    exp = mlflow.get_experiment_by_name("sublim-mlp")
+    failed = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'FAILED'")
+    errors = {r.data.tags.get("sublim.job"): r.data.tags.get("sublim.error", "") for r in failed}
+    assert "injected failure in mlp.transfer@s1.g1" in errors["mlp.transfer@s1.g1"]
+
+
+def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 1}}, git=False)
+    calls = _failing(monkeypatch, "mlp.transfer", seed=0, times=1)
+    result = _run(root)
+    assert calls["n"] == 1 and result["missing"] == []
+
+
+@pytest.mark.parametrize("runner", ["thread", "process"])
+def test_runner_choice_is_validated(runner):
+    cfg = config.parse({"runtime": {"task_runner": runner, "max_workers": 1}})
+    assert cfg.runtime.task_runner == runner
+    with pytest.raises(config.ConfigError, match="max_workers"):
+        config.parse({"runtime": {"task_runner": "thread", "max_workers": 2}})

@@ -1,0 +1,97 @@
+"""Sweeps: one command over a grid of traits, one DAG with shared jobs merged, one table of effects; the Dask
+runner (a LocalCluster of 2 workers) gives the same digests and metrics as the sequential run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+from sublim import config, sweep
+from tests.conftest import TINY_LM, deep_update, make_project
+
+SWEEP_LM = deep_update(TINY_LM, {"student_inits": ["shared"]})
+GRID = {"lm.trait.target": ["owl", "cat", "unicorn"]}
+
+
+def _raw(over: dict | None = None) -> dict:
+    return {"lm": deep_update(SWEEP_LM, over or {})}
+
+
+def test_sets_parse_into_a_grid():
+    assert sweep.parse_sets(["lm.trait.target=owl,cat", "lm.student.steps=10,20"]) == {
+        "lm.trait.target": ["owl", "cat"], "lm.student.steps": [10, 20]}
+    assert [p.name for p in sweep.points({"a": [1, 2], "b": ["x"]})] == ["a=1,b=x", "a=2,b=x"]
+    for bad in ("lm.trait.target", "=owl", "lm.trait.target="):
+        with pytest.raises(config.ConfigError, match="key=value"):
+            sweep.parse_sets([bad])
+
+
+def test_jobs_shared_by_points_run_once_and_bad_points_are_reported():
+    swept = sweep.build("animals", "lm", _raw(), GRID)
+    assert set(swept.reports) == {"lm.trait.target=owl", "lm.trait.target=cat"}
+    assert "lm.trait.target" in swept.invalid["lm.trait.target=unicorn"]
+    steps = Counter(j.step for j in swept.plan.jobs)
+    seeds = len(SWEEP_LM["seeds"])
+    # shared by both points: the base, each seed's control teacher, its numbers and its student
+    assert steps["base"] == 1 and steps["questions"] == 1
+    assert steps["teacher"] == seeds * (1 + 2)  # one control + one trait teacher per animal
+    assert steps["student"] == seeds * (1 + 2)
+    assert steps["summary"] == 2
+    ids = [j.id for j in swept.plan.jobs]
+    assert len(ids) == len(set(ids))
+    outputs = {j.output for j in swept.plan.jobs}
+    for job in swept.plan.jobs:  # every input is produced by a job of the sweep
+        assert all(p in outputs for _, p in job.inputs), job.id
+    with pytest.raises(config.ConfigError, match="sweep name"):
+        sweep.build("../x", "lm", _raw(), GRID)
+
+
+def test_a_point_draws_what_the_plain_pipeline_draws():
+    """Same job identity (and so the same random seed) with or without the sweep around it."""
+    swept = sweep.build("s", "lm", _raw(), {"lm.trait.target": ["owl"]})
+    from sublim.plan import plan
+
+    plain = {j.local_id: j.rng_seed for j in plan(config.parse(_raw()), "lm").jobs}
+    assert {j.local_id: j.rng_seed for j in swept.plan.jobs} == plain
+
+
+def _sweep(root, runner: str):
+    from flows.pipeline import build, sublim_sweep
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"].update(task_runner=runner, max_workers=2 if runner == "dask" else 1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = config.load(root / "params.yaml")
+    return build(cfg, sublim_sweep)(name="animals", grid=GRID, pipeline="lm", params=str(root / "params.yaml"))
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, prefect_server):
+    root = make_project(tmp_path_factory.mktemp("sweep-seq"), {"lm": SWEEP_LM}, git=False)
+    return root, _sweep(root, "thread")
+
+
+def test_sweep_ends_with_one_table_of_effects(sequential):
+    root, result = sequential
+    assert result["missing"] == [] and set(result["invalid"]) == {"lm.trait.target=unicorn"}
+    rows = json.loads((root / result["table"] / "effects.json").read_text())
+    assert [r["point"] for r in rows] == ["lm.trait.target=owl", "lm.trait.target=cat", "lm.trait.target=unicorn"]
+    assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
+    assert "lm.trait.target" in rows[2]["status"]
+    for row in rows[:2]:
+        assert 0 < row["p_teacher"] <= 1 and row["p_effect"] == pytest.approx(row["p_student"] - row["p_control_student"])
+    assert (root / result["table"] / "effects.csv").read_text().count("\n") == 4
+    assert "2/3 points finished" in result["summary"]
+
+
+def test_dask_runner_gives_the_sequential_digests_and_metrics(sequential, tmp_path):
+    root, first = sequential
+    other = make_project(tmp_path / "sweep-dask", {"lm": SWEEP_LM}, git=False)
+    second = _sweep(other, "dask")
+    assert second["missing"] == []
+    assert {k: o.digest for k, o in second["outcomes"].items()} == {k: o.digest for k, o in first["outcomes"].items()}
+    table = lambda r: json.loads((r / "sweeps/animals/effects/effects.json").read_text())  # noqa: E731
+    assert table(other) == table(root)
