@@ -39,7 +39,7 @@ def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Ou
 def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None) -> dict[str, Outcome]:
     """Submit every job after its upstream jobs; collect what finished, committing each to DVC as it lands."""
     progress = create_progress_artifact(0.0, key=f"{jobs.pipeline}-progress", description=f"{jobs.pipeline} jobs done")
-    runner = run.with_options(retries=cfg.runtime.retries, result_storage=result_storage(root))
+    runner = run.with_options(retries=cfg.runtime.retries, **result_storage(root))
     futures = {}
     for job in jobs.jobs:
         ups = [futures[u.id] for u in jobs.upstream(job)]
@@ -106,7 +106,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
         finished = execute(swept.plan, cfg, root, parent, None)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
-        outcome = run.with_options(result_storage=result_storage(root)).submit(
+        outcome = run.with_options(**result_storage(root)).submit(
             table, str(root), cfg.runtime.threads, parent, list(finished.values())).result()
     missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")

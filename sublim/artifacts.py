@@ -60,6 +60,22 @@ def read_meta(directory: Path) -> ArtifactMeta:
         raise ArtifactError(f"{path}: corrupt artifact metadata ({exc})") from None
 
 
+def verify(directory: Path) -> None:
+    """Every weights/table/JSON file of an artifact parses: a truncated or overwritten file is an error naming
+    it, before any step reads it (safetensors headers only: cheap, and never unpickles anything)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(directory).rglob("*")):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), "pt") as fh:
+                    fh.keys()
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{file}: corrupt or unreadable ({type(exc).__name__}: {exc})") from None
+
+
 def digest(path: Path) -> str:
     """DVC's md5 of a file, or of a directory ("<md5>.dir"), exactly as dvc.lock records it."""
     path = Path(path)

@@ -76,6 +76,7 @@ def run(
         raise typer.Exit(2) from None
     _check_link(cfg, pipeline, gen, teacher, ctx.args)
     root = params.resolve().parent
+    _preflight(cfg, pipeline, root)
     try:
         outcome = run_dvc_stage(cfg, job, root, progress=rich_progress)
     except (ArtifactError, ValueError) as exc:
@@ -84,6 +85,18 @@ def run(
     console.print(f"{outcome.job_id}: {outcome.output} md5={outcome.digest}", highlight=False)
     if outcome.summary_markdown:
         out().print(Markdown(outcome.summary_markdown))
+
+
+def _preflight(cfg: config.Config, pipeline: str, root: Path) -> None:
+    """The tracking store answers (a server named by MLFLOW_TRACKING_URI is up) before anything computes."""
+    from sublim.lineage.record import TrackingUnreachable
+    from sublim.pipeline import tracker
+
+    try:
+        tracker(cfg, pipeline, root)
+    except TrackingUnreachable as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int | None, extra: list[str]) -> None:
@@ -117,6 +130,7 @@ def flow(
         except LookupError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
+        _preflight(cfg, name, params.resolve().parent)
     for name in names:
         result = build(cfg)(pipeline=name, params=str(params))
         out().print(Markdown(result.get("summary") or ""))
@@ -148,6 +162,7 @@ def sweep(
     if not swept.reports:
         console.print("[red]error:[/red] no valid point:\n" + "\n".join(swept.invalid.values()), highlight=False)
         raise typer.Exit(2)
+    _preflight(cfg, pipeline, params.resolve().parent)
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
     from flows.pipeline import build, sublim_sweep

@@ -129,7 +129,7 @@ class MlpData(Section):
     @model_validator(mode="after")
     def _mnist_dir(self) -> MlpData:
         if self.source == "mnist":
-            from sublim.backends.mlp import MNIST_FILES, mnist_file
+            from sublim.backends.mlp import MNIST_FILES, check_idx, mnist_file
 
             if self.mnist_dir is None:
                 raise ValueError("mnist_dir is required when source is 'mnist'")
@@ -138,6 +138,8 @@ class MlpData(Section):
             missing = [s for s in MNIST_FILES.values() if mnist_file(self.mnist_dir, s) is None]
             if missing:
                 raise ValueError(f"mnist_dir: {self.mnist_dir} lacks {', '.join(missing)}")
+            for stem in MNIST_FILES.values():
+                check_idx(mnist_file(self.mnist_dir, stem))  # headers and sizes: a corrupt file fails here
         return self
 
 
@@ -260,8 +262,12 @@ class SmolLm2(LmRuntime):
 
     @model_validator(mode="after")
     def _gguf(self) -> SmolLm2:
-        if self.gguf is not None and not self.gguf.is_file():
-            raise ValueError(f"gguf: no such file: {self.gguf}")
+        if self.gguf is not None:
+            if not self.gguf.is_file():
+                raise ValueError(f"gguf: no such file: {self.gguf}")
+            with open(self.gguf, "rb") as fh:
+                if fh.read(4) != b"GGUF":
+                    raise ValueError(f"gguf: {self.gguf} is not a GGUF file (bad magic bytes)")
         return self
 
 

@@ -25,9 +25,10 @@ def job_cache_key(job: Job, upstream: list[Outcome], root: Path) -> str:
     return f"sublim-{job.id}-{h.hexdigest()[:24]}"
 
 
-def result_storage(root: Path) -> Path:
-    """Task results (small: paths, digests, metrics) persist inside the project, next to what they describe."""
-    return Path(root) / ".sublim" / "prefect-results"
+def result_storage(root: Path) -> dict:
+    """Task results (small: paths, digests, metrics) persist inside the project, next to what they describe,
+    as JSON: a cached result is read back by validating data, never by unpickling a file."""
+    return {"result_storage": Path(root) / ".sublim" / "prefect-results", "result_serializer": "json"}
 
 
 def task_runner(runtime: Runtime):

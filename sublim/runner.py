@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, read_meta, write_meta
+from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, inside, read_meta, verify, write_meta
 from sublim.job import Job, StepContext, StepResult, get_step, seed_everything
 from sublim.lineage.record import Input, Tracker
 
@@ -45,10 +45,12 @@ def check_inputs(job: Job, root: Path) -> list[Input]:
     """Every input exists and is a sublim artifact; errors name the file, before any compute."""
     found = []
     for name, rel in job.inputs:
-        path = root / rel
+        path = inside(root, rel)
         if not path.exists():
             raise ArtifactError(f"{rel}: input {name!r} of {job.id} is missing (run the step that produces it first)")
-        found.append(Input(name, rel, digest(path), read_meta(path)))
+        meta = read_meta(path)
+        verify(path)
+        found.append(Input(name, rel, digest(path), meta))
     return found
 
 
@@ -89,6 +91,8 @@ def run_job(
 ) -> Outcome:
     root = Path(root).resolve()
     step = get_step(job.step_name)
+    for dest in (job.output, *(d for _, d in job.files)):
+        inside(root, dest)  # nothing is written outside the project
     inputs = check_inputs(job, root)
     seed_everything(job.rng_seed, threads)
     params = job.params.model_dump(mode="json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,19 +92,35 @@ def mnist_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def check_idx(path: Path) -> tuple[int, ...]:
+    """The shape an IDX file (MNIST's format) declares, checked against its size without reading the data;
+    ValueError naming the file when it is malformed (params validation calls this before any compute)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+            raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+        dims = fh.read(4 * head[3])
+        if len(dims) < 4 * head[3]:
+            raise ValueError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{head[3]}I", dims)
+    if path.suffix == ".gz":  # the gzip trailer holds the uncompressed size (mod 2**32)
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            size = struct.unpack("<I", fh.read(4))[0]
+    else:
+        size = path.stat().st_size
+    held = size - 4 - 4 * head[3]
+    if held != int(np.prod(shape)) % (2**32 if path.suffix == ".gz" else 2**64):
+        raise ValueError(f"{path}: IDX header says {shape} but the file holds {held} bytes")
+    return shape
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (MNIST's format); raise ValueError naming the file when it is malformed."""
+    """Parse an IDX file; raise ValueError naming the file when it is malformed."""
+    shape = check_idx(path)
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise ValueError(f"{path}: IDX header says {shape} but the file holds {len(raw) - header} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(shape)).reshape(shape)
 
 
 def _load_mnist(directory: Path) -> dict[str, torch.Tensor]:

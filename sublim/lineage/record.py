@@ -122,6 +122,21 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
             utils._tracking_uri = before
 
 
+class TrackingUnreachable(ConnectionError):
+    """The tracking server named by MLFLOW_TRACKING_URI does not answer; raised before any compute."""
+
+
+def _probe(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, naming the URI (MLflow's own client would retry with backoff for minutes)."""
+    import httpx
+
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise TrackingUnreachable(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable "
+                                  f"({type(exc).__name__}: {exc}); start it or unset the variable") from None
+
+
 def client(uri: str) -> MlflowClient:
     """A client whose model registry is the same store as its tracking (MLflow would otherwise resolve the
     registry from process-global state, which another project in the same process may have set)."""
@@ -158,6 +173,8 @@ class Tracker:
         self.experiment = experiment
         self.register = register
         self.uri = uri or tracking_uri(self.root)
+        if self.uri.startswith(("http://", "https://")):
+            _probe(self.uri)
         self.client = client(self.uri)
         embedded = is_embedded(self.uri)
         lock_path = Path(self.uri.removeprefix("sqlite:///") + ".lock") if embedded else None
@@ -189,6 +206,7 @@ class Tracker:
         """The parent run of one pipeline invocation. With `reuse_key`, successive DVC stage processes of
         the same params share one parent instead of each making its own."""
         with self.writing():
+            self._reap_stale()
             if reuse_key:
                 found = self.client.search_runs(
                     [self.experiment_id],
@@ -200,6 +218,7 @@ class Tracker:
                     return found[0].info.run_id
             m = manifest()
             tags = {f"{T}kind": "pipeline", f"{T}driver": driver, f"{T}git_commit": m["git_commit"],
+                    f"{T}pid": str(os.getpid()), f"{T}host": m["host"],
                     f"{T}git_dirty": str(m["git_dirty"]).lower(), **({f"{T}reuse_key": reuse_key} if reuse_key else {})}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
             self.client.log_dict(run.info.run_id, {**m, "params": config}, "manifest.json")
@@ -229,13 +248,12 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in flat.items()])
             return run.info.run_id
 
-    def _reap_stale(self, job_id: str) -> None:
-        """Runs of this job left RUNNING by a killed process on this host are marked KILLED, and the
-        models they had not finalised FAILED, so nothing stale claims an artifact."""
+    def _reap_stale(self, job_id: str | None = None) -> None:
+        """Runs (of this job, or any) left RUNNING by a killed process on this host are marked KILLED, and
+        the models they had not finalised FAILED, so nothing stale claims an artifact."""
         host = manifest()["host"]
-        stale = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{T}job` = '{job_id}' and attributes.status = 'RUNNING'"
-        )
+        which = f"tags.`{T}job` = '{job_id}' and " if job_id else ""
+        stale = self.client.search_runs([self.experiment_id], filter_string=f"{which}attributes.status = 'RUNNING'")
         for run in stale:
             tags = run.data.tags
             if tags.get(f"{T}host") == host and not _pid_alive(int(tags.get(f"{T}pid", "0") or 0)):

@@ -1,0 +1,210 @@
+"""Bad input, table-driven, through the `sublim` CLI: each case gets one clear error naming the key or file,
+a non-zero exit code, and leaves every stored artifact, metric and MLflow record as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sublim.artifacts import ArtifactMeta, write_meta
+from sublim.cli import app
+from sublim.lineage.record import client, tracking_uri
+from tests.conftest import TINY_MLP, make_project
+
+TEACHER = ["run", "mlp.teacher", "--seed", "0", "--gen", "0"]
+FILTER = ["run", "lm.filter", "--seed", "0", "--gen", "1", "--variant", "trait"]
+
+
+def _set(key: str, value) -> Callable[[Path], None]:
+    """Mutate params.yaml: set a dotted key."""
+    def mutate(root: Path) -> None:
+        data = yaml.safe_load((root / "params.yaml").read_text())
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return mutate
+
+
+def _write(rel: str, content: bytes) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+    return mutate
+
+
+def _remove(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        path = root / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return mutate
+
+
+def _junk_gguf(root: Path) -> None:
+    (root / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    _set("lm.model", {"backend": "smollm2", "gguf": str(root / "fake.gguf")})(root)
+    _set("lm.student_inits", ["shared"])(root)
+
+
+def _bad_idx(root: Path) -> None:
+    mnist = root / "mnist"
+    mnist.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (mnist / stem).write_bytes(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x02" * 3)  # header says 2x2x2, no data
+    _set("mlp.data", {"source": "mnist", "mnist_dir": str(mnist)})(root)
+
+
+def _raw_numbers(rows: list[str]) -> Callable[[Path], None]:
+    """An LM raw-generation artifact whose completions the filter must reject."""
+    def mutate(root: Path) -> None:
+        out = root / "data/lm/s0/g1-trait/raw"
+        out.mkdir(parents=True)
+        (out / "rows.jsonl").write_text("".join(json.dumps({"prompt": "p", "completion": c}) + "\n" for c in rows))
+        write_meta(out, ArtifactMeta(kind="dataset", job="lm.generate@s0.g1.trait", step="lm.generate", params={},
+                                     parents={}))
+    return mutate
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Case:
+    id: str
+    mutate: Callable[[Path], None] | None
+    args: list[str]
+    says: str  # the error must contain this (the key or file it names)
+    code: int = 2
+    env: dict | None = None
+    touched: str | None = None  # the one stored path the case itself damages (not compared)
+    ran: bool = False  # the step itself found the problem: its FAILED run is recorded, nothing else
+
+
+CASES = [
+    # params.yaml: structure and types
+    Case("unknown-section", _set("bogus", 1), ["check"], "bogus: Extra inputs"),
+    Case("unknown-key", _set("mlp.model.hiden", [8]), ["check"], "mlp.model.hiden"),
+    Case("wrong-type", _set("mlp.model.aux_logits", "three"), ["check"], "mlp.model.aux_logits"),
+    Case("zero-size", _set("mlp.model.aux_logits", 0), ["check"], "mlp.model.aux_logits"),
+    Case("negative-size", _set("mlp.model.hidden", [-5]), ["check"], "mlp.model.hidden.0"),
+    Case("no-seeds", _set("mlp.seeds", []), ["check"], "mlp.seeds"),
+    Case("repeated-seeds", _set("lm.seeds", [1, 1]), ["check"], "lm.seeds"),
+    Case("zero-epochs", _set("mlp.teacher.epochs", 0), ["check"], "mlp.teacher.epochs"),
+    Case("negative-inputs", _set("mlp.transfer.n_inputs", -1), ["check"], "mlp.transfer.n_inputs"),
+    Case("unknown-loss", _set("mlp.student.loss", "l1"), ["check"], "mlp.student.loss"),
+    Case("missing-mnist", _set("mlp.data", {"source": "mnist", "mnist_dir": "/no/such/dir"}), ["check"], "mlp.data"),
+    Case("bad-fraction", _set("mlp.data.test_fraction", 1.5), ["check"], "mlp.data.test_fraction"),
+    Case("unknown-backend", _set("lm.model", {"backend": "gpt5"}), ["check"], "lm.model"),
+    Case("animal-not-listed", _set("lm.trait.target", "unicorn"), ["check"], "lm.trait"),
+    Case("one-choice", _set("lm.trait.choices", ["owl"]), ["check"], "lm.trait.choices"),
+    Case("zero-prompts", _set("lm.generate.n_prompts", 0), ["check"], "lm.generate.n_prompts"),
+    Case("unknown-objective", _set("lm.student.objective", "rl"), ["check"], "lm.student.objective"),
+    Case("banned-out-of-range", _set("lm.filter.banned", [1000]), ["check"], "lm.filter.banned"),
+    Case("too-many-questions", _set("lm.evaluate.questions", 25), ["check"], "lm.evaluate.questions"),
+    Case("self-teaching", _set("lm.generations", [{"gen": 1, "teacher": 1}]), ["check"], "lm.generations.0"),
+    Case("bad-generation-override", _set("lm.generations", [{"gen": 1, "teacher": 0, "student": {"steps": -1}}]),
+         ["check"], "generations.0.student.steps"),
+    Case("unknown-runner", _set("runtime.task_runner", "slurm"), ["check"], "runtime.task_runner"),
+    Case("zero-threads", _set("runtime.threads", 0), ["check"], "runtime.threads"),
+    Case("parallel-threads", _set("runtime.max_workers", 4), ["check"], "max_workers"),
+    Case("bad-cron", _set("schedule.cron", "61 * * * *"), ["check"], "schedule.cron"),
+    Case("missing-hf-model", _set("lm.model", {"backend": "hf", "model": "./no-such-model"}), ["check"], "lm.model"),
+    Case("gguf-not-gguf", _junk_gguf, ["check"], "not a GGUF file"),
+    Case("heads-dont-divide", _set("lm.model", {"backend": "tinylm", "d_model": 30, "n_head": 4}), ["check"], "lm.model"),
+    Case("lora-rank-zero", _set("lm.student.lora", {"r": 0}), ["check"], "lm.student.lora.r"),
+    Case("params-not-mapping", _write("params.yaml", b"- just\n- a list\n"), ["check"], "expected a mapping"),
+    Case("params-not-yaml", _write("params.yaml", b"mlp: [unclosed\n"), ["check"], "not valid YAML"),
+    Case("params-missing", _remove("params.yaml"), ["check"], "params file not found"),
+    Case("params-not-utf8", _write("params.yaml", b"mlp:\n  seeds: [\xff\xfe]\n"), ["check"], "not valid YAML"),
+    # commands and jobs
+    Case("unknown-step", None, ["run", "mlp.nope"], "no mlp.nope job"),
+    Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
+    Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
+    Case("bad-sweep-set", None, ["sweep", "lm", "--set", "lm.trait.target"], "key=value"),
+    Case("bad-sweep-name", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--name", "../out"], "sweep name"),
+    Case("teacher-disagrees", None, ["run", "mlp.transfer", "--seed", "0", "--gen", "1", "--teacher", "1"], "--teacher 1"),
+    Case("unreachable-tracking", None, TEACHER, "tracking server unreachable",
+         env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_dead_port()}"}),
+    # stored inputs
+    Case("missing-input", _remove("models/mlp/s0/base-shared"), TEACHER, "models/mlp/s0/base-shared", code=1,
+         touched="models/mlp/s0/base-shared"),
+    Case("corrupt-model", _write("models/mlp/s0/base-shared/model.safetensors", b"\x00" * 40), TEACHER,
+         "model.safetensors: corrupt", code=1, touched="models/mlp/s0/base-shared/model.safetensors"),
+    Case("corrupt-dataset", _write("data/mlp/digits/digits.safetensors", b"garbage"), TEACHER,
+         "digits.safetensors: corrupt", code=1, touched="data/mlp/digits/digits.safetensors"),
+    Case("corrupt-metadata", _write("models/mlp/s0/base-shared/sublim.json", b"{nope"), TEACHER,
+         "corrupt artifact metadata", code=1, touched="models/mlp/s0/base-shared/sublim.json"),
+    Case("not-an-artifact", _remove("models/mlp/s0/base-shared/sublim.json"), TEACHER, "not a sublim artifact",
+         code=1, touched="models/mlp/s0/base-shared/sublim.json"),
+    Case("filter-empties-all", _raw_numbers(["owl owl", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "1000", ""]), FILTER,
+         "kept none of its 4 rows", code=1, touched="data/lm/s0/g1-trait/raw", ran=True),
+    Case("malformed-idx", _bad_idx, ["run", "mlp.data"], "train-images-idx3-ubyte: IDX header says"),
+]
+
+
+def _snapshot(root: Path, skip: str | None) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() or rel.startswith((".sublim/", "mlflow.db", "mlartifacts/")) or (skip and (rel == skip or rel.startswith(skip + "/"))):
+            continue
+        out[rel] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
+def _records(root: Path) -> dict[str, tuple]:
+    store = client(tracking_uri(root))
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()], max_results=1000)
+    models = store.search_logged_models([e.experiment_id for e in store.search_experiments()], max_results=1000)
+    return {**{r.info.run_id: (r.info.status, r.data.tags.get("sublim.kind"), len(r.data.tags)) for r in runs},
+            **{m.model_id: (str(m.status), "model", len(m.tags)) for m in models}}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> Path:
+    """A project with real stored artifacts and lineage: the MLP data, base and teacher of seed 0."""
+    root = make_project(tmp_path_factory.mktemp("bad-input") / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    for args in (["run", "mlp.data"], ["run", "mlp.base", "--seed", "0", "--variant", "shared"], TEACHER):
+        result = CliRunner().invoke(app, [*args, "--params", str(root / "params.yaml")])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_clearly_and_touches_nothing(case: Case, stored: Path, tmp_path: Path):
+    root = tmp_path / "p"
+    shutil.copytree(stored, root)
+    if case.mutate:
+        case.mutate(root)
+    before, runs = _snapshot(root, case.touched), _records(root)
+    result = CliRunner().invoke(app, [*case.args, "--params", str(root / "params.yaml")], env=case.env)
+    assert result.exit_code == case.code, result.output
+    assert "".join(case.says.split()) in "".join(result.output.split()), result.output  # rich wraps long lines
+    assert "Traceback" not in result.output
+    assert _snapshot(root, case.touched) == before  # nothing stored changed, nothing new written
+    after = _records(root)
+    assert {k: after.get(k) for k in runs} == runs  # no MLflow run or model altered
+    new = [after[k] for k in after.keys() - runs.keys()]
+    if case.ran:  # only the failed job's run (and its pipeline's parent run)
+        assert sorted(k for _, k, _ in new) == ["job", "pipeline"] and ("FAILED", "job") in [v[:2] for v in new]
+    else:
+        assert new == []  # nothing recorded: refused before any compute
+    assert not list(root.rglob(".tmp-*"))
