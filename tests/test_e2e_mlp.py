@@ -65,6 +65,8 @@ def test_mlflow_lineage_tags(flow_run):
     train_run = client.get_run(out["mlp.student@s1.g1.shared"].run_id)
     assert {d.tags[0].value for d in train_run.inputs.dataset_inputs} == {"training"}
     assert train_run.data.tags["sublim.git_commit"] != "unknown"
+    versions = json.loads(train_run.data.tags["sublim.versions"])
+    assert {"torch", "mlflow", "prefect", "dvc"} <= set(versions) and versions["torch"].startswith("2.")
 
 
 def test_rerun_hits_the_cache_and_dvc_is_in_sync(flow_run):

@@ -175,11 +175,11 @@ class Tracker:
         self.uri = uri or tracking_uri(self.root)
         if self.uri.startswith(("http://", "https://")):
             _probe(self.uri)
-        self.client = client(self.uri)
         embedded = is_embedded(self.uri)
         lock_path = Path(self.uri.removeprefix("sqlite:///") + ".lock") if embedded else None
         self._lock = FileLock(str(lock_path), timeout=600) if lock_path else None
-        with self.writing():
+        with self.writing():  # creating the client creates (migrates) a new store: one process at a time
+            self.client = client(self.uri)
             if embedded:
                 _wal(Path(self.uri.removeprefix("sqlite:///")))
             self.experiment_id = self._experiment(experiment, embedded)
