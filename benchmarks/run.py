@@ -1,7 +1,8 @@
 """`make bench`: speed figures written to benchmarks/results.json (never asserted in tests).
 
 Sections: demo wall time; orchestration overhead (Prefect flow + MLflow vs bare step functions); lineage query
-times as lineage grows; LM generation throughput vs plain `generate`; exact vs sampled evaluation cost.
+times as lineage grows; LM generation throughput vs plain `generate`; exact vs sampled evaluation cost; a
+2-worker Dask sweep vs the sequential sweep; per-task scheduling overhead of the task runners.
 Each section runs in a fresh temporary project so caches cannot flatter the numbers.
 """
 
@@ -78,7 +79,14 @@ def overhead(tmp: Path) -> dict:
             "bare_steps_s": round(bare, 2), "prefect_flow_s": round(orchestrated, 2),
             "overhead_ratio": round(orchestrated / bare, 3),
             "overhead_ratio_incl_store_creation": round((orchestrated + store_init) / bare, 3),
-            "target_ratio": 1.10, "jobs": 37, "params": "params.yaml defaults (5 seeds)"}
+            "target_ratio": 1.10, "jobs": _jobs(root, "mlp"), "params": "params.yaml defaults (5 seeds)"}
+
+
+def _jobs(root: Path, pipeline: str) -> int:
+    from sublim import config
+    from sublim.plan import plan
+
+    return len(plan(config.load(root / "params.yaml"), pipeline).jobs)
 
 
 def demo(tmp: Path) -> dict:
@@ -93,10 +101,9 @@ def demo(tmp: Path) -> dict:
 def lineage_queries(tmp: Path) -> dict:
     """ancestors and audit of a leaf in synthetic lineages of 100 / 1,000 / 5,000 models in 10 generations,
     each in a fresh sqlite store (cold query cache: a new Lineage per query)."""
-    from sublim.lineage.record import client as MlflowClient
-
     from sublim.lineage.query import Lineage, audit
     from sublim.lineage.record import _wal
+    from sublim.lineage.record import client as MlflowClient
     from tests.lineage_fixtures import chain, digest_of
 
     out = {}
@@ -191,7 +198,8 @@ def evaluation_cost(tmp: Path) -> dict:
     from sublim.prompts.traits import questions
     from sublim.steps.evaluate import trait_rates
 
-    lmlib, lm = _tinylm(1)
+    from sublim.backends import lm as lmlib
+
     root = make_project(tmp / "eval", {"lm": {"model": {"backend": "tinylm", "pretrain_steps": 300}}}, git=False)
     from sublim import config
     from sublim.plan import plan
@@ -219,8 +227,79 @@ def evaluation_cost(tmp: Path) -> dict:
             "cost_ratio_sampled_over_exact": round(need * len(asked) * per_sample / exact_s, 1)}
 
 
+SWEEP_LM = {"seeds": [0, 1, 2, 3], "student_inits": ["shared"],
+            "model": {"backend": "tinylm", "pretrain_steps": 300},
+            "teacher": {"steps": 30}, "generate": {"n_prompts": 500}, "student": {"steps": 100},
+            "evaluate": {"samples": 0}}
+
+
+def _timed_sweep(root: Path, runner: str, workers: int, threads: int) -> tuple[float, dict]:
+    import yaml
+
+    from flows.pipeline import build, sublim_sweep
+    from sublim import config
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"].update(task_runner=runner, max_workers=workers, threads=threads)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = config.load(root / "params.yaml")
+    t0 = time.perf_counter()
+    result = build(cfg, sublim_sweep)(name="animals", grid={"lm.trait.target": ["owl", "cat"]}, pipeline="lm",
+                                      params=str(root / "params.yaml"))
+    wall = time.perf_counter() - t0
+    assert not result["missing"], result["missing"]
+    return wall, {k: o.digest for k, o in result["outcomes"].items()}
+
+
+def dask_sweep(tmp: Path) -> dict:
+    """A sweep over 2 animals x 4 seeds (tinylm, 37 jobs): sequential (1 job at a time) vs a Dask LocalCluster of
+    2 single-threaded workers; every job CPU-bound. Also the sequential run with 2 torch threads per job."""
+    out = {}
+    runs = {"sequential_1_thread": ("thread", 1, 1), "dask_2_workers_1_thread": ("dask", 2, 1),
+            "sequential_2_threads": ("thread", 1, 2)}
+    digests = {}
+    for name, (runner, workers, threads) in runs.items():
+        root = make_project(tmp / name, {"lm": SWEEP_LM}, git=False)
+        wall, digests[name] = _timed_sweep(root, runner, workers, threads)
+        out[f"{name}_s"] = round(wall, 1)
+    out["speedup_dask_vs_sequential_same_threads"] = round(out["sequential_1_thread_s"] / out["dask_2_workers_1_thread_s"], 2)
+    out["speedup_dask_vs_sequential_2_threads"] = round(out["sequential_2_threads_s"] / out["dask_2_workers_1_thread_s"], 2)
+    out["same_digests_dask_vs_sequential"] = digests["sequential_1_thread"] == digests["dask_2_workers_1_thread"]
+    out.update(jobs=len(digests["sequential_1_thread"]), target_speedup=1.6)
+    return out
+
+
+def task_overhead(tmp: Path) -> dict:
+    """Per-task scheduling cost of the task runners themselves: 200 no-op tasks through a flow."""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    def fan(n: int) -> int:
+        return sum(f.result() for f in noop.map(range(n)))
+
+    out = {}
+    n = 200
+    for name, runner in (("thread", ThreadPoolTaskRunner(max_workers=1)),
+                         ("dask_2_workers", DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+                                                                          "processes": True, "dashboard_address": None}))):
+        flow_fn = flow(fan, name=f"overhead-{name}", task_runner=runner)
+        flow_fn(2)  # warm: server up, cluster code imported
+        t0 = time.perf_counter()
+        assert flow_fn(n) == n * (n - 1) // 2
+        out[f"{name}_ms_per_task"] = round(1000 * (time.perf_counter() - t0) / n, 1)
+    out["tasks"] = n
+    out["note"] = "includes a fresh LocalCluster start per flow run for dask"
+    return out
+
+
 SECTIONS = {"demo": demo, "orchestration_overhead": overhead, "lineage_queries": lineage_queries,
-            "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost}
+            "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost,
+            "dask_sweep": dask_sweep, "task_overhead": task_overhead}
 
 
 def main() -> None:

@@ -78,3 +78,13 @@ def test_generation_overrides_merge_onto_the_section():
 def test_digest_changes_with_any_value():
     assert config.parse({}).digest() == config.parse({}).digest()
     assert config.parse({}).digest() != config.parse({"mlp": {"seeds": [0]}}).digest()
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_presets_are_valid_params_files(preset):
+    from sublim.plan import plan
+
+    cfg = config.load(preset)
+    jobs = plan(cfg, "lm").jobs
+    assert cfg.lm.model.trust_remote_code is False and len(jobs) > 0

@@ -182,3 +182,19 @@ def test_queries_against_a_running_tracking_server(tmp_path):
         server.wait(timeout=30)
     assert server.returncode is not None
 
+
+
+def test_registering_leaves_the_process_tracking_uri_alone(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; registering a model must not leak it."""
+    import os
+
+    from sublim.lineage.record import _global_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with _global_tracking_uri(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
+    with _global_tracking_uri(f"sqlite:///{tmp_path / 'a.db'}"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://server:5000"

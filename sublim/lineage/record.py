@@ -114,12 +114,18 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils
 
     with _URI_LOCK:
-        before = utils._tracking_uri  # the raw setting (None = unset), so restoring it leaves "unset" unset
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses): restore both exactly, or every
+        # later project in this process, and every process it starts, would track into this store
+        before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
             yield
         finally:
             utils._tracking_uri = before
+            if env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 class TrackingUnreachable(ConnectionError):
