@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench serve clean
 
 $(BIN)/sublim: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,11 @@ test: $(BIN)/sublim
 test-slow: $(BIN)/sublim
 	$(BIN)/python -m pytest -q -m slow
 
+serve: $(BIN)/sublim  ## Prefect deployments on params.yaml's schedule (set PREFECT_API_URL for a real server)
+	$(BIN)/sublim serve
+
 bench: $(BIN)/sublim
 	$(BIN)/python benchmarks/run.py --out benchmarks/results.json
 
 clean:
-	rm -rf .sublim mlflow.db mlartifacts data models metrics reports
+	rm -rf .sublim mlflow.db mlflow.db-* mlartifacts data models sweeps reports/lineage
