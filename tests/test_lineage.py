@@ -23,7 +23,7 @@ from tests.lineage_fixtures import chain, digest_of, record
 @pytest.fixture
 def store(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client, client.create_experiment("lineage")
+    return client, client.create_experiment("lineage", artifact_location=(tmp_path / "artifacts").as_uri())
 
 
 def test_branching_one_teacher_several_students(store):
@@ -128,7 +128,7 @@ def test_graph_text_and_picture(store, tmp_path):
 def test_cli_audit_exit_codes_and_graph(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    exp = client.create_experiment("sublim-lm")
+    exp = client.create_experiment("sublim-lm", artifact_location=(tmp_path / "artifacts").as_uri())
     leaf = chain(client, exp, 8, 3)[0]
     record(client, exp, "clean-base", role="base")
     record(client, exp, "clean", role="student", init="clean-base", data_from=["clean-base"], gen=1)
