@@ -37,28 +37,58 @@ def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Ou
 
 
 def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None) -> dict[str, Outcome]:
-    """Submit every job after its upstream jobs; collect what finished, committing each to DVC as it lands."""
+    """Submit each job once its upstream jobs have finished, passing their results as plain values; collect
+    what finished, committing each to DVC as it lands. (Submitting a job with its upstream *futures* would make
+    Dask place it on the worker holding their results: the whole DAG ends up on one worker.) A job whose
+    upstream failed is never submitted; it is reported missing."""
     progress = create_progress_artifact(0.0, key=f"{jobs.pipeline}-progress", description=f"{jobs.pipeline} jobs done")
     runner = run.with_options(retries=cfg.runtime.retries, **result_storage(root))
-    futures = {}
+    downstream: dict[str, list[Job]] = {job.id: [] for job in jobs.jobs}
     for job in jobs.jobs:
-        ups = [futures[u.id] for u in jobs.upstream(job)]
-        fresh = not (root / job.output).exists()
-        futures[job.id] = runner.with_options(refresh_cache=fresh or None).submit(
-            job, str(root), cfg.runtime.threads, parent, ups)
-    by_future = {f.task_run_id: k for k, f in futures.items()}
+        for up in jobs.upstream(job):
+            downstream[up.id].append(job)
     finished: dict[str, Outcome] = {}
-    for done, fut in enumerate(as_completed(list(futures.values())), 1):
-        job = jobs.get(by_future[fut.task_run_id])
-        fut.wait()  # done, but this settles the future's final state
-        if fut.state.is_completed():
-            finished[job.id] = fut.state.result()
+    running: dict = {}  # task run id -> (job, future)
+
+    def submit(job: Job) -> None:
+        fresh = not (root / job.output).exists()
+        future = runner.with_options(refresh_cache=fresh or None).submit(
+            job, str(root), cfg.runtime.threads, parent, [finished[u.id] for u in jobs.upstream(job)])
+        running[future.task_run_id] = (job, future)
+
+    for job in jobs.jobs:
+        if not jobs.upstream(job):
+            submit(job)
+    done = 0
+    while running:
+        future = next(as_completed([f for _, f in running.values()]))
+        job, _ = running.pop(future.task_run_id)
+        future.wait()  # done, but this settles the future's final state
+        done += 1
+        if future.state.is_completed():
+            finished[job.id] = future.state.result()
             if dvc:
                 dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
+            for child in downstream[job.id]:
+                if all(u.id in finished for u in jobs.upstream(child)):
+                    submit(child)
         else:
-            get_run_logger().error("%s did not finish: %s", job.id, fut.state.message)
-        update_progress_artifact(progress, 100.0 * done / len(futures))
+            get_run_logger().error("%s did not finish: %s", job.id, future.state.message)
+        update_progress_artifact(progress, 100.0 * done / len(jobs.jobs))
     return finished
+
+
+def _lineage_picture(track, run_id: str, out: Path, pipeline: str) -> None:
+    """The experiment's lineage graph: files in reports/lineage/<pipeline>/, on the pipeline's MLflow run, and as
+    a Mermaid Prefect artifact."""
+    from sublim.lineage import graph
+    from sublim.lineage.query import Lineage
+
+    g = graph.of_experiment(Lineage(track.client, [track.experiment_id]), track.experiment_id)
+    for file in graph.write(g, out):
+        track.client.log_artifact(run_id, str(file), "lineage")
+    create_markdown_artifact(f"```mermaid\n{g.mermaid()}```\n", key=f"{pipeline}-lineage",
+                             description=f"lineage of every model in {track.experiment} (also {out}/lineage.png)")
 
 
 def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
@@ -84,6 +114,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
         finished = execute(jobs, cfg, root, parent, dvc)
         committed = dvc.close()
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
+    _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = next((o.summary_markdown for o in finished.values() if o.summary_markdown), None)
     summary = _report(pipeline, summary, missing)

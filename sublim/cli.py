@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sublim import config
 from sublim.plan import plan as make_plan
+
+# Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure), and its
+# per-task INFO lines would bury the results. Both stay overridable from the environment.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -306,17 +312,14 @@ def graph(
     lin = _lineage(root)
     exp = lin.client.get_experiment_by_name(ref)
     if exp is not None:
-        g = graphs.build(lin, lin.experiment_nodes(exp.experiment_id))
+        g = graphs.of_experiment(lin, exp.experiment_id)
     else:
         g = graphs.around(lin, _resolve(lin, ref, root))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lineage.mmd").write_text(g.mermaid())
-    (out / "lineage.dot").write_text(g.dot())
-    g.png(out / "lineage.png")
+    files = graphs.write(g, out)
     if exp is not None:
         run = lin.client.create_run(exp.experiment_id, run_name="lineage-graph", tags={"sublim.kind": "lineage-graph"})
-        for name in ("lineage.mmd", "lineage.dot", "lineage.png"):
-            lin.client.log_artifact(run.info.run_id, str(out / name), "lineage")
+        for file in files:
+            lin.client.log_artifact(run.info.run_id, str(file), "lineage")
         lin.client.set_terminated(run.info.run_id)
     print(g.mermaid())
     console.print(f"wrote {out}/lineage.mmd, lineage.dot, lineage.png ({len(g.nodes)} models, {len(g.edges)} edges)",

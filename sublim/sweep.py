@@ -38,8 +38,23 @@ def parse_sets(sets: list[str]) -> dict[str, list[Any]]:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise config.ConfigError(f"--set {item!r}: expected key=value[,value...], e.g. lm.trait.target=owl,cat")
-        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        grid[key.strip()] = [yaml.safe_load(v) for v in _split(values)]
     return grid
+
+
+def _split(values: str) -> list[str]:
+    """Split on commas outside brackets, so a value may be a YAML list or mapping:
+    `lm.model={backend: tinylm},{backend: smollm2}`."""
+    parts, depth, current = [], 0, ""
+    for ch in values:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
 
 
 def points(grid: dict[str, list[Any]]) -> list[Point]:
@@ -47,8 +62,12 @@ def points(grid: dict[str, list[Any]]) -> list[Point]:
     out = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         pairs = tuple(zip(keys, combo))
-        out.append(Point(",".join(f"{k}={v}" for k, v in pairs), pairs))
+        out.append(Point(",".join(f"{k}={_show(v)}" for k, v in pairs), pairs))
     return out
+
+
+def _show(value: Any) -> str:
+    return str(value) if not isinstance(value, (list, dict)) else yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 def apply(data: dict, overrides: tuple[tuple[str, Any], ...]) -> dict:

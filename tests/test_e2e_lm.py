@@ -33,6 +33,8 @@ def test_every_job_finishes_and_the_decay_curve_is_reported(flow_run):
     m = json.loads((root / "metrics/lm.json").read_text())
     assert {"g0-trait", "g1-trait", "g2-trait", "g2-control"} <= set(m["generations"])
     assert (root / "reports/lm/generations.png").exists()
+    assert (root / "reports/lineage/lm/lineage.png").stat().st_size > 5000  # the experiment's lineage picture
+    assert "-. data .->" in (root / "reports/lineage/lm/lineage.mmd").read_text()
     assert "owl" in result["summary"]
 
 

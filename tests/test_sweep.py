@@ -24,6 +24,8 @@ def test_sets_parse_into_a_grid():
     assert sweep.parse_sets(["lm.trait.target=owl,cat", "lm.student.steps=10,20"]) == {
         "lm.trait.target": ["owl", "cat"], "lm.student.steps": [10, 20]}
     assert [p.name for p in sweep.points({"a": [1, 2], "b": ["x"]})] == ["a=1,b=x", "a=2,b=x"]
+    models = sweep.parse_sets(["lm.model={backend: tinylm, d_model: 32},{backend: smollm2}", "lm.seeds=[0, 1]"])
+    assert models == {"lm.model": [{"backend": "tinylm", "d_model": 32}, {"backend": "smollm2"}], "lm.seeds": [[0, 1]]}
     for bad in ("lm.trait.target", "=owl", "lm.trait.target="):
         with pytest.raises(config.ConfigError, match="key=value"):
             sweep.parse_sets([bad])

@@ -89,6 +89,18 @@ def build(lineage: Lineage, nodes: list[Node]) -> Graph:
     return Graph(by_digest, sorted(set(edges)))
 
 
+def of_experiment(lineage: Lineage, experiment_id: str) -> Graph:
+    return build(lineage, lineage.experiment_nodes(experiment_id))
+
+
+def write(graph: Graph, out: Path) -> list[Path]:
+    """lineage.mmd, lineage.dot and lineage.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lineage.mmd").write_text(graph.mermaid())
+    (out / "lineage.dot").write_text(graph.dot())
+    return [out / "lineage.mmd", out / "lineage.dot", graph.png(out / "lineage.png")]
+
+
 def around(lineage: Lineage, digest: str) -> Graph:
     """A model with all its ancestors and descendants."""
     start = lineage.node(digest)
