@@ -31,6 +31,22 @@ def result_storage(root: Path) -> dict:
     return {"result_storage": Path(root) / ".sublim" / "prefect-results", "result_serializer": "json"}
 
 
+def prefect_api_url() -> str:
+    """The API this process's flows report to: the configured server, or the ephemeral one (started now, and
+    reused by the flow). LocalCluster workers are told it; otherwise each would start an ephemeral server of
+    its own (measured here: three servers on two cores, every job twice as slow)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return str(url)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
 def task_runner(runtime: Runtime):
     """The Prefect task runner params.yaml asks for: threads, processes, or a Dask cluster."""
     if runtime.task_runner == "dask":
@@ -38,8 +54,17 @@ def task_runner(runtime: Runtime):
 
         if runtime.dask_address:
             return DaskTaskRunner(address=runtime.dask_address)
+        import dask
+
+        # Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536: glibc then hands freed memory back at once
+        # and torch's allocations page-fault it back in; measured here, a tinylm job took 18.0 s instead of 11.3 s
+        # without it. Keep Dask's other pre-spawn settings; skip its 10 ms stack profiler.
+        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False})
         return DaskTaskRunner(cluster_kwargs={"n_workers": runtime.max_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+                                              "processes": True, "dashboard_address": None,
+                                              "env": {"PREFECT_API_URL": prefect_api_url()}})
     if runtime.task_runner == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
 
