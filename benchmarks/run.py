@@ -39,7 +39,7 @@ def bare_steps(root: Path) -> float:
     for job in plan(cfg, "mlp").jobs:
         out = root / job.output
         out.mkdir(parents=True)
-        seed_everything(job.rng_seed, cfg.runtime.threads)
+        seed_everything(job.rng_seed, cfg.runtime.threads_for("mlp"))
         result = get_step(job.step_name).fn(StepContext(job=job, root=root, out=out, progress=quiet))
         write_meta(out, ArtifactMeta(result.kind, job.id, job.step_name, {}, {}, derive_lineage(job, [], result, "mlp")))
     return time.perf_counter() - start
@@ -240,7 +240,7 @@ def _timed_sweep(root: Path, runner: str, workers: int, threads: int) -> tuple[f
     from sublim import config
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["runtime"].update(task_runner=runner, max_workers=workers, threads=threads)
+    params["runtime"].update(task_runner=runner, max_workers=workers, threads={"mlp": threads, "lm": threads})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = config.load(root / "params.yaml")
     t0 = time.perf_counter()

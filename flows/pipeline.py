@@ -26,7 +26,7 @@ from sublim.runner import Outcome, run_job
 
 
 def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
-    return job_cache_key(inputs["job"], inputs["upstream"], Path(inputs["root"]))
+    return job_cache_key(inputs["job"], inputs["upstream"], Path(inputs["root"]), inputs["threads"])
 
 
 @task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2)
@@ -53,7 +53,7 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
     def submit(job: Job) -> None:
         fresh = not (root / job.output).exists()
         future = runner.with_options(refresh_cache=fresh or None).submit(
-            job, str(root), cfg.runtime.threads, parent, [finished[u.id] for u in jobs.upstream(job)])
+            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in jobs.upstream(job)])
         running[future.task_run_id] = (job, future)
 
     for job in jobs.jobs:
@@ -138,7 +138,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
         finished = execute(swept.plan, cfg, root, parent, None)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
         outcome = run.with_options(**result_storage(root)).submit(
-            table, str(root), cfg.runtime.threads, parent, list(finished.values())).result()
+            table, str(root), cfg.runtime.threads_for(pipeline), parent, list(finished.values())).result()
     missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")
     summary = _report(f"sweep-{_key(name)}", outcome.summary_markdown, missing)

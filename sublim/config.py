@@ -31,12 +31,19 @@ PosFloat = Annotated[float, Field(gt=0)]
 
 
 class Runtime(Section):
-    threads: PosInt = 2  # torch CPU threads per step: fixed, because float reductions depend on it
+    # torch CPU threads per job, per pipeline: part of each job's identity (DVC params, Prefect cache key),
+    # because float sums depend on it.
+    # Measured on 2 cores: the MLP's small matrices gain nothing from 2 threads and its flow ran 1.8x slower
+    # beside Prefect's server and the DVC helper; the LM flow ran 1.36x faster with 2.
+    threads: dict[Literal["mlp", "lm"], PosInt] = {"mlp": 1, "lm": 2}
     task_runner: Literal["thread", "process", "dask"] = "thread"  # how the Prefect flow fans out jobs
     max_workers: PosInt = 1  # parallel jobs for thread/process runners (1 = sequential)
     dask_address: str | None = None  # a running Dask scheduler; None = a LocalCluster of max_workers
     retries: Annotated[int, Field(ge=0)] = 1  # Prefect retries per job, for transient errors
     lock_timeout_s: PosFloat = 3600  # how long a second pipeline waits for the workspace lock
+
+    def threads_for(self, pipeline: str) -> int:
+        return self.threads.get(pipeline, 1)
 
     @model_validator(mode="after")
     def _deterministic_threads(self) -> Runtime:

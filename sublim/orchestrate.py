@@ -11,14 +11,15 @@ from sublim.job import Job, get_step
 from sublim.runner import Outcome
 
 
-def job_cache_key(job: Job, upstream: list[Outcome], root: Path) -> str:
-    """Same job, same resolved params, same step code, same input bytes -> same result.
+def job_cache_key(job: Job, upstream: list[Outcome], root: Path, threads: int) -> str:
+    """Same job, same resolved params and thread count, same step code, same input bytes -> same result.
 
     The parent MLflow run and other per-invocation values are deliberately not part of it.
     """
     h = hashlib.sha256()
     h.update(job.id.encode())
     h.update(json.dumps(job.params.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(f"threads={threads}".encode())  # float sums, and so digests, depend on it
     h.update(get_step(job.step_name).code_digest(root).encode())
     for outcome in sorted(upstream, key=lambda o: o.job_id):
         h.update(f"{outcome.job_id}={outcome.digest}".encode())

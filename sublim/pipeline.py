@@ -70,7 +70,7 @@ def run_dvc_stage(cfg: Config, job: Job, root: Path, progress=quiet) -> Outcome:
     parent = track.open_pipeline_run(driver=driver, name=f"{driver}-{cfg.digest()[:8]}",
                                      config=cfg.model_dump(mode="json"), reuse_key=f"{driver}-{cfg.digest()}")
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
-        return run_job(job, root=root, tracker=track, threads=cfg.runtime.threads, parent_run_id=parent,
+        return run_job(job, root=root, tracker=track, threads=cfg.runtime.threads_for(job.pipeline), parent_run_id=parent,
                        driver=driver, progress=progress)
 
 
