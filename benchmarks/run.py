@@ -270,10 +270,11 @@ def dask_sweep(tmp: Path) -> dict:
 
 
 def task_overhead(tmp: Path) -> dict:
-    """Per-task scheduling cost of the task runners themselves: 200 no-op tasks through a flow."""
+    """Per-task scheduling cost of the task runners sublim configures: 200 no-op tasks through a flow."""
     from prefect import flow, task
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
+
+    from sublim.config import Runtime
+    from sublim.orchestrate import task_runner
 
     @task
     def noop(i: int) -> int:
@@ -284,9 +285,8 @@ def task_overhead(tmp: Path) -> dict:
 
     out = {}
     n = 200
-    for name, runner in (("thread", ThreadPoolTaskRunner(max_workers=1)),
-                         ("dask_2_workers", DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
-                                                                          "processes": True, "dashboard_address": None}))):
+    for name, runner in (("thread", task_runner(Runtime())),
+                         ("dask_2_workers", task_runner(Runtime(task_runner="dask", max_workers=2)))):
         flow_fn = flow(fan, name=f"overhead-{name}", task_runner=runner)
         flow_fn(2)  # warm: server up, cluster code imported
         t0 = time.perf_counter()
