@@ -43,21 +43,22 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
     upstream failed is never submitted; it is reported missing."""
     progress = create_progress_artifact(0.0, key=f"{jobs.pipeline}-progress", description=f"{jobs.pipeline} jobs done")
     runner = run.with_options(retries=cfg.runtime.retries, **result_storage(root))
-    downstream: dict[str, list[Job]] = {job.id: [] for job in jobs.jobs}
+    upstream = {job.id: jobs.upstream(job) for job in jobs.jobs}
+    downstream: dict[str, dict[str, Job]] = {job.id: {} for job in jobs.jobs}
     for job in jobs.jobs:
-        for up in jobs.upstream(job):
-            downstream[up.id].append(job)
+        for up in upstream[job.id]:
+            downstream[up.id][job.id] = job  # once, even if it reads two outputs of the same job
     finished: dict[str, Outcome] = {}
     running: dict = {}  # task run id -> (job, future)
 
     def submit(job: Job) -> None:
         fresh = not (root / job.output).exists()
         future = runner.with_options(refresh_cache=fresh or None).submit(
-            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in jobs.upstream(job)])
+            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in upstream[job.id]])
         running[future.task_run_id] = (job, future)
 
     for job in jobs.jobs:
-        if not jobs.upstream(job):
+        if not upstream[job.id]:
             submit(job)
     done = 0
     while running:
@@ -69,8 +70,8 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
             finished[job.id] = future.state.result()
             if dvc:
                 dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
-            for child in downstream[job.id]:
-                if all(u.id in finished for u in jobs.upstream(child)):
+            for child in downstream[job.id].values():
+                if all(u.id in finished for u in upstream[child.id]):
                     submit(child)
         else:
             get_run_logger().error("%s did not finish: %s", job.id, future.state.message)
