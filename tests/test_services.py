@@ -43,13 +43,15 @@ def _service(cmd: list[str], log: Path, env: dict, cwd: Path):
 
 
 def _wait(check, what: str, log: Path, timeout: float = 90):
-    deadline = time.monotonic() + timeout
+    deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if result := check():
                 return result
+        except Exception as exc:  # noqa: BLE001  (not up yet)
+            last = exc
         time.sleep(0.5)
-    raise AssertionError(f"{what} not ready after {timeout:.0f} s; log:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{what} not ready after {timeout:.0f} s (last check: {last!r}); log:\n{log.read_text()[-3000:]}")
 
 
 def test_scheduled_deployment_runs_against_real_servers(tmp_path):
@@ -75,7 +77,8 @@ def test_scheduled_deployment_runs_against_real_servers(tmp_path):
             schedules = httpx.get(f"{api}/deployments/{deployment}").json()["schedules"]
             assert schedules[0]["schedule"]["cron"] == "0 3 * * *"  # params.yaml's schedule.cron
             run = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={}).json()
-            state = _wait(lambda: _final(api, run["id"]), "the flow run", logs / "serve.log", timeout=180)
+            # usually ~30 s; once, under a loaded host, the run was still pending after 180 s
+            state = _wait(lambda: _final(api, run["id"]), f"the flow run {run['id']}", logs / "serve.log", timeout=360)
             assert state == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
             processes = [prefect, mlflow, serve]
         lineage = client(tracking)
@@ -95,8 +98,10 @@ def test_scheduled_deployment_runs_against_real_servers(tmp_path):
 
 
 def _final(api: str, run_id: str) -> str | None:
-    state = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]["type"]
-    return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+    state = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
+    if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        return state["type"]
+    raise RuntimeError(f"flow run state {state['type']} ({state.get('name')})")  # shown if it never finishes
 
 
 @pytest.mark.parametrize("bad", ["61 * * * *", "every day"])
