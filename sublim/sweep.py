@@ -32,7 +32,7 @@ class Point:
 
 
 def parse_sets(sets: list[str]) -> dict[str, list[Any]]:
-    """`key=a,b,c` strings (dotted params keys) -> {key: [a, b, c]}, values parsed as YAML scalars."""
+    """`key=a,b,c` strings (dotted params keys) -> {key: [a, b, c]}; each value is YAML (a scalar, list or mapping)."""
     grid: dict[str, list[Any]] = {}
     for item in sets:
         key, sep, values = item.partition("=")
