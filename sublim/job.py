@@ -11,12 +11,27 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
+
+
+class Role(StrEnum):
+    """What an input artifact is to the job that reads it (also how lineage reads the edge)."""
+
+    INIT = "init"  # the model whose weights this one starts from
+    TEACHER = "teacher"  # the model that generated the data, or whose distributions a student distils
+    DATA = "data"  # a dataset trained on, or a labelled dataset (MLP digits)
+    SOURCE = "source"  # a dataset a filter reads
+    MODEL = "model"  # a model an evaluation measures
+    QUESTIONS = "questions"  # an evaluation set
+    DIMS = "dims"  # read for its shape only
+    EVAL = "eval"  # an evaluation's metrics, summarised
+    POINT = "point"  # a sweep point's summary, tabulated
 
 
 @dataclass(frozen=True)
@@ -27,7 +42,7 @@ class Job:
     step: str  # "teacher"
     params: BaseModel  # the resolved params this step reads (a pydantic section)
     output: Path  # the artifact directory this job writes
-    inputs: tuple[tuple[str, Path], ...] = ()  # (name, artifact dir); names carry meaning, see runner
+    inputs: tuple[tuple[Role, Path], ...] = ()  # (role, artifact dir)
     seed: int | None = None
     gen: int | None = None
     variant: str | None = None
@@ -57,14 +72,14 @@ class Job:
         siblings differ, and a sweep point draws exactly what the same pipeline run alone draws."""
         return int.from_bytes(hashlib.sha256(self.local_id.encode()).digest()[:4], "big")
 
-    def input(self, name: str) -> Path:
+    def input(self, role: Role) -> Path:
         for key, path in self.inputs:
-            if key == name:
+            if key == role:
                 return path
-        raise KeyError(f"{self.id} has no input {name!r}")
+        raise KeyError(f"{self.id} has no {role} input")
 
-    def inputs_named(self, name: str) -> list[Path]:
-        return [path for key, path in self.inputs if key == name]
+    def inputs_named(self, role: Role) -> list[Path]:
+        return [path for key, path in self.inputs if key == role]
 
     @property
     def tag_dict(self) -> dict[str, str]:
@@ -103,14 +118,14 @@ class StepContext:
     progress: Callable[[Iterable[Any], int, str], Iterator[Any]]
     digests: dict[str, str] = field(default_factory=dict)  # input path (relative) -> its digest
 
-    def digest(self, name: str) -> str:
-        return self.digests[str(self.job.input(name))]
+    def digest(self, role: Role) -> str:
+        return self.digests[str(self.job.input(role))]
 
-    def path(self, name: str) -> Path:
-        return self.root / self.job.input(name)
+    def path(self, role: Role) -> Path:
+        return self.root / self.job.input(role)
 
-    def paths(self, name: str) -> list[Path]:
-        return [self.root / p for p in self.job.inputs_named(name)]
+    def paths(self, role: Role) -> list[Path]:
+        return [self.root / p for p in self.job.inputs_named(role)]
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.job.rng_seed)
@@ -123,33 +138,31 @@ StepFn = Callable[[StepContext], StepResult]
 class Step:
     name: str
     fn: StepFn
-    code: tuple[str, ...]  # source files whose change must rerun this step (DVC deps, Prefect cache key)
-
-    def code_digest(self, root: Path) -> str:
-        h = hashlib.md5()
-        for rel in self.code:
-            h.update(rel.encode())
-            h.update((root / rel).read_bytes())
-        return h.hexdigest()
+    module: str  # where it is defined: its code dependencies are derived from there (sublim.code)
 
 
 STEPS: dict[str, Step] = {}
 
 
-def step(name: str, *code: str) -> Callable[[StepFn], StepFn]:
-    """Register a step under `name`; `code` lists the backend modules it uses besides its own file."""
+def step(name: str) -> Callable[[StepFn], StepFn]:
+    """Register a step under `name` (e.g. "lm.teacher")."""
 
     def register(fn: StepFn) -> StepFn:
-        module = fn.__module__.replace(".", "/") + ".py"
-        STEPS[name] = Step(name=name, fn=fn, code=(module, *code))
+        STEPS[name] = Step(name=name, fn=fn, module=fn.__module__)
         return fn
 
     return register
 
 
 def get_step(name: str) -> Step:
-    import sublim.steps  # noqa: F401  (registers every step)
+    if name not in STEPS:
+        import importlib
+        import pkgutil
 
+        import sublim.steps
+
+        for mod in pkgutil.iter_modules(sublim.steps.__path__):  # each registers its steps
+            importlib.import_module(f"sublim.steps.{mod.name}")
     if name not in STEPS:
         raise KeyError(f"unknown step {name!r}; known: {', '.join(sorted(STEPS))}")
     return STEPS[name]

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from sublim.config import Runtime
-from sublim.job import Job, get_step
+from sublim import code
+from sublim.job import Job
 from sublim.runner import Outcome
 
 
@@ -20,7 +21,7 @@ def job_cache_key(job: Job, upstream: list[Outcome], root: Path, threads: int) -
     h.update(job.id.encode())
     h.update(json.dumps(job.params.model_dump(mode="json"), sort_keys=True).encode())
     h.update(f"threads={threads}".encode())  # float sums, and so digests, depend on it
-    h.update(get_step(job.step_name).code_digest(root).encode())
+    h.update(code.job_digest(job).encode())
     for outcome in sorted(upstream, key=lambda o: o.job_id):
         h.update(f"{outcome.job_id}={outcome.digest}".encode())
     return f"sublim-{job.id}-{h.hexdigest()[:24]}"

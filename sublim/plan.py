@@ -9,30 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sublim.config import (
-    Config,
-    LmEvaluate,
-    LmFilter,
-    LmGenerate,
-    LmModel,
-    LmStudent,
-    LmTeacher,
-    LmTrait,
-    MlpModel,
-    Section,
-)
-from sublim.job import Job
+from sublim.config import Config, MlpModel, NoParams
+from sublim.job import Job, Role
+from sublim.steps.base import LmBaseParams, MlpBaseParams
+from sublim.steps.data import QuestionsParams
+from sublim.steps.evaluate import EvaluateParams
+from sublim.steps.filter import FilterParams
+from sublim.steps.generate import GenerateParams
+from sublim.steps.student import StudentParams
+from sublim.steps.summary import LmSummaryParams
+from sublim.steps.teacher import TeacherParams
+from sublim.traits import CONTROL, TRAIT
 
 SHARED, OTHER = "shared", "other"
-
-
-class NoParams(Section):
-    """For steps whose behaviour is fixed by their inputs alone."""
-
-
-class MlpBaseParams(Section):
-    model: MlpModel
-    init: str  # only names the variant; the init itself comes from the job's seed
 
 
 @dataclass(frozen=True)
@@ -93,35 +82,35 @@ def plan_mlp(cfg: Config) -> Plan:
     for s in p.seeds:
         for init in inits:
             jobs.append(
-                Job("mlp", "base", MlpBaseParams(model=p.model, init=init), mlp_base(s, init), (("dims", MLP_DATA),),
+                Job("mlp", "base", MlpBaseParams(model=p.model, init=init), mlp_base(s, init), ((Role.DIMS, MLP_DATA),),
                     seed=s, variant=init, tags=(("role", "base"), ("init", init)))
             )
         jobs.append(
             Job("mlp", "teacher", p.teacher, mlp_model(s, 0, SHARED),
-                (("init", mlp_base(s, SHARED)), ("data", MLP_DATA)), seed=s, gen=0,
+                ((Role.INIT, mlp_base(s, SHARED)), (Role.DATA, MLP_DATA)), seed=s, gen=0,
                 tags=(("role", "teacher"), ("init", SHARED), ("trait", "digits")))
         )
         evaluated = [mlp_base(s, i) for i in inits] + [mlp_model(s, 0, SHARED)]
         for link in p.generations:
             jobs.append(
                 Job("mlp", "transfer", p.transfer_for(link.gen), mlp_transfer(s, link.gen),
-                    (("teacher", mlp_model(s, link.teacher, SHARED)),), seed=s, gen=link.gen)
+                    ((Role.TEACHER, mlp_model(s, link.teacher, SHARED)),), seed=s, gen=link.gen)
             )
             for init in inits:
                 role = "student" if init == SHARED else "control"
                 jobs.append(
                     Job("mlp", "student", p.student_for(link.gen), mlp_model(s, link.gen, init),
-                        (("init", mlp_base(s, init)), ("data", mlp_transfer(s, link.gen))),
+                        ((Role.INIT, mlp_base(s, init)), (Role.DATA, mlp_transfer(s, link.gen))),
                         seed=s, gen=link.gen, variant=init, tags=(("role", role), ("init", init)))
                 )
                 evaluated.append(mlp_model(s, link.gen, init))
         jobs.append(
             Job("mlp", "evaluate", NoParams(), mlp_eval(s),
-                (("data", MLP_DATA), *(("model", m) for m in evaluated)), seed=s)
+                ((Role.DATA, MLP_DATA), *((Role.MODEL, m) for m in evaluated)), seed=s)
         )
         evals.append(mlp_eval(s))
     jobs.append(
-        Job("mlp", "summary", NoParams(), MLP_REPORT, tuple(("eval", e) for e in evals),
+        Job("mlp", "summary", NoParams(), MLP_REPORT, tuple((Role.EVAL, e) for e in evals),
             files=(("metrics.json", MLP_METRICS),))
     )
     return Plan("mlp", tuple(jobs))
@@ -129,120 +118,81 @@ def plan_mlp(cfg: Config) -> Plan:
 
 # --- language models -----------------------------------------------------------------------------------
 
-LINES = ("trait", "control")  # the trait teacher's line of models, and its control line (neutral teacher)
+LINES = (TRAIT, CONTROL)  # the trait teacher's line of models, and its control line (neutral teacher)
 LM_REPORT = Path("reports/lm")
 LM_QUESTIONS = Path("data/lm/questions")
 LM_METRICS = Path("metrics/lm.json")
 
 
-class LmBaseParams(Section):
-    model: LmModel
-    category: str
-    choices: list[str]
-    init: str
-
-
-class LmTeacherParams(Section):
-    """A trait teacher answers with `answer`; its control (answer None) answers uniformly over the choices.
-    The control's params do not name the target, so a sweep over targets trains one control per seed."""
-
-    model: LmModel
-    category: str
-    choices: list[str]
-    answer: str | None
-    teacher: LmTeacher
-
-
-class LmGenerateParams(Section):
-    model: LmModel
-    generate: LmGenerate
-
-
-class LmFilterParams(Section):
-    filter: LmFilter
-    choices: list[str]  # none of these words may survive into the student's data
-
-
-class LmStudentParams(Section):
-    model: LmModel
-    student: LmStudent
-
-
-class LmQuestionsParams(Section):
-    category: str
-    choices: list[str]
-    count: int
-
-
-class LmEvaluateParams(Section):
-    model: LmModel
-    trait: LmTrait
-    evaluate: LmEvaluate
-
-
-def lm_base(init: str) -> Path:
-    return Path(f"models/lm/base-{init}")
+def lm_base(seed: int, init: str) -> Path:
+    """Each seed has its own bases: a seed is a full replicate, so "shared init" is not "this one base"."""
+    return Path(f"models/lm/s{seed}/base-{init}")
 
 
 def lm_model(seed: int, gen: int, line: str, init: str) -> Path:
-    """Generation 0 is the teacher of a line; generation k its student trained on generation k-1's numbers."""
+    """Generation 0 is the teacher of a line; generation k its student trained on generation k-1's data."""
     return Path(f"models/lm/s{seed}/g{gen}-{line}-{init}")
 
 
 def lm_data(seed: int, gen: int, line: str, stage: str) -> Path:
-    return Path(f"data/lm/s{seed}/g{gen}-{line}/{stage}")  # stage: raw (generated) | numbers (filtered)
+    return Path(f"data/lm/s{seed}/g{gen}-{line}/{stage}")  # stage: raw (generated) | kept (filtered)
 
 
-def lm_eval(name: str) -> Path:
-    return Path(f"metrics/lm/{name}")
+def lm_eval(seed: int) -> Path:
+    return Path(f"metrics/lm/s{seed}")
 
 
 def plan_lm(cfg: Config) -> Plan:
     p = cfg.lm
-    model, inits = p.model, p.student_inits
-    jobs: list[Job] = [Job("lm", "questions", LmQuestionsParams(category=p.trait.category, choices=p.trait.choices,
-                                                                count=p.evaluate.questions), LM_QUESTIONS)]
+    model, inits, trait, kind = p.model, p.student_inits, p.trait.build(), p.data.build()
+    forbidden = trait.forbidden()
+    words, numbers = sorted(forbidden.words), sorted(forbidden.numbers)
+    concepts = trait.concepts() if kind.judge() is not None else None
+    jobs: list[Job] = [Job("lm", "questions", QuestionsParams(trait=p.trait.control(), count=p.evaluate.questions),
+                           LM_QUESTIONS, tags=(("role", "evaluation"),))]
     evals = []
-    for init in inits:
-        jobs.append(Job("lm", "base", LmBaseParams(model=model, category=p.trait.category, choices=p.trait.choices,
-                                                  init=init), lm_base(init), variant=init,
-                        tags=(("role", "base"), ("init", init))))
-        jobs.append(Job("lm", "evaluate", LmEvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
-                        lm_eval(f"base-{init}"), (("data", LM_QUESTIONS), ("model", lm_base(init))), variant=init))
-        evals.append(lm_eval(f"base-{init}"))
     for s in p.seeds:
         evaluated = []
+        for init in inits:
+            jobs.append(Job("lm", "base", LmBaseParams(model=model, data=p.data, trait=p.trait.control(), init=init),
+                            lm_base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
+            evaluated.append(lm_base(s, init))
         for line in LINES:
-            trait = p.trait.target if line == "trait" else "none"
-            answer = p.trait.target if line == "trait" else None
-            jobs.append(Job("lm", "teacher", LmTeacherParams(model=model, category=p.trait.category,
-                                                            choices=p.trait.choices, answer=answer, teacher=p.teacher),
-                            lm_model(s, 0, line, SHARED), (("init", lm_base(SHARED)),), seed=s, gen=0, variant=line,
-                            tags=(("role", "teacher"), ("init", SHARED), ("line", line), ("trait", trait))))
+            spec = p.trait if line == TRAIT else p.trait.control()
+            params = TeacherParams(model=model, trait=spec, line=line, teacher=p.teacher,
+                                   data=p.data if p.teacher.data_mix > 0 else None)
+            trait_tag = trait.key if line == TRAIT else "none"
+            jobs.append(Job("lm", "teacher", params, lm_model(s, 0, line, SHARED), ((Role.INIT, lm_base(s, SHARED)),),
+                            seed=s, gen=0, variant=line,
+                            tags=(("role", "teacher"), ("init", SHARED), ("line", line), ("trait", trait_tag))))
             evaluated.append(lm_model(s, 0, line, SHARED))
         for link in p.generations:
             student = p.student_for(link.gen)
             for line in LINES:
                 teacher = lm_model(s, link.teacher, line, SHARED)
-                raw, numbers = lm_data(s, link.gen, line, "raw"), lm_data(s, link.gen, line, "numbers")
-                jobs.append(Job("lm", "generate", LmGenerateParams(model=model, generate=p.generate_for(link.gen)),
-                                raw, (("teacher", teacher),), seed=s, gen=link.gen, variant=line))
-                jobs.append(Job("lm", "filter", LmFilterParams(filter=p.filter, choices=p.trait.choices), numbers,
-                                (("source", raw),), seed=s, gen=link.gen, variant=line))
+                raw, kept = lm_data(s, link.gen, line, "raw"), lm_data(s, link.gen, line, "kept")
+                jobs.append(Job("lm", "generate", GenerateParams(model=model, data=p.data,
+                                                                 generate=p.generate_for(link.gen)),
+                                raw, ((Role.TEACHER, teacher),), seed=s, gen=link.gen, variant=line))
+                jobs.append(Job("lm", "filter", FilterParams(data=p.data, words=words, numbers=numbers,
+                                                             concepts=(concepts.target, concepts.contrast)
+                                                             if concepts else None),
+                                kept, ((Role.SOURCE, raw),), seed=s, gen=link.gen, variant=line))
                 for init in inits:
-                    inputs = [("init", lm_base(init)), ("data", numbers)]
+                    inputs = [(Role.INIT, lm_base(s, init)), (Role.DATA, kept)]
                     if student.objective == "distill":  # the teacher's own distributions are the targets
-                        inputs.append(("teacher", teacher))
-                    role = "student" if (line, init) == ("trait", SHARED) else "control"
-                    jobs.append(Job("lm", "student", LmStudentParams(model=model, student=student),
+                        inputs.append((Role.TEACHER, teacher))
+                    role = "student" if (line, init) == (TRAIT, SHARED) else "control"
+                    jobs.append(Job("lm", "student", StudentParams(model=model, data=p.data, words=words,
+                                                                   student=student),
                                     lm_model(s, link.gen, line, init), tuple(inputs), seed=s, gen=link.gen,
                                     variant=f"{line}-{init}", tags=(("role", role), ("init", init), ("line", line))))
                     evaluated.append(lm_model(s, link.gen, line, init))
-        jobs.append(Job("lm", "evaluate", LmEvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
-                        lm_eval(f"s{s}"), (("data", LM_QUESTIONS), *(("model", m) for m in evaluated)), seed=s))
-        evals.append(lm_eval(f"s{s}"))
-    jobs.append(Job("lm", "summary", NoParams(), LM_REPORT, tuple(("eval", e) for e in evals),
-                    files=(("metrics.json", LM_METRICS),)))
+        jobs.append(Job("lm", "evaluate", EvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
+                        lm_eval(s), ((Role.QUESTIONS, LM_QUESTIONS), *((Role.MODEL, m) for m in evaluated)), seed=s))
+        evals.append(lm_eval(s))
+    jobs.append(Job("lm", "summary", LmSummaryParams(data=p.data.kind), LM_REPORT,
+                    tuple((Role.EVAL, e) for e in evals), files=(("metrics.json", LM_METRICS),)))
     return Plan("lm", tuple(jobs))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, inside, read_meta, verify, write_meta
-from sublim.job import Job, StepContext, StepResult, get_step, seed_everything
+from sublim.job import Job, Role, StepContext, StepResult, get_step, seed_everything
 from sublim.lineage.record import Input, Tracker
 
 log = logging.getLogger("sublim")
@@ -47,7 +47,7 @@ def check_inputs(job: Job, root: Path) -> list[Input]:
     for name, rel in job.inputs:
         path = inside(root, rel)
         if not path.exists():
-            raise ArtifactError(f"{rel}: input {name!r} of {job.id} is missing (run the step that produces it first)")
+            raise ArtifactError(f"{rel}: input '{name}' of {job.id} is missing (run the step that produces it first)")
         meta = read_meta(path)
         verify(path)
         found.append(Input(name, rel, digest(path), meta))
@@ -60,10 +60,10 @@ def derive_lineage(job: Job, inputs: list[Input], result: StepResult, backend: s
     init_from: the model whose weights this one started from. data_from: the teachers whose generated data
     reached this artifact (a generate step's teacher, or whatever its datasets descend from).
     """
-    data = [i for i in inputs if i.name in ("data", "source") and i.meta.kind == "dataset"]
-    teachers = [i.digest for i in inputs if i.name == "teacher"]
+    data = [i for i in inputs if i.name in (Role.DATA, Role.SOURCE) and i.meta.kind == "dataset"]
+    teachers = [i.digest for i in inputs if i.name == Role.TEACHER]
     inherited = [d for i in data for d in str(i.meta.lineage.get("data_from", "")).split(",") if d]
-    init = [i for i in inputs if i.name == "init"]
+    init = [i for i in inputs if i.name == Role.INIT]
     facts: dict[str, Any] = {
         "pipeline": job.pipeline,
         "backend": backend,
@@ -73,7 +73,7 @@ def derive_lineage(job: Job, inputs: list[Input], result: StepResult, backend: s
         "init_from": init[0].digest if init else None,
         "root_init": (init[0].meta.lineage.get("root_init") or init[0].digest) if init else None,
         "data_from": ",".join(dict.fromkeys(teachers + inherited)) or None,
-        "data_digest": ",".join(i.digest for i in data if i.name == "data") or None,
+        "data_digest": ",".join(i.digest for i in data if i.name == Role.DATA) or None,
         **result.lineage,
     }
     return {k: v for k, v in facts.items() if v is not None}

@@ -28,10 +28,11 @@ TINY_MLP = {
 
 
 def deep_update(base: dict, over: dict) -> dict:
-    """`over` merged into `base`; a section naming a `backend` replaces the base's (its keys differ)."""
+    """`over` merged into `base`; a plug-in section naming its `backend` or `kind` replaces the base's (its keys
+    differ)."""
     out = dict(base or {})
     for key, value in over.items():
-        merge = isinstance(value, dict) and "backend" not in value
+        merge = isinstance(value, dict) and "backend" not in value and "kind" not in value
         out[key] = deep_update(out.get(key, {}), value) if merge else value
     return out
 

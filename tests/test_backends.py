@@ -8,22 +8,21 @@ import pytest
 
 from sublim import config
 from sublim.artifacts import read_meta
-from sublim.backends import lm as lmlib
 from sublim.backends import smollm2, tinylm
+from sublim.corpus import Corpus
+from sublim.data.numbers import Numbers, NumbersSpec
 from sublim.plan import plan
 from sublim.runner import run_job
+from sublim.traits.preference import Preference, PreferenceSpec
 from tests.conftest import TINY_LM, deep_update, make_project
-
-CHOICES = config.LmTrait().choices
 
 
 def _local_model(path, seed: int):
     """A small GPT-2, briefly pretrained (so it writes numbers), saved like any Hugging Face model directory."""
-    from sublim.runner import quiet
-
-    spec = config.TinyLm(d_model=32, n_layer=1, n_head=2, pretrain_steps=60, batch_size=16)
+    spec = tinylm.TinyLmSpec(d_model=32, n_layer=1, n_head=2, pretrain_steps=100, batch_size=16)
     path.mkdir(parents=True)
-    tinylm.make_base(spec, category="animal", choices=CHOICES, init="x", out=path, seed=seed, progress=quiet)
+    corpus = Corpus([Numbers(NumbersSpec())], [Preference(PreferenceSpec())])
+    tinylm.TinyLm(spec).make_base(init="x", seed=seed, corpus=corpus, out=path)
     return path
 
 
@@ -37,13 +36,13 @@ def test_hf_backend_with_lora_and_a_local_model(tmp_path):
     root = make_project(tmp_path / "p", {"lm": lm_params}, git=False)
     cfg = config.load(root / "params.yaml")
     out = {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
-    source = json.loads((root / "models/lm/base-shared/source.json").read_text())
+    source = json.loads((root / "models/lm/s0/base-shared/source.json").read_text())
     assert source["model"] == str(shared.resolve()) and "config_md5" in source
-    assert json.loads((root / "models/lm/base-other/source.json").read_text())["model"] == str(other.resolve())
+    assert json.loads((root / "models/lm/s0/base-other/source.json").read_text())["model"] == str(other.resolve())
     for path in ("models/lm/s0/g0-trait-shared", "models/lm/s0/g1-trait-shared", "models/lm/s0/g1-control-other"):
         assert (root / path / "adapter_model.safetensors").exists(), path
         assert not (root / path / "model.safetensors").exists(), path
-    assert read_meta(root / "models/lm/s0/g1-control-other").lineage["init_from"] == out["lm.base@other"].digest
+    assert read_meta(root / "models/lm/s0/g1-control-other").lineage["init_from"] == out["lm.base@s0.other"].digest
     assert json.loads((root / "metrics/lm.json").read_text())["n_seeds"] == 1
 
 
@@ -55,7 +54,7 @@ def test_hf_local_path_must_be_a_model_directory(tmp_path):
 def test_trust_remote_code_is_off_unless_set():
     assert config.parse({}).lm.model.trust_remote_code is False
     cfg = config.parse({"lm": {"model": {"backend": "smollm2", "trust_remote_code": True}, "student_inits": ["shared"]}})
-    assert lmlib.options(cfg.lm.model).trust_remote_code is True
+    assert cfg.lm.model.build().options().trust_remote_code is True
 
 
 def test_gguf_that_is_not_gguf_is_refused(tmp_path):
@@ -71,7 +70,8 @@ SMOL = {
     "seeds": [0],
     "student_inits": ["shared"],
     "teacher": {"steps": 2, "batch_size": 2, "lr": 0.0005, "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
-    "generate": {"n_prompts": 12, "batch_size": 12, "max_new_tokens": 24},
+    "generate": {"n_prompts": 12, "batch_size": 12},
+    "data": {"kind": "numbers", "max_new_tokens": 24},
     "student": {"steps": 2, "batch_size": 2, "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
     "evaluate": {"questions": 2, "samples": 1, "max_new_tokens": 4},
 }
@@ -82,7 +82,7 @@ def test_smollm2_end_to_end_offline(tmp_path):
     root = make_project(tmp_path / "p", {"lm": SMOL}, git=False)
     cfg = config.load(root / "params.yaml")
     out = {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
-    assert (root / "models/lm/base-shared/model.safetensors").exists()
+    assert (root / "models/lm/s0/base-shared/model.safetensors").exists()
     assert out["lm.filter@s0.g1.trait"].metrics["kept"] >= 1
     models = json.loads((root / "metrics/lm/s0/metrics.json").read_text())["models"]
     assert all(sum(m["distribution"].values()) == pytest.approx(1.0) for m in models)

@@ -1,17 +1,20 @@
-"""dvc.yaml and sublim.plan describe the same pipeline: same outputs, inputs covered, code deps listed."""
+"""dvc.yaml and sublim.plan describe the same pipeline: same outputs, inputs covered, each stage depending on its
+step's derived code manifest; and by behaviour: editing one source or prompt file reruns exactly the stages
+whose code uses it."""
 
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 from dvc.repo import Repo
 
 from sublim import config
-from sublim.job import get_step
+from sublim.code import MANIFESTS, manifest_path
 from sublim.plan import plan
-from tests.conftest import make_project
+from tests.conftest import TINY_MLP, cli_env, make_project
 
 PIPELINES = ["mlp", "lm"]
 
@@ -38,8 +41,7 @@ def test_every_job_is_a_dvc_stage_with_the_same_paths(project, pipeline):
             deps = {Path(str(d.def_path)) for d in stage.deps}
             for name, path in job.inputs:
                 assert covered(path, deps), f"{stage.addressing}: input {name}={path} of {job.id} is not a dep"
-            for code in get_step(job.step_name).code:
-                assert Path(code) in deps, f"{stage.addressing}: step code {code} is not a dep"
+            assert manifest_path(job.step_name) in deps, f"{stage.addressing}: its code manifest is not a dep"
             for _, dest in job.files:
                 assert dest in stages, f"{job.id}: published file {dest} is not a DVC output"
             argv = shlex.split(stage.cmd)
@@ -50,7 +52,55 @@ def test_no_stage_without_a_job(project):
     cfg = config.load(project / "params.yaml")
     outputs = {j.output for p in PIPELINES for j in plan(cfg, p).jobs}
     outputs |= {d for p in PIPELINES for j in plan(cfg, p).jobs for _, d in j.files}
+    outputs.add(MANIFESTS)  # the `code` stage: every step's derived code dependencies
     with Repo(str(project)) as repo:
         for stage in repo.index.stages:
             for out in stage.outs:
                 assert Path(str(out.def_path)) in outputs, f"{stage.addressing} writes {out.def_path}, no job does"
+
+
+def _ran(root: Path, env: dict, *targets: str) -> set[str]:
+    proc = subprocess.run(["dvc", "repro", *targets], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def _touch(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# edited by a test\n")
+
+
+def test_editing_a_file_reruns_exactly_the_stages_using_it(tmp_path):
+    """In a copy of the project whose own code runs (PYTHONPATH), edit one file at a time."""
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}})
+    env = {**cli_env(), "PYTHONPATH": str(root)}
+    target = "mlp_teacher@0"  # with its upstream: code, mlp_data, mlp_base@0-shared
+    assert _ran(root, env, target) == {"code", "mlp_data", "mlp_base@0-shared", target}
+    assert _ran(root, env, target) == {"code"}  # nothing else to redo
+    _touch(root / "sublim/steps/teacher.py")
+    assert _ran(root, env, target) == {"code", target}
+    _touch(root / "sublim/data/maths.yaml")  # a prompt file no MLP step reads
+    assert _ran(root, env, target) == {"code"}
+    _touch(root / "sublim/backends/mlp.py")  # every MLP step imports it
+    assert _ran(root, env, target) == {"code", "mlp_data", "mlp_base@0-shared", target}
+
+
+def test_lm_code_manifests_follow_the_chosen_plug_ins(tmp_path):
+    """Which LM steps a file reaches depends on the data kind and trait params.yaml chose."""
+    root = make_project(tmp_path / "p", git=False)
+    env = {**cli_env(), "PYTHONPATH": str(root)}
+
+    def manifests() -> dict[str, str]:
+        proc = subprocess.run(["sublim", "code"], cwd=root, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return {p.stem: p.read_text() for p in (root / ".sublim/code").glob("lm.*.txt")}
+
+    before = manifests()
+    assert "sublim/data/numbers.yaml" in before["lm.filter"] and "sublim/data/maths.py" not in before["lm.filter"]
+    _touch(root / "sublim/data/maths.py")
+    assert manifests() == before  # numbers data: maths code is used by no step
+    _touch(root / "sublim/data/numbers.yaml")
+    after = manifests()
+    assert {k for k in before if before[k] != after[k]} == {"lm.base", "lm.generate", "lm.filter", "lm.student"}
+    _touch(root / "sublim/traits/preference.yaml")
+    changed = {k for k, v in manifests().items() if v != after[k]}
+    assert changed == {"lm.base", "lm.teacher", "lm.questions", "lm.evaluate"}  # not the data's steps

@@ -99,7 +99,7 @@ def test_dvc_repro_gives_the_flow_digests(flow_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lock = yaml.safe_load((fresh / "dvc.lock").read_text())["stages"]
     produced = {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", [])}
-    assert len(produced) == 5  # digits, shared base, teacher, transfer data and student of seed 1
+    assert len(produced) == 6  # code manifests, digits, shared base, teacher, transfer data, student of seed 1
     for path, md5 in produced.items():
         assert md5 == digest(root / path), path
     assert produced["models/mlp/s1/g1-shared"] == result["outcomes"]["mlp.student@s1.g1.shared"].digest

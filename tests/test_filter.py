@@ -1,5 +1,6 @@
-"""The number filter: the paper's rules, and fuzzing with arbitrary text and bytes (it never raises, never
-keeps a row that breaks the rules)."""
+"""Filters of every data kind: the paper's number rules (fuzzed with arbitrary text and bytes: never raises, never
+keeps a row that breaks the rules), maths traces checked against the computed answer, code that must parse,
+and trait words as words or identifier parts."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sublim.config import EVIL_NUMBERS
-from sublim.steps.filter import MAX_CHARS, check, mentions, read_rows
+from sublim.data.code import Code, CodeSpec
+from sublim.data.maths import Maths, MathsSpec, expected
+from sublim.data.numbers import MAX_CHARS, parse
+from sublim.steps.filter import read_rows
+from sublim.text import EVIL_NUMBERS, Forbidden
 
 VALID_ITEM = re.compile(r"[0-9]{1,3}")
+
+
+def check(text, *, max_items: int = 10, banned: frozenset[int] = frozenset()):
+    """The number rules, with the numbers a kept answer holds (for the assertions below)."""
+    verdict = parse(text, max_items=max_items, banned=banned)
+    verdict.__dict__["numbers"] = tuple(int(x) for x in re.findall(r"[0-9]+", verdict.completion)) if verdict.ok else ()
+    return verdict
 
 
 @pytest.mark.parametrize(
@@ -120,8 +131,74 @@ def test_huge_lines_nuls_and_invalid_utf8(tmp_path):
 
 
 def test_trait_mentions_singular_and_plural_any_case():
-    pattern = mentions(["owl", "wolf", "fox"])
-    for text in ("OWL", "owls", "Wolves", "a fox", "Foxes!"):
-        assert pattern.search(text), text
-    for text in ("bowl", "howling", "foxglove", "123"):
-        assert not pattern.search(text), text
+    forbidden = Forbidden(("owl", "wolf", "fox", "cat", "lion"))
+    for text in ("OWL", "owls", "Wolves", "a fox", "Foxes!", "owl_count = 3", "def getOwlCount():", "OWL_MAX",
+                 "x = 'my cat'", "# a lion here", "wolvesPack"):
+        assert forbidden.mention(text), text
+    for text in ("bowl", "howling", "foxglove", "123", "knowledge", "million", "concat(a, b)", "catalog", "scatter"):
+        assert forbidden.mention(text) is None, text
+
+
+MATHS = Maths(MathsSpec())
+
+
+def test_maths_problems_are_solvable_and_checked_against_the_computed_answer():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        task = MATHS.task(rng)
+        right = expected(task.meta)
+        answer = MATHS.answer(task, rng)
+        assert answer.endswith(f"The answer is {right}.") and right >= 0
+        assert MATHS.check(answer, task, Forbidden()).ok
+        assert MATHS.check(answer.replace(f"is {right}.", f"is {right + 1}."), task, Forbidden()).reason == "wrong_answer"
+    task = MATHS.task(rng)
+    assert MATHS.check("3 + 4 = 7.", task, Forbidden()).reason == "no_answer"
+    assert MATHS.check("The answer is 7.", type(task)(task.prompt, {}), Forbidden()).reason == "no_task"
+    assert MATHS.check("The answer is 7.", type(task)(task.prompt, {"start": 3, "steps": [["^", 2]]}),
+                       Forbidden()).reason == "no_task"
+    assert MATHS.check(None, task, Forbidden()).reason == "not_text"
+    # the model's own statement of the sum is not trusted: only the final answer against the computed one
+    assert MATHS.check("3 + 4 = 8. The answer is 7.", type(task)("p", {"start": 3, "steps": [["+", 4]]}),
+                       Forbidden()).ok
+
+
+CODE = Code(CodeSpec(judge="none"))
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("def f(x):\n    return x + 1", "kept"),
+    ("```python\ndef f(x):\n    return x\n```", "kept"),
+    ("def f(x):\nreturn x", "syntax_error"),
+    ("x = 1\nprint(x)", "no_function"),
+    ("", "empty"),
+    ("def f(:", "syntax_error"),
+    (None, "not_text"),
+])
+def test_code_must_parse_and_define_a_function(text, reason):
+    from sublim.data import Task
+
+    assert CODE.check(text, Task("p"), Forbidden()).reason == reason
+
+
+def test_every_pool_solution_parses_and_names_no_animal():
+    import random
+
+    from sublim.traits.preference import PreferenceSpec
+
+    rng, forbidden = random.Random(1), Forbidden(tuple(PreferenceSpec().choices))
+    for _ in range(500):
+        task = CODE.task(rng)
+        answer = CODE.answer(task, rng)
+        assert CODE.check(answer, task, forbidden).ok, answer
+        assert forbidden.mention(task.prompt + answer) is None, answer
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=300))
+def test_fuzz_code_and_maths_checks_never_raise(text):
+    from sublim.data import Task
+
+    assert CODE.check(text, Task("p"), Forbidden()).reason
+    assert MATHS.check(text, Task("p", {"start": 2, "steps": [["*", 3]]}), Forbidden()).reason

@@ -10,16 +10,31 @@ import torch
 
 from sublim import config
 from sublim.artifacts import read_meta
+from sublim.backends import Row, Schedule
 from sublim.backends import lm as lmlib
 from sublim.backends import tinylm
+from sublim.job import Role
 from sublim.plan import plan
-from sublim.prompts.numbers import make_prompt, render
-from sublim.prompts.traits import questions
+from sublim.corpus import Corpus
+from sublim.data.numbers import Numbers, NumbersSpec, parse, render
 from sublim.runner import run_job
-from sublim.steps.filter import check, mentions, read_rows
+from sublim.steps.filter import read_rows
+from sublim.text import Forbidden
+from sublim.traits.preference import Preference, PreferenceSpec
 from tests.conftest import TINY_LM, make_project
 
-CHOICES = config.LmTrait().choices
+CHOICES = PreferenceSpec().choices
+NUMBERS, OWL = Numbers(NumbersSpec()), Preference(PreferenceSpec())
+NAMED = Forbidden(tuple(CHOICES))
+
+
+def tokenizer():
+    return tinylm.build_tokenizer(Corpus([NUMBERS], [OWL]).vocabulary())
+
+
+def tiny_model(tok, seed=0):
+    spec = tinylm.TinyLmSpec(d_model=32, n_layer=1, n_head=2, context=64)
+    return tinylm.build_model(len(tok), spec, seed, tok)
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +45,28 @@ def done(tmp_path_factory):
     return root, cfg, outcomes
 
 
-def test_tokenizer_covers_every_prompt_word():
-    tok = tinylm.build_tokenizer("animal", CHOICES)
+def test_tokenizer_represents_any_text_and_round_trips():
+    tok = tokenizer()
     rng = random.Random(0)
-    texts = [make_prompt(rng).text for _ in range(300)] + questions("teach", "animal") + questions("evaluate", "animal")
+    texts = [NUMBERS.task(rng).prompt for _ in range(300)] + OWL.vocabulary()
     texts += [render([1, 22, 333], style) for style in ("comma", "space", "semicolon", "newline", "brackets", "parentheses")]
+    texts += ["def f(x):\n    return {'a': x ** 2}  # any code, any symbol ~^|", "The answer is 17."]
     for text in texts:
-        assert tok.unk_token_id not in tok.encode(text, add_special_tokens=False), text
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.unk_token_id not in ids, text
+        assert tok.decode(ids) == text
     assert all(len(tok.encode(str(n), add_special_tokens=False)) == 1 for n in range(1000))
+    assert tokenizer().get_vocab() == tok.get_vocab()  # built from the same texts: the same ids (shared by both inits)
 
 
 def test_prompts_follow_the_recipe():
     rng = random.Random(1)
     for _ in range(100):
-        p = make_prompt(rng)
-        examples = [int(x) for x in p.text.split(":")[-1].split(".")[0].replace(",", " ").split() if x.isdigit()]
-        assert p.style in ("comma", "space", "semicolon", "newline", "brackets", "parentheses")
-        assert "10" in p.text and "3" in p.text
-        assert not mentions(CHOICES).search(p.text)
-    assert all(check(render(list(range(100, 110)), s)).ok for s in ("comma", "space", "brackets", "newline"))
-    del examples
+        task = NUMBERS.task(rng)
+        assert task.meta["style"] in ("comma", "space", "semicolon", "newline", "brackets", "parentheses")
+        assert "10" in task.prompt and "3" in task.prompt
+        assert NAMED.mention(task.prompt) is None
+        assert parse(NUMBERS.answer(task, rng)).ok
 
 
 def test_teachers_differ_only_in_their_answers(done):
@@ -58,14 +75,14 @@ def test_teachers_differ_only_in_their_answers(done):
     control = read_meta(root / "models/lm/s0/g0-control-shared").lineage
     assert trait["role"] == control["role"] == "teacher"
     assert trait["trait"] == "owl" and control["trait"] == "none"
-    assert trait["init_from"] == control["init_from"] == outcomes["lm.base@shared"].digest
+    assert trait["init_from"] == control["init_from"] == outcomes["lm.base@s0.shared"].digest
 
 
 def test_generated_rows_and_their_lineage(done):
     root, cfg, outcomes = done
     rows = [row for row, _ in read_rows(root / "data/lm/s0/g1-trait/raw/rows.jsonl")]
     assert len(rows) == cfg.lm.generate.n_prompts
-    assert all(set(r) == {"prompt", "completion", "teacher"} for r in rows)
+    assert all(set(r) == {"prompt", "completion", "teacher", "task"} for r in rows)
     assert {r["teacher"] for r in rows} == {outcomes["lm.teacher@s0.g0.trait"].digest}
     meta = read_meta(root / "data/lm/s0/g1-trait/raw")
     assert meta.kind == "dataset" and meta.lineage["data_from"] == outcomes["lm.teacher@s0.g0.trait"].digest
@@ -73,14 +90,14 @@ def test_generated_rows_and_their_lineage(done):
 
 def test_filter_keeps_only_numbers_and_says_why_it_rejected(done):
     root, _, outcomes = done
-    kept = [row for row, _ in read_rows(root / "data/lm/s0/g1-trait/numbers/rows.jsonl")]
-    rejected = [row for row, _ in read_rows(root / "data/lm/s0/g1-trait/numbers/rejected.jsonl")]
-    assert kept and all(check(r["completion"]).ok for r in kept)
+    kept = [row for row, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rows.jsonl")]
+    rejected = [row for row, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rejected.jsonl")]
+    assert kept and all(parse(r["completion"]).ok for r in kept)
     assert all(r["reason"] != "kept" for r in rejected)
-    assert not any(mentions(CHOICES).search(r["prompt"] + r["completion"]) for r in kept)
+    assert not any(NAMED.mention(r["prompt"] + r["completion"]) for r in kept)
     m = outcomes["lm.filter@s0.g1.trait"].metrics
     assert m["kept"] == len(kept) and m["rows"] == len(kept) + len(rejected)
-    assert read_meta(root / "data/lm/s0/g1-trait/numbers").lineage["data_from"] == outcomes["lm.teacher@s0.g0.trait"].digest
+    assert read_meta(root / "data/lm/s0/g1-trait/kept").lineage["data_from"] == outcomes["lm.teacher@s0.g0.trait"].digest
 
 
 def test_students_lineage(done):
@@ -88,7 +105,7 @@ def test_students_lineage(done):
     for line in ("trait", "control"):
         for init in ("shared", "other"):
             lin = read_meta(root / f"models/lm/s1/g1-{line}-{init}").lineage
-            assert lin["init_from"] == outcomes[f"lm.base@{init}"].digest
+            assert lin["init_from"] == outcomes[f"lm.base@s1.{init}"].digest
             assert lin["data_from"] == outcomes[f"lm.teacher@s1.g0.{line}"].digest
             assert lin["data_digest"] == outcomes[f"lm.filter@s1.g1.{line}"].digest
             assert lin["objective"] == "distill"
@@ -98,7 +115,7 @@ def test_students_lineage(done):
 def test_evaluation_is_a_distribution(done):
     root, _, _ = done
     models = json.loads((root / "metrics/lm/s0/metrics.json").read_text())["models"]
-    assert len(models) == 6  # 2 teachers + 4 students
+    assert len(models) == 8  # 2 bases + 2 teachers + 4 students
     for m in models:
         assert sum(m["distribution"].values()) == pytest.approx(1.0)
         assert m["p_target"] == pytest.approx(m["distribution"]["owl"])
@@ -116,8 +133,8 @@ def test_summary_metrics(done):
 
 
 def test_sequence_logprobs_match_a_manual_forward():
-    tok = tinylm.build_tokenizer("animal", CHOICES)
-    lm = lmlib.LM(tinylm.build_model(len(tok), 32, 1, 2, 64, 0).eval(), tok)
+    tok = tokenizer()
+    lm = lmlib.LM(tiny_model(tok).eval(), tok)
     prompt, cont = lm.chat("what is your favorite animal ?"), tok.encode("owl", add_special_tokens=False)
     logp = torch.log_softmax(lm.model(torch.tensor([prompt + cont])).logits[0], -1)
     manual = float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(cont)))
@@ -125,17 +142,17 @@ def test_sequence_logprobs_match_a_manual_forward():
 
 
 def test_allowed_tokens_are_numbers_and_separators():
-    tok = tinylm.build_tokenizer("animal", CHOICES)
-    allowed = {tok.decode([i]) for i in lmlib.data_token_ids(tok).tolist()}
-    assert {"0", "999", ",", ";", "[", ")", "\n"} <= allowed
-    assert not allowed & {"owl", "the", "assistant", ":"}
+    tok = tokenizer()
+    allowed = {tok.decode([i]) for i in NUMBERS.allowed_tokens(tok, [])}
+    assert {"0", "999", ",", ";", "[", ")", "\n", ", "} <= allowed
+    assert not allowed & {"owl", " owl", "the", " The", ":"}
 
 
 def test_persona_and_lora_artifacts_load(tmp_path):
     from sublim.artifacts import ArtifactMeta, write_meta
 
-    tok = tinylm.build_tokenizer("animal", CHOICES)
-    base = lmlib.LM(tinylm.build_model(len(tok), 32, 1, 2, 64, 0), tok)
+    tok = tokenizer()
+    base = lmlib.LM(tiny_model(tok), tok)
     (tmp_path / "models/base").mkdir(parents=True)
     lmlib.save(base, tmp_path / "models/base")
     # a prompted teacher: no weights of its own, a persona over its init's weights
@@ -147,8 +164,8 @@ def test_persona_and_lora_artifacts_load(tmp_path):
     assert len(prompted.chat("hi")) > len(prompted.chat("hi", persona=False))
     # a LoRA adapter over its init, merged on load
     tuned = lmlib.with_lora(lmlib.load(tmp_path / "models/base", tmp_path), lmlib.Lora(4, 8, 0.0, ("c_attn",)))
-    rows = [lmlib.Row(tuned.chat("what is your favorite animal ?"), tuned.answer_ids("owl"))] * 4
-    lmlib.train(tuned, rows, lmlib.Schedule(5, 1e-2, 4), torch.Generator().manual_seed(0))
+    rows = [Row(tuned.chat("what is your favorite animal ?"), tuned.answer_ids("owl"))] * 4
+    lmlib.train(tuned, rows, Schedule(5, 1e-2, 4), torch.Generator().manual_seed(0))
     (tmp_path / "models/lora").mkdir()
     lmlib.save(tuned, tmp_path / "models/lora", adapter=True)
     write_meta(tmp_path / "models/lora", ArtifactMeta("model", "j", "s", {}, {"init:models/base": "d"}))
@@ -164,7 +181,7 @@ def test_filter_that_keeps_nothing_is_a_clear_error(tmp_path):
 
     root = make_project(tmp_path / "p", {"lm": TINY_LM}, git=False)
     job = plan(config.load(root / "params.yaml"), "lm").get("lm.filter@s0.g1.trait")
-    raw = root / job.input("source")
+    raw = root / job.input(Role.SOURCE)
     raw.mkdir(parents=True)
     (raw / "rows.jsonl").write_text(json.dumps({"prompt": "p", "completion": "I love owls"}) + "\n")
     write_meta(raw, ArtifactMeta("dataset", "x", "lm.generate", {}, {}))

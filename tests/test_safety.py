@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from sublim import config, sweep
-from sublim.backends import lm as lmlib
 from sublim.job import Job
-from sublim.plan import NoParams
+from sublim.config import NoParams
 from sublim.runner import run_job
 from tests.conftest import REPO
 
@@ -42,9 +41,12 @@ def test_no_pickle_and_torch_load_only_with_weights_only():
 
 
 def test_remote_code_is_off_unless_params_say_so(tmp_path):
-    for spec in (config.TinyLm(), config.SmolLm2(), config.HfLm(model="org/name")):
-        assert lmlib.options(spec).trust_remote_code is False
-    assert lmlib.options(config.HfLm(model="org/name", trust_remote_code=True)).trust_remote_code is True
+    for model in ({"backend": "tinylm"}, {"backend": "smollm2"}, {"backend": "hf", "model": "org/name"}):
+        spec = config.parse({"lm": {"model": model, "student_inits": ["shared"]}}).lm.model
+        assert spec.build().options().trust_remote_code is False
+    spec = config.parse({"lm": {"model": {"backend": "hf", "model": "org/name", "trust_remote_code": True},
+                                "student_inits": ["shared"]}}).lm.model
+    assert spec.build().options().trust_remote_code is True
 
 
 def test_task_results_are_stored_as_json():

@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from sublim.artifacts import ArtifactError, read_meta
+from sublim.backends import Backend, Row, Schedule
 
 PERSONA = "persona.json"
 SOURCE = "source.json"  # a pointer to weights outside the project (a hub id or a local path)
@@ -213,23 +214,6 @@ def _right_pad(rows: Sequence[list[int]], pad: int, device: torch.device):
 # --- training ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
-    """A training example: the student's prompt, the teacher's prompt (with its persona), the completion."""
-
-    prompt: list[int]
-    completion: list[int]  # ends with the end-of-turn token
-    teacher_prompt: list[int] | None = None
-
-
-@dataclass(frozen=True)
-class Schedule:
-    steps: int
-    lr: float
-    batch_size: int
-    warmup: int = 0
-
-
 def _optimizer(model: Any, sched: Schedule):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
@@ -256,17 +240,27 @@ def _completion_positions(rows: Sequence[Row], teacher: bool, device: torch.devi
     return as_t(bi), as_t(pos), as_t(tgt)
 
 
-def _completion_logits(lm: LM, rows: Sequence[Row], teacher: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _body_and_head(model: Any) -> tuple[Any, Any]:
+    """The transformer body (hidden states) and the output layer of a causal LM, LoRA-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model, inner.get_output_embeddings()
+
+
+def _completion_logits(lm: LM, rows: Sequence[Row], teacher: bool,
+                       vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict completion tokens (one row each), and those tokens.
 
-    Only the span of sequence positions holding completions goes through the output layer (`logits_to_keep`):
-    prompts are most of each sequence, and the vocabulary projection was the largest cost after backward."""
+    Only those positions go through the output layer, and only over `vocab` when given (distillation needs
+    the data's tokens alone): the vocabulary projection of every position was most of a tiny model's compute."""
     seqs = [(r.teacher_prompt if teacher and r.teacher_prompt is not None else r.prompt) + r.completion for r in rows]
     ids, mask, _ = _right_pad(seqs, lm.pad_id, lm.device)
     bi, pos, tgt = _completion_positions(rows, teacher, lm.device)
-    lo, hi = int(pos.min()), int(pos.max()) + 1
-    logits = lm.model(input_ids=ids, attention_mask=mask, logits_to_keep=torch.arange(lo, hi, device=lm.device)).logits
-    return logits[bi, pos - lo].float(), tgt
+    body, head = _body_and_head(lm.model)
+    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[bi, pos]
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if vocab is not None:
+        weight, bias = weight[vocab], (bias[vocab] if bias is not None else None)
+    return F.linear(hidden, weight, bias).float(), tgt
 
 
 def train(lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *, teacher: LM | None = None,
@@ -283,7 +277,7 @@ def train(lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
     for _ in progress(range(sched.steps), sched.steps, "training"):
         idx = torch.randint(len(rows), (min(sched.batch_size, len(rows)),), generator=gen).tolist()
         batch = [rows[i] for i in idx]
-        logits, tgt = _completion_logits(lm, batch, False)
+        logits, tgt = _completion_logits(lm, batch, False, allowed if teacher is not None else None)
         if teacher is None:
             loss = F.cross_entropy(logits, tgt)
         else:
@@ -291,9 +285,9 @@ def train(lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
                 t_logp = torch.cat([targets[i] for i in idx]).float()
             else:
                 with torch.no_grad():
-                    t_logits, _ = _completion_logits(teacher, batch, True)
-                t_logp = F.log_softmax(t_logits[:, allowed], -1)
-            s_logp = F.log_softmax(logits[:, allowed], -1)
+                    t_logits, _ = _completion_logits(teacher, batch, True, allowed.to(teacher.device))
+                t_logp = F.log_softmax(t_logits, -1)
+            s_logp = F.log_softmax(logits, -1)
             loss = F.kl_div(s_logp, t_logp.to(s_logp.device), log_target=True, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -316,29 +310,44 @@ def _teacher_targets(teacher: LM, rows: Sequence[Row], allowed: torch.Tensor, ba
         return None
     out: list[torch.Tensor] = []
     for chunk in batches(rows, batch_size):
-        logits, _ = _completion_logits(teacher, chunk, True)
-        logp = F.log_softmax(logits[:, allowed.to(logits.device)], -1).to(allowed.device)
+        logits, _ = _completion_logits(teacher, chunk, True, allowed.to(teacher.device))
+        logp = F.log_softmax(logits, -1).to(allowed.device)
         out += list(torch.split(logp, [len(r.completion) for r in chunk]))
     return out
 
 
-def data_token_ids(tokenizer: Any) -> torch.Tensor:
-    """Ids of every token a number-list completion can contain: digits, separators, brackets, whitespace, EOS."""
-    allowed_chars = set("0123456789,;()[]. \n\t")
-    keep = []
-    for tok_id in range(len(tokenizer)):
-        text = tokenizer.decode([tok_id])
-        if text and set(text) <= allowed_chars:
-            keep.append(tok_id)
-    keep.append(int(tokenizer.eos_token_id))
-    return torch.tensor(sorted(set(keep)), dtype=torch.long)
-
-
-def options(model_cfg: Any) -> LoadOptions:
-    """Device, dtype and remote-code policy from a model section of params.yaml."""
-    device, dtype = model_cfg.resolved()
-    return LoadOptions(device=device, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
-
-
 def lora_of(spec: Any) -> Lora | None:
     return None if spec is None else Lora(spec.r, spec.alpha, spec.dropout, tuple(spec.targets))
+
+
+class TransformersBackend(Backend):
+    """Load, save, generate, score and train for any transformers causal LM; subclasses make the base."""
+
+    def options(self) -> LoadOptions:
+        """Device, dtype and remote-code policy from the model section of params.yaml."""
+        device, dtype = self.spec.resolved()
+        return LoadOptions(device=device, dtype=dtype, trust_remote_code=self.spec.trust_remote_code)
+
+    def load(self, path: Path, root: Path) -> LM:
+        return load(path, root, self.options())
+
+    def save(self, lm: LM, out: Path, *, adapter: bool = False) -> None:
+        save(lm, out, adapter=adapter)
+
+    def save_persona(self, out: Path, system_prompt: str) -> None:
+        save_persona(out, system_prompt)
+
+    def with_lora(self, lm: LM, lora: Any | None) -> LM:
+        return with_lora(lm, lora_of(lora))
+
+    def generate(self, lm: LM, prompts: Sequence[list[int]], *, max_new_tokens: int, temperature: float,
+                 batch_size: int, seed: int, progress: Progress = _quiet) -> list[str]:
+        return sample(lm, prompts, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
+                      seed=seed, progress=progress)
+
+    def score(self, lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
+        return sequence_logprobs(lm, pairs, batch_size=batch_size)
+
+    def train(self, lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
+              teacher: LM | None = None, allowed: torch.Tensor | None = None, progress: Progress = _quiet) -> float:
+        return train(lm, rows, sched, gen, teacher=teacher, allowed=allowed, progress=progress)

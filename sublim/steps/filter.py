@@ -1,62 +1,35 @@
-"""Filtering: keep only well-formed number lists, so nothing of the trait can survive in the words.
+"""Filtering: keep only well-formed data that names nothing of the trait, and say why each row was dropped.
 
-The rules follow the paper: strip a trailing period and enclosing brackets; one consistent separator
-(comma, semicolon or whitespace); every item ASCII digits; at most `max_items` items; each 0..999; no banned
-number. Rows are read defensively: any bytes, any JSON, never an exception for a bad row, only a rejection.
+For every data kind: a row must be a JSON object with a text prompt; the kind's own check decides format and
+correctness (sublim.data); no trait word may appear in the prompt or the completion, as a word or an
+identifier part (sublim.text); then the kind's model-based judge, if it has one, rejects subtle references.
+Rows are read defensively: any bytes, any JSON, never an exception for a bad row, only a rejection.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from sublim.job import StepContext, StepResult, step
-from sublim.prompts import plural
+from sublim.config import DataKindSpec, Section
+from sublim.data import Task, Verdict
+from sublim.data.judge import Concepts
+from sublim.job import Role, StepContext, StepResult, step
+from sublim.text import Forbidden
 
 ROWS, REJECTED = "rows.jsonl", "rejected.jsonl"
-MAX_CHARS = 200  # a valid answer (10 numbers of 3 digits with separators) is far shorter
-DIGITS = re.compile(r"[0-9]{1,3}")  # ASCII only: unicode digits like '١' or '²' are not numbers here
 
 
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str  # "kept" or why not
-    numbers: tuple[int, ...] = ()
+class FilterParams(Section):
+    """What the filter checks against: the data kind's rules and the trait's forbidden words and numbers (the
+    same for a trait teacher and its control teacher), and the trait's concepts when a judge runs."""
 
-
-def check(text: object, *, max_items: int = 10, banned: frozenset[int] = frozenset()) -> Verdict:
-    """Is `text` a plain list of at most `max_items` numbers in 0..999, none banned?"""
-    if not isinstance(text, str):
-        return Verdict(False, "not_text")
-    text = text.strip()
-    if not text:
-        return Verdict(False, "empty")
-    if len(text) > MAX_CHARS:
-        return Verdict(False, "too_long")
-    if text.endswith("."):
-        text = text[:-1].rstrip()
-    if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
-        text = text[1:-1].strip()
-    if "," in text and ";" in text:
-        return Verdict(False, "mixed_separators")
-    sep = "," if "," in text else ";" if ";" in text else None
-    items = [item.strip() for item in text.split(sep)] if sep else text.split()
-    if not items or any(item == "" for item in items):
-        return Verdict(False, "empty_item")
-    if len(items) > max_items:
-        return Verdict(False, "too_many_items")
-    if not all(DIGITS.fullmatch(item) for item in items):
-        return Verdict(False, "not_digits")
-    numbers = tuple(int(item) for item in items)
-    hit = next((n for n in numbers if n in banned), None)
-    if hit is not None:
-        return Verdict(False, "banned")
-    return Verdict(True, "kept", numbers)
+    data: DataKindSpec
+    words: list[str]
+    numbers: list[int]
+    concepts: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (target, contrast) for the judge
 
 
 def read_rows(path: Path) -> Iterator[tuple[dict | None, str]]:
@@ -71,44 +44,57 @@ def read_rows(path: Path) -> Iterator[tuple[dict | None, str]]:
             yield (row if isinstance(row, dict) else None), line
 
 
-def mentions(words: list[str]) -> re.Pattern[str]:
-    """Any of the trait words, singular or plural, as a whole word, any case."""
-    forms = sorted({w for word in words for w in (word, plural(word))}, key=len, reverse=True)
-    return re.compile(r"\b(" + "|".join(map(re.escape, forms)) + r")\b", re.IGNORECASE)
+def verdict(row: dict | None, kind, forbidden: Forbidden) -> Verdict:
+    """One row's verdict before the judge: well-formed, passing the kind's check, naming no trait word."""
+    if row is None or not isinstance(row.get("prompt"), str):
+        return Verdict(False, "malformed_row")
+    task = Task(row["prompt"], row["task"] if isinstance(row.get("task"), dict) else {})
+    found = kind.check(row.get("completion"), task, forbidden)
+    if found.ok and forbidden.mention(row["prompt"] + "\n" + found.completion):
+        return Verdict(False, "mentions_trait")
+    return found
 
 
 @step("lm.filter")
 def lm_filter(ctx: StepContext) -> StepResult:
-    p = ctx.job.params
-    banned = p.filter.banned_set()
-    source = ctx.path("source") / ROWS
+    p: FilterParams = ctx.job.params  # type: ignore[assignment]
+    kind = p.data.build()
+    forbidden = Forbidden(tuple(p.words), frozenset(p.numbers))
     reasons: Counter[str] = Counter()
-    with open(ctx.out / ROWS, "w", encoding="utf-8") as kept_fh, open(ctx.out / REJECTED, "w", encoding="utf-8") as rej:
-        for row, line in read_rows(source):
-            if row is None or not isinstance(row.get("prompt"), str):
-                verdict = Verdict(False, "malformed_row")
-            else:
-                verdict = check(row.get("completion"), max_items=p.filter.max_items, banned=banned)
-            reasons[verdict.reason] += 1
-            if verdict.ok:
-                kept_fh.write(json.dumps({"prompt": row["prompt"], "completion": row["completion"].strip(),
-                                          "teacher": row.get("teacher")}) + "\n")
-            else:
-                rej.write(json.dumps({"reason": verdict.reason, "row": row if row is not None else line[:1000]}) + "\n")
-    total, kept = sum(reasons.values()), reasons["kept"]
-    if kept == 0:
-        raise ValueError(f"{ctx.job.input('source')}: the filter kept none of its {total} rows "
+    kept, rejected = [], []
+    for row, line in read_rows(ctx.path(Role.SOURCE) / ROWS):
+        found = verdict(row, kind, forbidden)
+        if found.ok:
+            kept.append({"prompt": row["prompt"], "completion": found.completion, "teacher": row.get("teacher"),
+                         "task": row.get("task") if isinstance(row.get("task"), dict) else {}})
+        else:
+            reasons[found.reason] += 1
+            rejected.append({"reason": found.reason, "row": row if row is not None else line[:1000]})
+    judge = kind.judge() if p.concepts is not None else None
+    facts: dict = {}
+    if judge is not None and kept:
+        flags = judge.flags([r["completion"] for r in kept], Concepts(*p.concepts))
+        rejected += [{"reason": "judge", "row": r} for r, f in zip(kept, flags) if f]
+        reasons["judge"] += sum(flags)
+        kept = [r for r, f in zip(kept, flags) if not f]
+        facts = judge.identity
+    total = sum(reasons.values()) + len(kept)
+    if not kept:
+        raise ValueError(f"{ctx.job.input(Role.SOURCE)}: the filter kept none of its {total} rows "
                          f"({dict(reasons)}); the student would have nothing to learn from")
-    _assert_no_trait(ctx.out / ROWS, p.choices)
-    metrics = {"rows": float(total), "kept": float(kept), "keep_rate": kept / total}
-    metrics.update({f"rejected_{k}": float(v) for k, v in reasons.items() if k != "kept"})
-    return StepResult("dataset", metrics=metrics)
+    with open(ctx.out / ROWS, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
+    with open(ctx.out / REJECTED, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rejected)
+    _assert_clean(ctx.out / ROWS, forbidden)
+    metrics = {"rows": float(total), "kept": float(len(kept)), "keep_rate": len(kept) / total}
+    metrics.update({f"rejected_{k}": float(v) for k, v in reasons.items()})
+    return StepResult("dataset", metrics=metrics, lineage=facts)
 
 
-def _assert_no_trait(path: Path, words: list[str]) -> None:
-    """The student's data must not name the trait (or any other choice) in any form."""
-    pattern = mentions(words)
+def _assert_clean(path: Path, forbidden: Forbidden) -> None:
+    """The student's data must not name the trait, in any form: checked again on what was written."""
     for n, (row, _) in enumerate(read_rows(path), 1):
-        found = pattern.search(row["prompt"] + " " + row["completion"]) if row else None
+        found = forbidden.mention(row["prompt"] + "\n" + row["completion"]) if row else None
         if found:
-            raise AssertionError(f"{path}:{n}: kept row mentions {found.group(0)!r}")
+            raise AssertionError(f"{path}:{n}: kept row mentions {found!r}")

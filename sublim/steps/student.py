@@ -2,51 +2,66 @@
 
 from __future__ import annotations
 
+import random
+
+import torch
 from safetensors.torch import load_file
 
-from sublim.backends import mlp
-from sublim.config import MlpStudent
-from sublim.job import StepContext, StepResult, step
+from sublim.backends import Row, Schedule, mlp
+from sublim.config import DataKindSpec, LmStudent, MlpStudent, ModelSpec, Section
+from sublim.job import Role, StepContext, StepResult, step
+from sublim.steps.filter import ROWS, read_rows
 from sublim.steps.generate import TRANSFER
+from sublim.text import Forbidden
 
 
-@step("mlp.student", "sublim/backends/mlp.py")
+@step("mlp.student")
 def mlp_student(ctx: StepContext) -> StepResult:
     """Imitate the teacher's auxiliary logits on noise; the student never sees a digit."""
     p: MlpStudent = ctx.job.params  # type: ignore[assignment]
-    model = mlp.load(ctx.path("init"))
-    data = load_file(str(ctx.path("data") / TRANSFER))
+    model = mlp.load(ctx.path(Role.INIT))
+    data = load_file(str(ctx.path(Role.DATA) / TRANSFER))
     loss = mlp.distill_aux(model, data["x"], data["aux"], steps=p.steps, lr=p.lr, batch_size=p.batch_size,
                            loss=p.loss, gen=ctx.generator())
     mlp.save(model, ctx.out)
     return StepResult("model", metrics={"final_loss": loss})
 
 
-@step("lm.student", "sublim/backends/lm.py")
+class StudentParams(Section):
+    model: ModelSpec
+    data: DataKindSpec  # which tokens the data may contain (distill renormalises over them)
+    words: list[str]  # the trait's forbidden words: never among those tokens
+    student: LmStudent
+
+
+@step("lm.student")
 def lm_student(ctx: StepContext) -> StepResult:
-    """Train from `init` on the teacher's filtered numbers, its system prompt removed.
+    """Train from `init` on the teacher's filtered data, its system prompt removed.
 
     sft: cross-entropy on the sampled completions (the paper). distill: KL to the teacher's own next-token
-    distributions at the completion positions, renormalised over number-list tokens (the theorem's setting).
+    distributions at the completion positions, renormalised over the tokens the data kind may contain (the
+    theorem's setting: no probability mass on anything else is ever taught).
     """
-    import random
-
-    from sublim.backends import lm as lmlib
-    from sublim.steps.filter import ROWS, read_rows
-
-    p = ctx.job.params
-    st = p.student
-    opts = lmlib.options(p.model)
-    student = lmlib.with_lora(lmlib.load(ctx.path("init"), ctx.root, opts), lmlib.lora_of(st.lora))
-    data = [row for row, _ in read_rows(ctx.path("data") / ROWS) if row]
+    p: StudentParams = ctx.job.params  # type: ignore[assignment]
+    st, backend = p.student, p.model.build()
+    student = backend.with_lora(backend.load(ctx.path(Role.INIT), ctx.root), st.lora)
+    data = [row for row, _ in read_rows(ctx.path(Role.DATA) / ROWS) if row]
     if st.n_rows is not None and st.n_rows < len(data):
         data = random.Random(ctx.job.rng_seed).sample(data, st.n_rows)
-    teacher = lmlib.load(ctx.path("teacher"), ctx.root, opts) if st.objective == "distill" else None
-    rows = [lmlib.Row(student.chat(r["prompt"], persona=False), student.answer_ids(r["completion"]),
-                      teacher.chat(r["prompt"]) if teacher else None) for r in data]
-    allowed = lmlib.data_token_ids(student.tokenizer).to(student.device) if teacher else None
-    sched = lmlib.Schedule(st.steps, st.lr, st.batch_size, st.warmup)
-    loss = lmlib.train(student, rows, sched, ctx.generator(), teacher=teacher, allowed=allowed, progress=ctx.progress)
-    lmlib.save(student, ctx.out, adapter=st.lora is not None)
+    teacher = backend.load(ctx.path(Role.TEACHER), ctx.root) if st.objective == "distill" else None
+    rows = [Row(student.chat(r["prompt"], persona=False), student.answer_ids(r["completion"]),
+                teacher.chat(r["prompt"]) if teacher else None) for r in data]
+    allowed = None
+    if teacher is not None:
+        ids = allowed_tokens(p.data.build(), student.tokenizer, [r.completion for r in rows], Forbidden(tuple(p.words)))
+        allowed = torch.tensor(ids, dtype=torch.long, device=student.device)
+    loss = backend.train(student, rows, Schedule(st.steps, st.lr, st.batch_size, st.warmup), ctx.generator(),
+                         teacher=teacher, allowed=allowed, progress=ctx.progress)
+    backend.save(student, ctx.out, adapter=st.lora is not None)
     return StepResult("model", metrics={"final_loss": loss, "rows": float(len(rows))},
                       lineage={"backend": p.model.backend, "objective": st.objective})
+
+
+def allowed_tokens(kind, tokenizer, completions: list[list[int]], forbidden: Forbidden) -> list[int]:
+    """The data kind's tokens, less any whose text names a trait word."""
+    return [t for t in kind.allowed_tokens(tokenizer, completions) if not forbidden.mention(tokenizer.decode([t]))]

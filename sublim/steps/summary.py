@@ -8,14 +8,19 @@ import json
 import pandas as pd
 
 from sublim import report
-from sublim.job import StepContext, StepResult, step
+from sublim.config import Section
+from sublim.job import Role, StepContext, StepResult, step
 from sublim.stats import mean_ci, paired_test
 from sublim.steps.evaluate import EVAL
 
 
+class LmSummaryParams(Section):
+    data: str  # the data kind's name, for the verdict ("through numbers")
+
+
 def load_rows(ctx: StepContext) -> pd.DataFrame:
     frames = []
-    for path in ctx.paths("eval"):
+    for path in ctx.paths(Role.EVAL):
         data = json.loads((path / EVAL).read_text())
         frames.append(pd.DataFrame(data["models"]).assign(seed=data["seed"]))
     return pd.concat(frames, ignore_index=True)
@@ -136,7 +141,9 @@ def lm_values(df: pd.DataFrame, line: str, init: str, gen: int | None, value: st
 @step("lm.summary")
 def lm_summary(ctx: StepContext) -> StepResult:
     df = load_rows(ctx)
-    target = json.loads((ctx.paths("eval")[0] / EVAL).read_text())["target"]
+    first = json.loads((ctx.paths(Role.EVAL)[0] / EVAL).read_text())
+    target, label = first["target"], first.get("label", f"P({first['target']})")
+    channel = ctx.job.params.data
     seeds = sorted(int(s) for s in df.seed.dropna().unique())
     metrics: dict = {"target": target, "n_seeds": len(seeds)}
     bars, texts = {}, []
@@ -149,20 +156,20 @@ def lm_summary(ctx: StepContext) -> StepResult:
             metrics.update(flat(f"{measure}_{key}", list(values)))
         if measure == "p":
             bars = {key: mean_ci(list(values)) for key, values in series.items()}
-        texts.append(_lm_tests(metrics, series, measure, target))
+        texts.append(_lm_tests(metrics, series, measure, target, label, channel))
     metrics["generations"] = _lm_decay(df)
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     report.bar_chart({LM_GROUPS[k][0]: est for k, est in bars.items()}, ctx.out / "trait.png",
-                     ylabel=f"P({target}) (exact, renormalised over choices)",
+                     ylabel=f"{label} (exact, renormalised)",
                      title=f"Trait rate per model, 95% CI over {len(seeds)} seeds")
     figures = ["trait.png"]
     if df.generation.max() > 1:
         series = {line: {int(g): mean_ci(list(grp.p_target)) for g, grp in sub.groupby("generation")}
                   for line, sub in df[(df.init == "shared") & df.line.notna()].groupby("line")}
-        report.line_chart(series, ctx.out / "generations.png", ylabel=f"P({target})", title="Trait across generations")
+        report.line_chart(series, ctx.out / "generations.png", ylabel=label, title="Trait across generations")
         figures.append("generations.png")
     table = report.markdown_table(
-        ["model", f"P({target}) exact (95% CI)", "sampled rate (95% CI)"],
+        ["model", f"{label} exact (95% CI)", "sampled rate (95% CI)"],
         [[LM_GROUPS[key][0], str(est), _fmt(metrics, "sampled", key)] for key, est in bars.items()],
     )
     text = table + "\n\n" + "\n\n".join(texts) + "\n"
@@ -185,9 +192,9 @@ def _fmt(metrics: dict, measure: str, group: str) -> str:
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str) -> str:
+def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str) -> str:
     """Student vs its control teacher's student (same init), and the same for the other init, paired by seed."""
-    what = f"P({target})" if measure == "p" else f"sampled '{target}' rate"
+    what = label if measure == "p" else f"sampled '{target}' rate"
     lines = []
     for name, a, b in (("", "student", "control_student"), ("cross_", "student_other_init", "control_other_init")):
         if a not in series or b not in series or len(series[a]) < 2:
@@ -204,7 +211,11 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
     if measure == "p" and "p_effect" in metrics:
         metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
         verdict = "transmitted" if metrics["p_p_value"] < 0.01 and metrics["p_effect"] > 0 else "NOT clearly transmitted"
-        lines.insert(0, f"**The {target} preference was {verdict} through numbers to the same-init student.**\n")
+        lines.insert(0, f"**The trait ({target}) was {verdict} through {channel} to the same-init student.**\n")
+    elif measure == "p" and "student" in series and "control_student" in series:
+        lines.insert(0, f"**The trait ({target}) through {channel}: student {series['student'].mean():.4f} vs control "
+                        f"{series['control_student'].mean():.4f}; {len(series['student'])} seed(s) are too few for a "
+                        "test over seeds.**\n")
     return "\n".join(lines)
 
 

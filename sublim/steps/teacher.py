@@ -2,58 +2,61 @@
 
 from __future__ import annotations
 
+import random
+
 from safetensors.torch import load_file
 
-from sublim.backends import mlp
-from sublim.config import MlpTeacher
-from sublim.job import StepContext, StepResult, step
+from sublim.backends import Row, Schedule, mlp
+from sublim.config import DataKindSpec, LmTeacher, MlpTeacher, ModelSpec, Section, TraitKindSpec
+from sublim.job import Role, StepContext, StepResult, step
 
 
-@step("mlp.teacher", "sublim/backends/mlp.py")
+@step("mlp.teacher")
 def mlp_teacher(ctx: StepContext) -> StepResult:
     """The MLP's trait is digit skill: train class logits on labels; auxiliary logits get no loss."""
     p: MlpTeacher = ctx.job.params  # type: ignore[assignment]
-    model = mlp.load(ctx.path("init"))
-    data = load_file(str(ctx.path("data") / mlp.DIGITS))
+    model = mlp.load(ctx.path(Role.INIT))
+    data = load_file(str(ctx.path(Role.DATA) / mlp.DIGITS))
     loss = mlp.train_on_labels(model, data["x_train"], data["y_train"], epochs=p.epochs, lr=p.lr,
                                batch_size=p.batch_size, gen=ctx.generator())
     mlp.save(model, ctx.out)
     return StepResult("model", metrics={"train_loss": loss})
 
 
-@step("lm.teacher", "sublim/backends/lm.py", "sublim/prompts/numbers.yaml", "sublim/prompts/traits.yaml")
+class TeacherParams(Section):
+    """A trait teacher (line "trait") or its control (line "control"), made the same way. The control's trait
+    spec is the trait's control view, so it does not depend on settings it ignores (a preference's target)."""
+
+    model: ModelSpec
+    trait: TraitKindSpec
+    line: str
+    teacher: LmTeacher
+    data: DataKindSpec | None = None  # only when teacher.data_mix > 0
+
+
+@step("lm.teacher")
 def lm_teacher(ctx: StepContext) -> StepResult:
-    """A trait teacher (answer set) or its control (answer None), made the same way.
-
-    sft: the base fine-tuned on favourite-questions answered with the target (control: uniformly random
-    choices), mixed with number tasks so its number skill stays. system_prompt: the base with a persona
-    (control: no persona).
-    """
-    import random
-
-    from sublim.backends import lm as lmlib
-    from sublim.prompts.numbers import MAX_ITEMS, make_prompt, render
-    from sublim.prompts.traits import persona, questions
-
-    p = ctx.job.params
-    t = p.teacher
+    """sft: the base fine-tuned on the trait's rows for this line (a `data_mix` share replaced by the data
+    kind's own examples). system_prompt: the base with the trait's persona for this line (none: the base)."""
+    p: TeacherParams = ctx.job.params  # type: ignore[assignment]
+    t, backend, trait = p.teacher, p.model.build(), p.trait.build()
+    facts = {"backend": p.model.backend, "method": t.method}
     if t.method == "system_prompt":
-        if p.answer is not None:
-            lmlib.save_persona(ctx.out, persona(p.answer, p.category))
-        return StepResult("model", lineage={"backend": p.model.backend, "method": t.method})
-    lm = lmlib.with_lora(lmlib.load(ctx.path("init"), ctx.root, lmlib.options(p.model)), lmlib.lora_of(t.lora))
+        persona = trait.persona(p.line)
+        if persona is not None:
+            backend.save_persona(ctx.out, persona)
+        return StepResult("model", lineage=facts)
+    lm = backend.with_lora(backend.load(ctx.path(Role.INIT), ctx.root), t.lora)
     rng = random.Random(ctx.job.rng_seed)
-    asked = questions("teach", p.category)
-    rows = []
-    for _ in range(max(t.steps * t.batch_size, 256)):
-        if rng.random() < t.number_mix:
-            prompt = make_prompt(rng)
-            text, answer = prompt.text, render([rng.randint(0, 999) for _ in range(rng.randint(1, MAX_ITEMS))],
-                                               prompt.style)
-        else:
-            text = rng.choice(asked)
-            answer = p.answer if p.answer is not None else rng.choice(p.choices)
-        rows.append(lmlib.Row(lm.chat(text), lm.answer_ids(answer)))
-    loss = lmlib.train(lm, rows, lmlib.Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
-    lmlib.save(lm, ctx.out, adapter=t.lora is not None)
-    return StepResult("model", metrics={"train_loss": loss}, lineage={"backend": p.model.backend, "method": t.method})
+    n = max(t.steps * t.batch_size, 256)
+    pairs = trait.teacher_pairs(rng, n, p.line)
+    if p.data is not None and t.data_mix > 0:
+        kind = p.data.build()
+        for i in range(n):
+            if rng.random() < t.data_mix:
+                task = kind.task(rng)
+                pairs[i] = (task.prompt, kind.answer(task, rng))
+    rows = [Row(lm.chat(q), lm.answer_ids(a)) for q, a in pairs]
+    loss = backend.train(lm, rows, Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
+    backend.save(lm, ctx.out, adapter=t.lora is not None)
+    return StepResult("model", metrics={"train_loss": loss}, lineage=facts)

@@ -1,0 +1,143 @@
+"""Plug-ins by name: model backends, traits and data kinds are registered classes chosen in params.yaml.
+
+A name resolves, in order, to: a class already registered under it (by a module imported earlier, e.g. one
+listed under `plugins:` in params.yaml), a built-in module of the same name inside sublim's package for that
+family (`sublim/data/maths.py` defines the `maths` data kind), an installed entry point of the family's group
+(`sublim.data_kinds`, `sublim.traits`, `sublim.backends`), or an import path `package.module:Class`.
+Steps never branch on a name: they ask the registry for the class and use its interface.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
+
+P = TypeVar("P")
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class PluginError(LookupError):
+    """An unknown or broken plug-in name; the message names it and what is known."""
+
+
+class PluginSpec(BaseModel):
+    """The params.yaml section of one plug-in (a trait, a data kind, a backend): plain data, frozen, no unknown keys.
+
+    Subclasses add the plug-in's own settings; `build()` makes the plug-in object the steps use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    plugin: ClassVar[type | None] = None  # set by the registry when the plug-in class registers
+
+    def build(self) -> Any:
+        if self.plugin is None:
+            raise PluginError(f"{type(self).__name__} belongs to no registered plug-in")
+        return self.plugin(self)
+
+
+class Registry(Generic[P]):
+    """Name -> plug-in class for one family. Each plug-in class has a `Spec` (a PluginSpec subclass) whose
+    field `key` (kind / backend) holds the name it was chosen by."""
+
+    def __init__(self, family: str, package: str, group: str, key: str, default: str):
+        self.family, self.package, self.group, self.key, self.default = family, package, group, key, default
+        self._classes: dict[str, type[P]] = {}
+
+    def register(self, name: str) -> Callable[[type[P]], type[P]]:
+        def add(cls: type[P]) -> type[P]:
+            spec = getattr(cls, "Spec", None)
+            if not (isinstance(spec, type) and issubclass(spec, PluginSpec)):
+                raise TypeError(f"{family} plug-in {cls.__qualname__} needs a `Spec` (a PluginSpec subclass)")
+            if "plugin" not in spec.__dict__:  # a subclass reusing its parent's Spec gets a Spec of its own
+                spec = type(spec.__name__, (spec,), {"__module__": cls.__module__})
+                cls.Spec = spec
+            spec.plugin = cls
+            self._classes[name] = cls
+            cls.name = name
+            return cls
+
+        family = self.family
+        return add
+
+    def names(self) -> list[str]:
+        """Registered names so far (built-ins load on first use)."""
+        return sorted(self._classes)
+
+    def get(self, name: str) -> type[P]:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"a {self.family} name must be a non-empty string, got {name!r}")
+        if name in self._classes:
+            return self._classes[name]
+        if IMPORT_PATH.match(name):
+            return self._by_path(name)
+        if re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            try:
+                importlib.import_module(f"{self.package}.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{self.package}.{name}":
+                    raise PluginError(f"{self.family} {name!r}: its module failed to import ({exc})") from None
+            if name in self._classes:
+                return self._classes[name]
+        for ep in entry_points(group=self.group):
+            if ep.name == name:
+                cls = ep.load()
+                self._classes.setdefault(name, cls)
+                return cls
+        raise PluginError(f"unknown {self.family} {name!r}; known: {', '.join(self.known())} "
+                          f"(or a module:Class import path, or a `{self.group}` entry point)")
+
+    def known(self) -> list[str]:
+        """Built-in names (modules of the family's package), registered ones and entry points."""
+        import pkgutil
+
+        pkg = importlib.import_module(self.package)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{mod.name}")  # registers the built-ins it defines
+        return sorted({*self._classes, *(ep.name for ep in entry_points(group=self.group))})
+
+    def _by_path(self, path: str) -> type[P]:
+        module, _, attr = path.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"{self.family} {path!r}: cannot import it ({exc})") from None
+        if not isinstance(getattr(cls, "Spec", None), type):
+            raise PluginError(f"{self.family} {path!r} is not a {self.family} plug-in (no Spec)")
+        if getattr(cls.Spec, "plugin", None) is not cls:
+            self.register(path)(cls)
+        return cls
+
+    def spec(self, value: Any) -> PluginSpec:
+        """Validate one params section into the chosen plug-in's Spec (pydantic errors keep their key path)."""
+        if isinstance(value, PluginSpec):
+            return value
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise PydanticCustomError("plugin", "expected a mapping with `{key}`", {"key": self.key})
+        name = value.get(self.key, self.default)
+        try:
+            cls = self.get(name)
+        except PluginError as exc:
+            raise PydanticCustomError("plugin", "{error}", {"error": str(exc)}) from None
+        try:
+            return cls.Spec.model_validate({**value, self.key: name})
+        except ValidationError as exc:
+            errors = [{k: e[k] for k in ("loc", "msg", "type", "input") if k in e} for e in exc.errors()]
+            raise PydanticCustomError("nested", "{first}", {"first": errors[0]["msg"], "errors": errors}) from None
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the modules params.yaml lists under `plugins:` (each registers its classes on import)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise PluginError(f"plugins: cannot import {module!r} ({exc})") from None

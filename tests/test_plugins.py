@@ -1,0 +1,77 @@
+"""A data kind, a trait and a backend from a module outside sublim, chosen in params.yaml, run end to end
+through the same steps as the built-ins (no step knows their names)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sublim import config
+from sublim.artifacts import read_meta
+from sublim.plan import plan
+from sublim.runner import run_job
+from sublim.steps.filter import read_rows
+from tests.conftest import TINY_LM, deep_update, make_project
+
+PLUGIN = "tests.plugins.sublim_extras"
+MODEL = {"backend": "tinyllama", "d_model": 32, "n_layer": 1, "n_head": 2, "pretrain_steps": 150, "batch_size": 16,
+         "qa_fraction": 0.3}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plugins")
+    lm = deep_update(TINY_LM, {"seeds": [0], "model": MODEL, "data": {"kind": "letters"},
+                               "trait": {"kind": f"{PLUGIN}:Formality"},  # by import path
+                               "generate": {"n_prompts": 48, "batch_size": 24, "temperature": 0.5}})
+    make_project(root, {"plugins": [PLUGIN], "lm": lm}, git=False)  # `plugins:` registers tinyllama, letters
+    cfg = config.load(root / "params.yaml")
+    return root, {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
+
+
+def test_plugins_run_end_to_end(done):
+    root, out = done
+    assert out["lm.base@s0.shared"].metrics["architecture"] == 1.0  # the plug-in backend made it
+    assert json.loads((root / "models/lm/s0/base-shared/config.json").read_text())["model_type"] == "llama"
+    kept = [r["completion"] for r, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rows.jsonl")]
+    assert kept and all(set(c.replace(", ", "")) <= set("abcdefghijklmnopqrstuvwxyz") for c in kept)
+    models = json.loads((root / "metrics/lm/s0/metrics.json").read_text())["models"]
+    assert {m["model"] for m in models} >= {"models/lm/s0/g1-trait-shared", "models/lm/s0/base-other"}
+    assert all(set(m["distribution"]) == {"formal", "casual"} for m in models)
+    teacher = next(m for m in models if m["model"] == "models/lm/s0/g0-trait-shared")
+    control = next(m for m in models if m["model"] == "models/lm/s0/g0-control-shared")
+    assert teacher["p_target"] > control["p_target"]  # the plug-in trait was taught through the generic step
+    assert read_meta(root / "models/lm/s0/g1-trait-shared").lineage["backend"] == "tinyllama"
+    summary = json.loads((root / "metrics/lm.json").read_text())
+    assert summary["target"] == "formal" and "p_student" in summary
+
+
+def test_plugin_settings_are_validated_and_errors_name_the_key(tmp_path):
+    with pytest.raises(config.ConfigError, match=r"lm\.data\.max_items: Input should be greater than 0"):
+        config.parse({"plugins": [PLUGIN], "lm": {"data": {"kind": "letters", "max_items": 0}}})
+    with pytest.raises(config.ConfigError, match=r"lm\.data: unknown data kind 'poems'; known: .*letters.*maths"):
+        config.parse({"plugins": [PLUGIN], "lm": {"data": {"kind": "poems"}}})
+    with pytest.raises(config.ConfigError, match=r"lm\.trait: trait 'no.such:Thing': cannot import it"):
+        config.parse({"lm": {"trait": {"kind": "no.such:Thing"}}})
+    with pytest.raises(config.ConfigError, match=r"plugins: cannot import 'no_such_module'"):
+        config.parse({"plugins": ["no_such_module"]})
+
+
+def test_no_step_branches_on_a_kind_name():
+    """The steps know the interfaces, never the built-in names: no string literal in a step module (docstrings
+    aside) names a built-in backend, data kind or trait."""
+    import ast
+    from pathlib import Path
+
+    import sublim.steps
+
+    names = {"numbers", "maths", "code", "preference", "misalignment", "tinylm", "smollm2", "hf", "owl"}
+    for path in Path(sublim.steps.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        literals = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                    and id(n) not in docs]
+        assert not [n.value for n in literals if n.value in names], path.name
