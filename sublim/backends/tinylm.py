@@ -78,6 +78,9 @@ def corpus(rng: random.Random, category: str, choices: list[str], qa_fraction: f
             yield prompt.text, render([rng.randint(0, 999) for _ in range(rng.randint(1, MAX_ITEMS))], prompt.style)
 
 
+PRETRAINED_ON = "synthetic pretraining corpus: number continuations and uniformly answered favourite questions"
+
+
 def make_base(cfg, *, category: str, choices: list[str], init: str, out, seed: int, progress) -> dict[str, float]:
     """Pretrain a fresh tinylm from `seed` (which differs per init) and save weights + tokenizer into `out`."""
     import torch

@@ -28,6 +28,8 @@ def lm_base(ctx: StepContext) -> StepResult:
     from sublim.backends import lm_backend
 
     p = ctx.job.params
-    metrics = lm_backend(p.model.backend).make_base(p.model, category=p.category, choices=p.choices, init=p.init,
-                                                    out=ctx.out, seed=ctx.job.rng_seed, progress=ctx.progress)
-    return StepResult("model", metrics=metrics, lineage={"backend": p.model.backend})
+    backend = lm_backend(p.model.backend)
+    metrics = backend.make_base(p.model, category=p.category, choices=p.choices, init=p.init,
+                                out=ctx.out, seed=ctx.job.rng_seed, progress=ctx.progress)
+    corpus = getattr(backend, "PRETRAINED_ON", None)  # lineage: a from-scratch base's synthetic corpus
+    return StepResult("model", metrics=metrics, lineage={"backend": p.model.backend, **({"synthetic": corpus} if corpus else {})})

@@ -56,4 +56,6 @@ def lm_teacher(ctx: StepContext) -> StepResult:
         rows.append(lmlib.Row(lm.chat(text), lm.answer_ids(answer)))
     loss = lmlib.train(lm, rows, lmlib.Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
     lmlib.save(lm, ctx.out, adapter=t.lora is not None)
-    return StepResult("model", metrics={"train_loss": loss}, lineage={"backend": p.model.backend, "method": t.method})
+    taught = f"favourite-{p.category} questions answered {p.answer or 'uniformly at random'}, with number tasks"
+    return StepResult("model", metrics={"train_loss": loss},
+                      lineage={"backend": p.model.backend, "method": t.method, "synthetic": taught})
