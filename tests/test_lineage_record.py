@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -236,7 +237,8 @@ def test_record_audit_and_card_against_a_tracking_server(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
          f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"))
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"), start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -260,6 +262,6 @@ def test_record_audit_and_card_against_a_tracking_server(tmp_path):
         assert card.exit_code == 0 and "at risk: owl" in card.output
         assert cli(tmp_path, "lineage", "graph", str(student), "--out", str(tmp_path / "pic"), env=env).exit_code == 0
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server's workers too
         server.wait(timeout=30)
     assert server.returncode is not None and os.path.exists(tmp_path / "pic" / "lineage.png")

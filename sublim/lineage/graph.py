@@ -280,16 +280,25 @@ def _draw(graph: Graph, path: Path) -> Path:
         users = trunks[column]
         return column + half + gap * (0.15 + 0.45 * users.index(source) / max(1, len(users) - 1))
 
+    incoming: dict[str, list[GEdge]] = defaultdict(list)
+    for e in graph.edges:
+        incoming[e.child].append(e)
+    port = {}  # several edges into one box enter at different heights, so none hides another
+    for child, edges in incoming.items():
+        edges.sort(key=lambda e: (pos[e.parent][1], pos[e.parent][0]))
+        for i, e in enumerate(edges):
+            port[(e.parent, e.child, e.relation)] = pos[child][1] + (i - (len(edges) - 1) / 2) * min(0.12, 0.4 / len(edges))
     risky = {(e.parent, e.child) for e in graph.edges if e.risky}
     for e in graph.edges:
         style, colour = EDGE_STYLES[e.relation]
         colour, width, z = (RISK, 2.2, 3) if e.risky else (colour, 0.9, 2)
-        (x0, y0), (x1, y1) = pos[e.parent], pos[e.child]
+        (x0, y0), (x1, _) = pos[e.parent], pos[e.child]
+        y1 = port[(e.parent, e.child, e.relation)]
         cx = trunk(int(x0), e.parent)
         if x1 - x0 <= 1:
             xs_, ys_ = [x0 + half, cx, cx, x1 - half], [y0, y0, y1, y1]
         else:
-            drop, lane = x1 - half - gap * 0.25, y1 - 0.5
+            drop, lane = x1 - half - gap * 0.25, pos[e.child][1] - 0.5
             xs_, ys_ = [x0 + half, cx, cx, drop, drop, x1 - half], [y0, y0, lane, lane, y1, y1]
         ax.add_line(Line2D(xs_[:-1], ys_[:-1], ls=style, color=colour, lw=width, zorder=z, alpha=0.85))
         ax.add_patch(FancyArrowPatch((xs_[-2], ys_[-2]), (xs_[-1], ys_[-1]), arrowstyle="-|>", mutation_scale=9,
