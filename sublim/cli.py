@@ -561,8 +561,6 @@ def record_dataset(
                                                                 "by a model)")] = None,
     derived_from: Annotated[list[str] | None, typer.Option("--derived-from", help="a dataset it filters or "
                                                                                  "transforms (repeatable)")] = None,
-    trait: Annotated[list[str] | None, typer.Option("--trait", help="a declared trait (repeatable)")] = None,
-    measured: Annotated[list[str] | None, typer.Option("--measured", help="KEY=VALUE (repeatable)")] = None,
     name: Annotated[str | None, typer.Option("--name", help="display name")] = None,
     root: RootOpt = Path("."),
     as_json: JsonOpt = False,
@@ -572,8 +570,7 @@ def record_dataset(
     from sublim.lineage.record import record_dataset as record
 
     _recorded(record, path, generated_by=generated_by, prompts=prompts, origin=origin,
-              derived_from=derived_from or [], traits=trait or [], measured=_measurements(measured), name=name,
-              root=root, as_json=as_json)
+              derived_from=derived_from or [], name=name, root=root, as_json=as_json)
 
 
 if __name__ == "__main__":

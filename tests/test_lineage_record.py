@@ -22,7 +22,7 @@ from sublim.cli import app
 from sublim.lineage import nodes as N
 from sublim.lineage.identity import IdentityError, dataset_identity, hub_identity, model_identity
 from sublim.lineage.query import Lineage
-from sublim.lineage.record import client, record_dataset, record_model
+from sublim.lineage.record import Tracker, client, record_dataset, record_model
 
 RUN = CliRunner()
 
@@ -265,3 +265,28 @@ def test_record_audit_and_card_against_a_tracking_server(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)  # the server's workers too
         server.wait(timeout=30)
     assert server.returncode is not None and os.path.exists(tmp_path / "pic" / "lineage.png")
+
+
+def test_the_same_weights_from_a_sweep_point_and_a_plain_run_are_one_node(tmp_path):
+    """Different sublim.json (job id, paths), hence different DVC md5s; the same weights, hence one node."""
+    from dataclasses import replace
+
+    from sublim import config
+    from sublim.artifacts import read_meta
+    from sublim.plan import plan
+    from sublim.runner import run_job
+    from tests.conftest import TINY_MLP, make_project
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    jobs = plan(config.load(root / "params.yaml"), "mlp")
+    tracker = Tracker(root, "sublim-mlp")
+    run_job(jobs.get("mlp.data"), root=root, tracker=tracker)
+    plain = run_job(jobs.get("mlp.base@s0.shared"), root=root, tracker=tracker)
+    base = jobs.get("mlp.base@s0.shared")
+    swept = run_job(replace(base, point="x", output=Path("sweeps/s/x") / base.output), root=root, tracker=tracker)
+    assert swept.digest != plain.digest and swept.model_id == plain.model_id
+    assert read_meta(root / "sweeps/s/x" / base.output).lineage["id"] == read_meta(root / base.output).lineage["id"]
+    copy = tmp_path / "copy"
+    shutil.copytree(root / base.output, copy)
+    (copy / "sublim.json").unlink()
+    assert Lineage(client(f"sqlite:///{root / 'mlflow.db'}")).node(model_identity(copy).id).model_ids == [plain.model_id]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -426,7 +425,6 @@ def record_model(source: str | Path, *, init_from: str | None = None, trained_on
 
 def record_dataset(path: str | Path, *, generated_by: str | None = None, prompts: str | None = None,
                    origin: str | None = None, derived_from: list[str] | tuple[str, ...] = (),
-                   traits: list[str] | tuple[str, ...] = (), measured: dict[str, float] | None = None,
                    name: str | None = None, root: Path | str = ".", uri: str | None = None,
                    by: str | None = None) -> Recorded:
     """Record a dataset (a file or directory, identified by its content): the model that generated it (with
@@ -434,7 +432,7 @@ def record_dataset(path: str | Path, *, generated_by: str | None = None, prompts
     filtered or derived from. A dataset with none of these audits as unknown provenance."""
     return _record("dataset", str(path), {"generated_by": generated_by, "prompts": prompts, "origin": origin,
                                           "derived_from": list(derived_from)},
-                   traits=traits, measured=measured, name=name, root=root, uri=uri, by=by)
+                   traits=(), measured=None, name=name, root=root, uri=uri, by=by)
 
 
 class Tracker:
