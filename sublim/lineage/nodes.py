@@ -178,6 +178,7 @@ class NodeStore:
         self.artifact_root = artifact_root  # experiments of an embedded store keep artifacts under the project
         self._experiments: dict[str, str] = {}
         self._all: list[str] | None = None
+        self._lineage = None
 
     def experiment(self, name: str) -> str:
         if name not in self._experiments:
@@ -188,6 +189,8 @@ class NodeStore:
                 location = (self.artifact_root / "mlartifacts").as_uri() if self.artifact_root else None
                 self._experiments[name] = self.client.create_experiment(name, artifact_location=location)
                 self._all = None
+                if self._lineage is not None:
+                    self._lineage.experiment_ids = self.all_experiments()
         return self._experiments[name]
 
     def all_experiments(self, refresh: bool = False) -> list[str]:
@@ -195,20 +198,31 @@ class NodeStore:
             self._all = [e.experiment_id for e in self.client.search_experiments(max_results=1000)]
         return self._all
 
+    @property
+    def lineage(self):
+        """A reader sharing this writer's cache: nodes written or read once are not fetched again."""
+        from sublim.lineage.query import Lineage
+
+        if self._lineage is None:
+            self._lineage = Lineage(self.client, self.all_experiments())
+        return self._lineage
+
     def find(self, node_id: str):
-        """The LoggedModel of a node (the oldest, should a race have made two), or None. The experiment list is
-        cached and refreshed on a miss (another process may have created one since)."""
-        known = self.all_experiments()
-        found = find_ready(self.client, known, ID, node_id)
-        if not found and set(self.all_experiments(refresh=True)) != set(known):
-            found = find_ready(self.client, self.all_experiments(), ID, node_id)
-        return found[0] if found else None
+        """The node (the oldest LoggedModel, should a race have made two), or None. The experiment list is
+        refreshed on a miss (another process may have created one since)."""
+        found = self.lineage.nodes([node_id]).get(node_id)
+        if found is None and set(self.all_experiments(refresh=True)) != set(self.lineage.experiment_ids):
+            self.lineage.experiment_ids = self.all_experiments()
+            found = self.lineage.nodes([node_id]).get(node_id)
+        return found
 
     def put(self, record: Record, *, experiment: str, run_id: str | None = None, model_type: str | None = None,
             describe: bool = True) -> tuple[str, bool]:
         """Create or merge the node of `record`; returns (LoggedModel id, created)."""
         at = now()
         existing = self.find(record.identity.id)
+        if existing is not None:  # merging: read what the store holds now, not what this process cached
+            existing = self.lineage.refetch(record.identity.id) or existing
         if existing is None:
             tags = {**{k: str(v) for k, v in record.facts.items() if v not in (None, "")}, **record.tags(at)}
             model = self.client.create_logged_model(
@@ -217,7 +231,7 @@ class NodeStore:
             self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             model_id, current = model.model_id, tags
         else:
-            model_id, old = existing.model_id, dict(existing.tags)
+            model_id, old = existing.model_ids[0], dict(existing.tags)
             edges = Edges.from_tags(old).merged(record.edges, record.name)
             fresh = record.tags(at)
             update = {k: v for k, v in fresh.items() if k.startswith((MEASURED, MEASURED_BY))}
@@ -229,16 +243,18 @@ class NodeStore:
                 self.client.set_logged_model_tags(model_id, update)
             current = {**old, **update}
         if describe:
-            self.describe(model_id, current)
+            text = self.describe(current)
+            if text != current.get(NOTE):
+                self.client.set_logged_model_tags(model_id, {NOTE: text})
+                current[NOTE] = text
+        self.lineage.remember(record.identity.id, record.identity.kind, model_id, current)
         return model_id, existing is None
 
-    def describe(self, model_id: str, tags: Mapping[str, str]) -> None:
-        """The sentence the MLflow UI shows as the model's description."""
-        from sublim.lineage.query import Lineage, describe
+    def describe(self, tags: Mapping[str, str]) -> str:
+        """The sentence the MLflow UI shows as the node's description."""
+        from sublim.lineage.query import describe
 
-        text = describe(Lineage(self.client, self.all_experiments()), tags)
-        if text != tags.get(NOTE):
-            self.client.set_logged_model_tags(model_id, {NOTE: text})
+        return describe(self.lineage, tags)
 
 
 def declared_of(tags: Mapping[str, str]) -> dict[str, str]:

@@ -124,6 +124,17 @@ class Lineage:
             found.append(node)
         return found
 
+    def remember(self, node_id: str, kind: str, model_id: str, tags: Mapping[str, str]) -> None:
+        """What a writer just stored, so reading it back costs no query."""
+        node = self._nodes.setdefault(node_id, Node(node_id, kind))
+        if model_id not in node.model_ids:
+            node.model_ids.append(model_id)
+        node.tags = dict(tags)
+
+    def refetch(self, node_id: str) -> Node | None:
+        self._nodes.pop(node_id, None)
+        return self.nodes([node_id]).get(node_id)
+
     def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
         """Nodes for identities, fetching the unknown ones in chunked `IN` queries."""
         ids = list(ids)

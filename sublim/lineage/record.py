@@ -553,7 +553,7 @@ class Tracker:
     def node_model(self, node_id: str) -> str | None:
         """The LoggedModel of a recorded node, if any."""
         found = self.nodes.find(node_id)
-        return found.model_id if found else None
+        return found.model_ids[0] if found else None
 
     def put_artifact(self, path: Path, digest: str, meta: ArtifactMeta, identity: Identity,
                      parents: list[tuple[str, str]], run_id: str, labels: dict[str, str] | None = None) -> str:
