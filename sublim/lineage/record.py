@@ -227,15 +227,16 @@ NOT_FACTS = {"id", SYNTHETIC, "origin"}
 CONTEXT = ("pipeline", "seed", "generation", "line", "init")  # facts a derived dataset inherits (for pictures)
 
 
-def _role(parents: list[tuple[str, str]], role: str) -> list[str]:
-    return [node for r, node in parents if r == role]
+def _targets(parents: list[tuple[str, str]], table: dict[str, str], edge: str) -> list[str]:
+    """The identities of the inputs whose role maps to `edge` (job input roles compare as strings)."""
+    return [node for role, node in parents if table.get(str(role)) == edge]
 
 
 def artifact_identity(path: Path, kind: str, parents: list[tuple[str, str]]) -> Identity | None:
     """A pipeline artifact's identity (a model's base is its init input); None for metrics."""
     try:
         if kind == "model":
-            return model_identity(path, next(iter(_role(parents, "init")), None))
+            return model_identity(path, next(iter(_targets(parents, MODEL_EDGES, "init")), None))
         return dataset_identity(path) if kind == "dataset" else None
     except IdentityError as exc:
         from sublim.artifacts import ArtifactError
@@ -264,8 +265,8 @@ def artifact_records(identity: Identity, meta: ArtifactMeta, parents: list[tuple
     lineage, extra, labels = meta.lineage, [], labels or {}
     context = {N.T + k: str(lineage[k]) for k in CONTEXT if lineage.get(k) is not None}
     if identity.kind == "model":
-        trained = _role(parents, "data")
-        for teacher in _role(parents, DISTILLED):
+        trained = _targets(parents, MODEL_EDGES, "trained_on")
+        for teacher in (node for role, node in parents if str(role) == DISTILLED):
             outputs = outputs_dataset(teacher, trained)
             on = ", ".join(labels.get(d, d[:12]) for d in trained) or "its own prompts"
             extra.append(N.Record(outputs, f"distillation targets on {on}",
@@ -277,11 +278,11 @@ def artifact_records(identity: Identity, meta: ArtifactMeta, parents: list[tuple
             extra.append(N.Record(synth, f"{lineage[SYNTHETIC]} ({meta.job.split('#')[0]})",
                                   N.Edges(origin="synthetic"), facts=context, by=by))
             trained.append(synth.id)
-        init = next((i for i in _role(parents, "init") if i != identity.id), None)  # "same": it is its init
+        init = next((i for i in _targets(parents, MODEL_EDGES, "init") if i != identity.id), None)  # "same": its init
         edges = N.Edges(init=init, trained_on=tuple(dict.fromkeys(trained)))
     else:
-        made = [node for role, node in parents if DATASET_EDGES.get(role) == "generated_by"]
-        derived = tuple(node for role, node in parents if DATASET_EDGES.get(role) == "derived_from")
+        made = _targets(parents, DATASET_EDGES, "generated_by")
+        derived = tuple(_targets(parents, DATASET_EDGES, "derived_from"))
         origin = lineage.get("origin") or (None if made or derived else "synthetic")  # made by sublim's own code
         edges = N.Edges(generated_by=next(iter(made), None), derived_from=derived, origin=origin)
     trait = lineage.get("trait")
