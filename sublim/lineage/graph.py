@@ -72,7 +72,7 @@ class Graph:
         return "\n".join(lines) + "\n"
 
     def dot(self) -> str:
-        lines = ["digraph lineage {", f'  label="{_q(self.title)}"; labelloc=t; rankdir=LR; nodesep=0.25; ranksep=0.6;',
+        lines = ["digraph lineage {", f'  label="{_q(self.title)}"; labelloc=t; rankdir=LR; nodesep=0.25; ranksep=0.6; newrank=true; splines=ortho;',
                  '  node [shape=box, style="rounded,filled", fontsize=10, fontname="Helvetica"];',
                  "  edge [arrowsize=0.6];"]
         for i, cluster in enumerate(self.clusters):
@@ -108,8 +108,9 @@ class Graph:
                 if self.nodes[e.parent].cluster == self.nodes[e.child].cluster]
         return sum(_cross(s1, s2) for i, s1 in enumerate(segs) for s2 in segs[i + 1:])
 
-    def png(self, path: Path) -> Path:
-        if shutil.which("dot"):
+    def png(self, path: Path, engine: str = "auto") -> Path:
+        """Draw with Graphviz `dot` when installed (engine "auto"), else (or with "python") ourselves."""
+        if engine != "python" and shutil.which("dot"):
             try:
                 subprocess.run(["dot", "-Tpng", "-Gdpi=110", "-o", str(path)], input=self.dot(), text=True,
                                check=True, capture_output=True, timeout=120)
