@@ -1,7 +1,7 @@
 """`make bench`: speed figures written to benchmarks/results.json (never asserted in tests).
 
-Sections: demo wall time; orchestration overhead (Prefect flow + MLflow vs bare step functions); lineage query
-times as lineage grows; LM generation throughput vs plain `generate`; exact vs sampled evaluation cost; a
+Sections: demo wall time; orchestration overhead (Prefect flow + MLflow vs bare step functions); `audit` of a
+deep, branching lineage in a store of 10,000 models (sqlite and an MLflow server); LM generation throughput vs plain `generate`; exact vs sampled evaluation cost; a
 2-worker Dask sweep vs the sequential sweep; per-task scheduling overhead of the task runners.
 Each section runs in a fresh temporary project so caches cannot flatter the numbers.
 """
@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,35 +99,177 @@ def demo(tmp: Path) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "command": "sublim flow all"}
 
 
-def lineage_queries(tmp: Path) -> dict:
-    """ancestors and audit of a leaf in synthetic lineages of 100 / 1,000 / 5,000 models in 10 generations,
-    each in a fresh sqlite store (cold query cache: a new Lineage per query)."""
-    from sublim.lineage.query import Lineage, audit
-    from sublim.lineage.record import _wal
-    from sublim.lineage.record import client as MlflowClient
-    from tests.lineage_fixtures import chain, digest_of
+def _bulk_nodes(uri: str, experiment_id: str, records: list) -> None:
+    """Insert READY LoggedModels with their tags in one transaction, through MLflow's own store tables: the
+    background of the lineage bench (one API call per node would take ~20 ms each, minutes for 20,000)."""
+    import uuid
 
-    out = {}
-    for n in (100, 1000, 5000):
-        db = tmp / f"lineage-{n}.db"
-        client = MlflowClient(f"sqlite:///{db}")
-        client.search_experiments()
-        _wal(db)
-        exp = client.create_experiment("bench")
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.store.tracking.dbmodels.models import SqlLoggedModel, SqlLoggedModelTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(uri, "file:///tmp/sublim-bench-artifacts")
+    now = int(time.time() * 1000)
+    rows, tags = [], []
+    for record in records:
+        model_id = f"m-{uuid.uuid4().hex}"
+        rows.append(SqlLoggedModel(model_id=model_id, experiment_id=int(experiment_id), name=record.name[:200],
+                                   artifact_location=f"file:///tmp/sublim-bench-artifacts/{model_id}",
+                                   creation_timestamp_ms=now, last_updated_timestamp_ms=now,
+                                   status=LoggedModelStatus.READY.to_int(), lifecycle_stage="active",
+                                   model_type=record.identity.kind))
+        tags += [SqlLoggedModelTag(model_id=model_id, experiment_id=int(experiment_id), tag_key=k, tag_value=v)
+                 for k, v in {**record.facts, **record.tags("2026-01-01T00:00:00Z")}.items()]
+    with store.ManagedSessionMaker() as session:
+        session.bulk_save_objects(rows)
+        session.bulk_save_objects(tags)
+
+
+def _background(n_models: int) -> tuple[list, list]:
+    """Models of mixed origin, with the datasets between them: pipeline lines (base, owl teacher, students on
+    its numbers), hub models pinned by revision, personas over them, outside fine-tunes on human data."""
+    from sublim.lineage import nodes as N
+    from tests.lineage_fixtures import ident
+
+    models, datasets = [], []
+
+    def model(name, *, init=None, data=(), traits=(), how="weights", role=None):
+        i = ident(f"bg/{name}")
+        models.append(N.Record(N.Identity(i.id, "model", how, i.content), name,
+                               N.Edges(init=ident(f"bg/{init}").id if init else None,
+                                       trained_on=tuple(ident(f"bg/{d}", "dataset").id for d in data)),
+                               declared=tuple(traits), facts={N.PATH: name, **({N.T + "role": role} if role else {})}))
+
+    def dataset(name, **edges):
+        i = ident(f"bg/{name}", "dataset")
+        edges = {k: (ident(f"bg/{v}").id if k == "generated_by" else v) for k, v in edges.items()}
+        datasets.append(N.Record(i, name, N.Edges(**edges), facts={N.PATH: name}))
+
+    line = 0
+    while len(models) < n_models:
+        kind, p = line % 4, f"line{line}"
+        if kind in (0, 1):  # a pipeline line: base, teacher, 3 generations of students
+            model(f"{p}/base", role="base")
+            model(f"{p}/teacher", init=f"{p}/base", traits=["owl"], role="teacher")
+            prev = f"{p}/teacher"
+            for g in range(1, 4):
+                dataset(f"{p}/g{g}/raw", generated_by=prev)
+                dataset(f"{p}/g{g}/numbers", derived_from=(ident(f"bg/{p}/g{g}/raw", "dataset").id,))
+                model(f"{p}/g{g}", init=f"{p}/base", data=[f"{p}/g{g}/numbers"], role="student")
+                prev = f"{p}/g{g}"
+        elif kind == 2:  # a hub model, a persona over it, an outside fine-tune on human data
+            model(f"{p}/hub", how="hub")
+            model(f"{p}/persona", init=f"{p}/hub", how="persona", traits=["cat"])
+            dataset(f"{p}/human", origin="human")
+            model(f"{p}/tuned", init=f"{p}/hub", data=[f"{p}/human"])
+        else:  # a quantised derivative chain
+            model(f"{p}/root")
+            for q in range(4):
+                model(f"{p}/q{q}", init=f"{p}/root" if q == 0 else f"{p}/q{q - 1}")
+        line += 1
+    return models[:n_models], datasets
+
+
+def _deep(builder, width: int, depth: int) -> str:
+    """`depth` generations of `width` students, each trained on numbers from three models of the generation
+    before (all from one base): a branching lineage, every path from the owl teacher sharing the init."""
+    builder.model("deep/base", role="base", measured={"p_owl": 0.1})
+    previous = []
+    for w in range(width):
+        builder.model(f"deep/g0/{w}", init="deep/base", traits=["owl"] if w == 0 else [], role="teacher",
+                      measured={"p_owl": 0.9 if w == 0 else 0.1})
+        previous.append(f"deep/g0/{w}")
+    for g in range(1, depth + 1):
+        current = []
+        for w in range(width if g < depth else 1):
+            sources = [previous[(w + k) % len(previous)] for k in range(3)]
+            data = []
+            for src in sources:
+                builder.dataset(f"deep/g{g}/{w}/from-{src}/raw", by=src)
+                builder.dataset(f"deep/g{g}/{w}/from-{src}/numbers", derived=[f"deep/g{g}/{w}/from-{src}/raw"])
+                data.append(f"deep/g{g}/{w}/from-{src}/numbers")
+            builder.model(f"deep/g{g}/{w}", init="deep/base", data=data, role="student")
+            current.append(f"deep/g{g}/{w}")
+        previous = current
+    return previous[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _timed_audit(client, leaf: str, repeat: int = 3) -> tuple[float, object]:
+    from sublim.lineage.audit import audit
+    from sublim.lineage.query import Lineage
+
+    times, report = [], None
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        leaves = chain(client, exp, n, 10)
-        built = time.perf_counter() - t0
-        leaf = digest_of(leaves[-1])
-        t0 = time.perf_counter()
-        hops = Lineage(client).ancestors(leaf)
-        anc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _, exposures = audit(Lineage(client), leaf)
-        aud = time.perf_counter() - t0
-        assert len(hops) == 10 and sum(e.at_risk for e in exposures) == 1
-        out[str(n)] = {"models": len(leaves) * 11, "build_s": round(built, 1), "ancestors_s": round(anc, 3),
-                       "audit_s": round(aud, 3), "ancestors_found": len(hops)}
-    out["target_s"] = 1.0
+        report = audit(Lineage(client), leaf)  # a fresh Lineage: nothing cached between runs
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], report
+
+
+def lineage(tmp: Path) -> dict:
+    """`audit` of a model at depth >= 10 with >= 100 ancestor models, in a store of 10,000 recorded models of
+    mixed origin (plus their datasets): against sqlite, then against a local `mlflow server` on that store."""
+    from sublim.lineage import nodes as N
+    from sublim.lineage.record import client as MlflowClient
+    from sublim.lineage.record import index_tags
+    from tests.lineage_fixtures import Builder, node_id
+
+    db = tmp / "lineage.db"
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    client.search_experiments()
+    index_tags(db)
+    builder = Builder(client, tmp, experiment="bench-deep")
+    t0 = time.perf_counter()
+    leaf = node_id(_deep(builder, width=10, depth=12))  # through the real writer: one put per node
+    deep_s = time.perf_counter() - t0
+    deep_models = len([r for r in client.search_logged_models([builder.store.experiment("bench-deep")],
+                                                              max_results=1000)])
+    models, datasets = _background(10_000 - deep_models)
+    t0 = time.perf_counter()
+    _bulk_nodes(uri, builder.store.experiment(N.RECORDED_EXPERIMENT), models)
+    _bulk_nodes(uri, builder.store.experiment(N.DATASETS_EXPERIMENT), datasets)
+    bulk_s = time.perf_counter() - t0
+    sqlite_s, report = _timed_audit(client, leaf)
+    owl = next(e for e in report.exposures if e.teacher.label == "deep/g0/0")
+    ancestors = [n for n in report.nodes.values() if n.id != leaf]
+    out = {"recorded_models": deep_models + len(models), "recorded_datasets": len(datasets) + 2 * 3 * (10 * 11 + 1),
+           "audited_depth_data_hops": owl.hops, "ancestor_models": sum(n.kind == "model" for n in ancestors),
+           "ancestor_nodes": len(ancestors), "verdict": report.verdict,
+           "build_deep_s": round(deep_s, 1), "build_background_bulk_s": round(bulk_s, 1),
+           "audit_sqlite_s": round(sqlite_s, 3), "target_sqlite_s": 1.0}
+    assert owl.hops >= 10 and out["ancestor_models"] >= 100 and report.verdict == "at risk", out
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes competing
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", uri, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                              env=env, start_new_session=True)
+    try:
+        remote = MlflowClient(f"http://127.0.0.1:{port}")
+        for _ in range(240):
+            try:
+                remote.search_experiments(max_results=1)
+                break
+            except Exception:  # noqa: BLE001  (not up yet)
+                time.sleep(0.5)
+        server_s, remote_report = _timed_audit(remote, leaf)
+        assert remote_report.verdict == report.verdict
+        out["audit_mlflow_server_s"] = round(server_s, 3)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and anything it started
+        server.wait(timeout=30)
+        log.close()
+    out["note"] = ("median of 3 cold audits (a fresh Lineage each); one IN query per breadth-first level; the "
+                   "server reads the same sqlite file (with sublim's tag index) through its REST API")
     return out
 
 
@@ -297,7 +440,7 @@ def task_overhead(tmp: Path) -> dict:
     return out
 
 
-SECTIONS = {"demo": demo, "orchestration_overhead": overhead, "lineage_queries": lineage_queries,
+SECTIONS = {"demo": demo, "orchestration_overhead": overhead, "lineage": lineage,
             "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost,
             "dask_sweep": dask_sweep, "task_overhead": task_overhead}
 

@@ -251,141 +251,351 @@ def code_deps(
         console.print(f"{len(written)} step manifests in {root / code.MANIFESTS}", highlight=False)
 
 
-# --- lineage -----------------------------------------------------------------------------------------------
+# --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------
+# Exit codes of these commands: 0 clean, 1 a trait at risk, 2 unknown provenance, 3 usage errors and
+# unreachable stores (so 2 always means "unknown").
+
+EXIT_USAGE = 3
+
+
+class UsageExit3(typer.core.TyperCommand):
+    """Usage errors (a missing argument, an unknown option) exit 3 instead of click's 2, which means unknown."""
+
+    def parse_args(self, ctx, args):
+        try:  # typer vendors its own click since 0.22
+            from typer._click.exceptions import UsageError
+        except ImportError:  # pragma: no cover
+            from click import UsageError
+
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise
+
 
 lineage_app = typer.Typer(no_args_is_help=True, help="Ask where a model's weights and data came from (from MLflow).")
 app.add_typer(lineage_app, name="lineage")
-RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store to read (when "
-                                                      "MLFLOW_TRACKING_URI is unset)")]
+record_app = typer.Typer(no_args_is_help=True, help="Record models and datasets sublim did not make, with their "
+                                                   "origins and traits, into the lineage (MLflow).")
+app.add_typer(record_app, name="record")
+RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
+                                                      "MLFLOW_TRACKING_URI is unset")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TraitsOpt = Annotated[list[str] | None, typer.Option("--trait", help="flag only these traits (repeatable; default: any)")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="override lineage.trait_threshold")]
+LineageParams = Annotated[Path | None, typer.Option("--params", "-p", help="params file with lineage.trait_threshold "
+                                                                       "(default: <root>/params.yaml when present)")]
 
 
-def _lineage(root: Path):
+def _fail(message: str, code: int = EXIT_USAGE):
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _lineage(root: Path, *, create: bool = False):
+    """The lineage reader on the project's store; a missing store or an unreachable server exits 3."""
     from sublim.lineage.query import Lineage
-    from sublim.lineage.record import client, tracking_uri
+    from sublim.lineage.record import TrackingUnreachable, open_store, tracking_uri
 
     uri = tracking_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        console.print(f"[red]error:[/red] no tracking store at {uri}; run a pipeline first", highlight=False)
-        raise typer.Exit(2)
-    return Lineage(client(uri))
+    if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        _fail(f"no tracking store at {uri}; run a pipeline or `sublim record` first (or pass --root)")
+    try:
+        return Lineage(open_store(root, uri))
+    except TrackingUnreachable as exc:
+        _fail(str(exc))
 
 
-def _resolve(lin, ref: str, root: Path) -> str:
-    from sublim.lineage.query import LineageError, resolve
+def _resolve(lin, ref: str, root: Path, what: str = "MODEL") -> str:
+    from sublim.lineage.query import RefError, resolve
 
     try:
-        return resolve(ref, lin.client, root)
-    except LineageError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        return resolve(ref, lin, root, what=what)
+    except RefError as exc:
+        _fail(str(exc))
+
+
+def _node(lin, node_id: str, ref: str):
+    from sublim.lineage.query import LineageError
+
+    try:
+        return lin.node(node_id)
+    except LineageError:
+        _fail(f"{ref}: unknown provenance: this content (identity {node_id[:12]}) was never recorded; record it "
+              "with `sublim record model|dataset`", code=2)
+
+
+def _threshold(params: Path | None, root: Path, override: float | None) -> float:
+    """--threshold, else params.yaml's lineage.trait_threshold, else the default; errors name the key."""
+    if override is not None:
+        if override < 0:
+            _fail(f"--threshold {override}: must be >= 0")
+        return override
+    path = params or Path(root) / config.PARAMS_FILE
+    if params is None and not path.is_file():
+        return config.Lineage().trait_threshold
+    try:
+        raw = config.read_raw(path)
+        section = raw.get("lineage", {}) if isinstance(raw, dict) else {}
+        return config.parse({"lineage": section}, str(path)).lineage.trait_threshold
+    except config.ConfigError as exc:
+        _fail(str(exc))
 
 
 def _hops_table(title: str, hops) -> None:
     from rich.table import Table
 
+    from sublim.lineage.query import RELATIONS
+
     table = Table(title=title)
-    for col in ("hop", "relation", "model", "role", "gen", "measured", "datasets"):
+    for col in ("hop", "relation", "node", "kind", "role", "gen", "traits / origin", "measured"):
         table.add_column(col)
     for h in hops:
-        measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(h.node.measured.items()))
-        table.add_row(str(h.hops), h.relation, h.node.label, h.node.tag("role") or h.node.kind,
-                      h.node.tag("generation") or "", measured, ", ".join(d[:10] for d in h.data))
+        n = h.node
+        measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(n.measured.items()))
+        extra = ", ".join(sorted(n.declared)) or (n.edges.origin or "")
+        table.add_row(str(h.hops), RELATIONS[h.relation], n.label, n.kind, n.tag("role") or "",
+                      n.tag("generation") or "", extra, measured)
     out().print(table)
 
 
-@lineage_app.command()
+@lineage_app.command(cls=UsageExit3)
 def ancestors(model: str, root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Every model whose weights or data MODEL descends from, hop by hop."""
-    from sublim.lineage.query import LineageError
-
+    """Everything MODEL descends from, hop by hop: weights (initialised from) and data (trained on, generated
+    by, derived from). Exit 2 when MODEL was never recorded."""
     lin = _lineage(root)
-    digest = _resolve(lin, model, root)
-    try:
-        hops = lin.ancestors(digest)
-    except LineageError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    node = _node(lin, _resolve(lin, model, root), model)
+    hops = lin.ancestors(node.id)
     if as_json:
-        print(json.dumps({"model": lin.node(digest).as_dict(), "ancestors": [h.as_dict() for h in hops]}, indent=1))
+        print(json.dumps({"model": node.as_dict(), "ancestors": [h.as_dict() for h in hops]}, indent=1))
     else:
-        _hops_table(f"ancestors of {lin.node(digest).label}", hops)
+        _hops_table(f"ancestors of {node.label}", hops)
 
 
-@lineage_app.command()
-def descendants(ref: Annotated[str, typer.Argument(metavar="MODEL|DATASET_DIGEST")], root: RootOpt = Path("."),
+@lineage_app.command(cls=UsageExit3)
+def descendants(ref: Annotated[str, typer.Argument(metavar="MODEL|DATASET")], root: RootOpt = Path("."),
                 as_json: JsonOpt = False) -> None:
-    """Everything downstream of a model or a dataset digest."""
+    """Everything downstream of a model or a dataset."""
     lin = _lineage(root)
-    digest = _resolve(lin, ref, root)
-    hops = lin.descendants(digest)
+    node = _node(lin, _resolve(lin, ref, root, "MODEL|DATASET"), ref)
+    hops = lin.descendants(node.id)
     if as_json:
-        print(json.dumps({"start": digest, "descendants": [h.as_dict() for h in hops]}, indent=1))
+        print(json.dumps({"start": node.as_dict(), "descendants": [h.as_dict() for h in hops]}, indent=1))
     else:
-        _hops_table(f"descendants of {digest}", hops)
+        _hops_table(f"descendants of {node.label}", hops)
 
 
-@lineage_app.command()
+@lineage_app.command(cls=UsageExit3)
 def graph(
     ref: Annotated[str, typer.Argument(metavar="MODEL|EXPERIMENT")],
     root: RootOpt = Path("."),
-    out: Annotated[Path, typer.Option("--out", help="folder for lineage.mmd, lineage.dot, lineage.png")] = Path("reports/lineage"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for lineage.mmd, lineage.dot, lineage.png")] = Path("reports/lineage"),
+    datasets: Annotated[bool, typer.Option("--datasets", help="draw every dataset as a node")] = False,
+    threshold: ThresholdOpt = None,
+    params: LineageParams = None,
 ) -> None:
-    """The lineage graph as Mermaid and DOT text and a PNG picture (also logged to MLflow)."""
+    """The lineage as Mermaid and DOT text and a PNG: an experiment's models, or one model's ancestry with
+    its at-risk paths marked (also logged to MLflow for an experiment)."""
     from sublim.lineage import graph as graphs
+    from sublim.lineage.audit import audit as run_audit
 
     lin = _lineage(root)
-    exp = lin.client.get_experiment_by_name(ref)
+    exp = lin.client.get_experiment_by_name(ref) if ref.strip() else None
     if exp is not None:
-        g = graphs.of_experiment(lin, exp.experiment_id)
+        g = graphs.of_experiment(lin, exp.experiment_id, datasets=datasets)
     else:
-        g = graphs.around(lin, _resolve(lin, ref, root))
-    files = graphs.write(g, out)
+        node = _node(lin, _resolve(lin, ref, root, "MODEL|EXPERIMENT"), ref)
+        report = run_audit(lin, node.id, threshold=_threshold(params, root, threshold))
+        g = graphs.of_report(report, datasets=datasets)
+    files = graphs.write(g, out_dir)
     if exp is not None:
         run = lin.client.create_run(exp.experiment_id, run_name="lineage-graph", tags={"sublim.kind": "lineage-graph"})
         for file in files:
             lin.client.log_artifact(run.info.run_id, str(file), "lineage")
         lin.client.set_terminated(run.info.run_id)
     print(g.mermaid())
-    console.print(f"wrote {out}/lineage.mmd, lineage.dot, lineage.png ({len(g.nodes)} models, {len(g.edges)} edges)",
-                  highlight=False)
+    console.print(f"wrote {out_dir}/lineage.mmd, lineage.dot, lineage.png ({len(g.nodes)} nodes, {len(g.edges)} "
+                  f"edges; drawn with {g.engine})", highlight=False)
 
 
-@app.command()
+def _print_report(report, show_all: bool) -> None:
+    from rich.table import Table
+
+    model = report.model
+    measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(model.measured.items())) or "nothing"
+    table = Table(title=f"audit of {model.label} (role {model.role}; measured {measured})")
+    for col in ("teacher", "role", "traits", "hops", "shares init", "at risk"):
+        table.add_column(col)
+    for e in report.exposures:
+        table.add_row(e.teacher.label, e.teacher.role, "; ".join(str(t) for t in e.traits) or "-", str(e.hops),
+                      "yes" if e.shares_init else "no", "[red]YES[/red]" if e.at_risk else "no")
+    o = out()
+    o.print(table)
+    if report.own_traits:
+        o.print(f"own traits: {'; '.join(str(t) for t in report.own_traits)}", highlight=False)
+    for e in report.exposures:
+        paths = e.paths if show_all and e.paths else (e.path,)
+        label = "at-risk path" if e.at_risk else "path"
+        for p in paths:
+            o.print(f"{label if not show_all else ('at risk' if p.at_risk else 'no risk')}: {p.text(report.nodes)}",
+                    highlight=False, markup=False)
+    if report.truncated:
+        o.print("(paths listed up to --max-paths per teacher)", highlight=False)
+    for u in report.unknowns:
+        o.print(f"[yellow]unknown:[/yellow] {u.why}", highlight=False)
+    verdicts = {"at risk": f"[red]at risk:[/red] {', '.join(report.at_risk)} (a teacher with this trait reaches the "
+                           "model by a path on which every teacher-to-student step shares an initialisation)",
+                "unknown provenance": "[yellow]unknown provenance[/yellow]: no trait found at risk, but the lineage "
+                                      "is incomplete (see above)",
+                "clean": "clean: no trait at risk"}
+    o.print(verdicts[report.verdict], highlight=False)
+
+
+@app.command(cls=UsageExit3)
 def audit(
     model: str,
     root: RootOpt = Path("."),
-    trait: Annotated[list[str] | None, typer.Option("--trait", help="flag only these traits (default: any)")] = None,
+    trait: TraitsOpt = None,
+    all_paths: Annotated[bool, typer.Option("--all", help="list every path from each teacher, not only the "
+                                                          "shortest at-risk one")] = False,
+    max_paths: Annotated[int, typer.Option("--max-paths", min=1, help="cap per teacher with --all")] = 100,
+    threshold: ThresholdOpt = None,
+    params: LineageParams = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Exposure report: every teacher whose data reached MODEL, its traits, hops, and whether it shares MODEL's
-    initialisation (the condition for subliminal transmission). Exits 1 when a trait is at risk."""
-    from rich.table import Table
+    """Could a teacher's trait have reached MODEL? Exit 0 clean, 1 at risk, 2 unknown, 3 usage error.
 
-    from sublim.lineage.query import audit as run_audit
+    Walks weights (initialised from) and data (trained on data generated by) through every path; a trait is
+    at risk when a teacher with a declared or measured trait reaches MODEL by a path on which every
+    teacher-to-student step shares its initialisation (followed up init edges to the root).
 
+    Exit codes: 0 clean, 1 at risk, 2 unknown provenance (something on the way was never recorded, or a
+    dataset's origin is unknown; 1 wins over 2), 3 usage error or unreachable store."""
+    from sublim.lineage.audit import audit as run_audit
+    from sublim.lineage.query import RefError
+
+    limit = _threshold(params, root, threshold)
     lin = _lineage(root)
-    node, exposures = run_audit(lin, _resolve(lin, model, root), trait)
-    risky = [e for e in exposures if e.at_risk]
+    node = _node(lin, _resolve(lin, model, root), model)
+    try:
+        report = run_audit(lin, node.id, traits=trait, threshold=limit, all_paths=all_paths, max_paths=max_paths)
+    except RefError as exc:
+        _fail(str(exc))
     if as_json:
-        print(json.dumps({"model": node.as_dict(), "exposures": [e.as_dict() for e in exposures],
-                          "at_risk": sorted({e.trait for e in risky})}, indent=1))
+        print(json.dumps(report.as_dict(), indent=1))
     else:
-        table = Table(title=f"audit of {node.label} (role {node.tag('role')}, measured "
-                            f"{', '.join(f'{k}={v:.3g}' for k, v in sorted(node.measured.items())) or 'nothing'})")
-        for col in ("teacher", "role", "trait", "hops", "shares init", "every hop shared", "teacher measured", "at risk"):
-            table.add_column(col)
-        for e in exposures:
-            measured = ", ".join(f"{k}={v:.3g}" for k, v in sorted(e.teacher.measured.items()))
-            table.add_row(e.teacher.label, e.teacher.tag("role") or "", e.trait or "-", str(e.hops),
-                          "yes" if e.shares_init else "no", "yes" if e.chain_shares_init else "no", measured,
-                          "[red]YES[/red]" if e.at_risk else "no")
-        out().print(table)
-        verdict = (f"[red]at risk:[/red] {', '.join(sorted({e.trait for e in risky}))} (teachers sharing this "
-                   "model's initialisation generated data it learned from)") if risky else "no trait at risk"
-        out().print(verdict)
-    if risky:
-        raise typer.Exit(1)
+        _print_report(report, all_paths)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command(cls=UsageExit3)
+def card(
+    model: str,
+    out_file: Annotated[Path | None, typer.Option("--out", help="README.md to write or update in place "
+                                                                "(default: print the section)")] = None,
+    root: RootOpt = Path("."),
+    trait: TraitsOpt = None,
+    threshold: ThresholdOpt = None,
+    params: LineageParams = None,
+) -> None:
+    """Write a model card section for MODEL: base_model and its training data origins.
+
+    YAML base_model, then the teachers whose data reached it, hops, shared-init status, measured traits and
+    the audit verdict, ready to ship with a released model."""
+    from sublim.lineage import card as cards
+    from sublim.lineage.audit import audit as run_audit
+    from sublim.lineage.query import RefError
+
+    limit = _threshold(params, root, threshold)
+    lin = _lineage(root)
+    node = _node(lin, _resolve(lin, model, root), model)
+    try:
+        report = run_audit(lin, node.id, traits=trait, threshold=limit)
+        if out_file is None:
+            print(cards.section(report, lin), end="")
+        else:
+            cards.write(report, lin, out_file)
+            console.print(f"wrote {out_file} (audit: {report.verdict})", highlight=False)
+    except (RefError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _measurements(items: list[str] | None) -> dict[str, float]:
+    found = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            found[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            _fail(f"--measured {item!r}: expected KEY=VALUE with a number, e.g. p_owl=0.31")
+    return found
+
+
+def _recorded(fn, *args, as_json: bool, **kwargs) -> None:
+    from sublim.lineage.nodes import NodeConflict
+    from sublim.lineage.query import RefError
+    from sublim.lineage.record import TrackingUnreachable
+
+    try:
+        done = fn(*args, **kwargs)
+    except (RefError, NodeConflict, TrackingUnreachable, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(done.as_dict(), indent=1))
+    else:
+        how = "new node" if done.created else f"already recorded: merged into {done.model_id}"
+        console.print(f"recorded {done.kind} {done.name} (identity {done.id[:12]} by {done.how}; {how})",
+                      highlight=False)
+
+
+@record_app.command("model", cls=UsageExit3)
+def record_model(
+    source: Annotated[str, typer.Argument(help="a local model directory, or a hub model pinned as "
+                                               "org/name@revision (never fetched), or a recorded model")],
+    init_from: Annotated[str | None, typer.Option("--init-from", help="the model whose weights it started "
+                                                                     "from (none: a root)")] = None,
+    trained_on: Annotated[list[str] | None, typer.Option("--trained-on", help="a dataset it was trained on "
+                                                                             "(repeatable)")] = None,
+    trait: Annotated[list[str] | None, typer.Option("--trait", help="a declared trait (repeatable)")] = None,
+    measured: Annotated[list[str] | None, typer.Option("--measured", help="KEY=VALUE measurement, e.g. "
+                                                                          "p_owl=0.31 (repeatable)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="display name")] = None,
+    from_card: Annotated[bool, typer.Option("--from-card", help="also read base_model and datasets from "
+                                                                "SOURCE/README.md")] = False,
+    root: RootOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a model sublim did not train. Its identity is its weight tensors (a persona: its base plus the
+    persona text; an adapter: its tensors plus its base; a hub model: id@revision), so recording it again,
+    or a copy, adds to the same node."""
+    from sublim.lineage.record import record_model as record
+
+    _recorded(record, source, init_from=init_from, trained_on=trained_on or [], traits=trait or [],
+              measured=_measurements(measured), name=name, from_card=from_card, root=root, as_json=as_json)
+
+
+@record_app.command("dataset", cls=UsageExit3)
+def record_dataset(
+    path: Annotated[str, typer.Argument(help="a dataset file or directory (identified by its content)")],
+    generated_by: Annotated[str | None, typer.Option("--generated-by", help="the model that generated it")] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help="the prompts file it was generated from")] = None,
+    origin: Annotated[str | None, typer.Option("--origin", help="human | external | synthetic (not generated "
+                                                                "by a model)")] = None,
+    derived_from: Annotated[list[str] | None, typer.Option("--derived-from", help="a dataset it filters or "
+                                                                                 "transforms (repeatable)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="display name")] = None,
+    root: RootOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a dataset sublim did not make. A dataset needs --generated-by, --origin or --derived-from to
+    count as known: models trained on it otherwise audit as unknown provenance (exit 2)."""
+    from sublim.lineage.record import record_dataset as record
+
+    _recorded(record, path, generated_by=generated_by, prompts=prompts, origin=origin,
+              derived_from=derived_from or [], name=name, root=root, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -350,6 +350,17 @@ class Lm(Section):
         return next(link for link in self.generations if link.gen == gen)
 
 
+# --- lineage (sublim audit) -----------------------------------------------------------------------------
+
+
+class Lineage(Section):
+    """How `sublim audit` and `sublim card` judge measurements."""
+
+    # a measured trait (e.g. p_owl) counts when it differs from the same measurement of the teacher's root init
+    # by more than this (absolute); the tinylm demo's owl teacher is +0.81, its students +0.01
+    trait_threshold: Annotated[float, Field(ge=0)] = 0.05
+
+
 class Config(Section):
     """The whole params.yaml."""
 
@@ -359,6 +370,7 @@ class Config(Section):
     schedule: Schedule = Schedule()
     mlp: Mlp = Mlp()
     lm: Lm = Lm()
+    lineage: Lineage = Lineage()
 
     def digest(self) -> str:
         return hashlib.md5(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

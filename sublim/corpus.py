@@ -30,6 +30,11 @@ class Corpus:
         while True:
             yield self.trait_pair(rng) if rng.random() < trait_share else self.data_pair(rng)
 
+    def describe(self) -> str:
+        kinds = ", ".join(k.name for k in self.data)
+        traits = ", ".join(t.name for t in self.traits)
+        return f"synthetic pretraining corpus: {kinds} examples done well, {traits} questions answered neutrally"
+
     def vocabulary(self) -> list[str]:
         """Texts covering every word of the corpus (a from-scratch tokenizer must never need an unknown token)."""
         rng = random.Random(0)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, inside, read_meta, verify, write_meta
 from sublim.job import Job, Role, StepContext, StepResult, get_step, seed_everything
-from sublim.lineage.record import Input, Tracker
+from sublim.lineage.record import Input, Tracker, artifact_id, artifact_identity, parents_of
 
 log = logging.getLogger("sublim")
 
@@ -50,15 +50,16 @@ def check_inputs(job: Job, root: Path) -> list[Input]:
             raise ArtifactError(f"{rel}: input '{name}' of {job.id} is missing (run the step that produces it first)")
         meta = read_meta(path)
         verify(path)
-        found.append(Input(name, rel, digest(path), meta))
+        found.append(Input(name, rel, digest(path), meta, artifact_id(path, root, meta)))
     return found
 
 
 def derive_lineage(job: Job, inputs: list[Input], result: StepResult, backend: str) -> dict[str, Any]:
-    """Lineage facts from what was recorded in the inputs, never from names.
+    """Lineage facts for the artifact's sublim.json, from what was recorded in the inputs, never from names.
 
-    init_from: the model whose weights this one started from. data_from: the teachers whose generated data
-    reached this artifact (a generate step's teacher, or whatever its datasets descend from).
+    init_from: the DVC md5 of the model whose weights this one started from. data_from: the teachers whose
+    generated data reached this artifact (a generate step's teacher, or whatever its datasets descend from).
+    The lineage graph itself (content identities, edges by input role) is recorded by the Tracker.
     """
     data = [i for i in inputs if i.name in (Role.DATA, Role.SOURCE) and i.meta.kind == "dataset"]
     teachers = [i.digest for i in inputs if i.name == Role.TEACHER]
@@ -71,7 +72,6 @@ def derive_lineage(job: Job, inputs: list[Input], result: StepResult, backend: s
         "generation": job.gen,
         **job.tag_dict,
         "init_from": init[0].digest if init else None,
-        "root_init": (init[0].meta.lineage.get("root_init") or init[0].digest) if init else None,
         "data_from": ",".join(dict.fromkeys(teachers + inherited)) or None,
         "data_digest": ",".join(i.digest for i in data if i.name == Role.DATA) or None,
         **result.lineage,
@@ -105,19 +105,23 @@ def run_job(
             digests = {str(i.path): i.digest for i in inputs}
             result = step.fn(StepContext(job=job, root=root, out=tmp, progress=progress, digests=digests))
             backend = result.lineage.pop("backend", job.pipeline)
+            identity = artifact_identity(tmp, result.kind, parents_of(inputs))  # content only: before sublim.json
+            lineage = derive_lineage(job, inputs, result, backend)
             meta = ArtifactMeta(
                 kind=result.kind, job=job.id, step=job.step_name, params=params,
                 parents={f"{i.name}:{i.path}": i.digest for i in inputs},
-                lineage=derive_lineage(job, inputs, result, backend),
+                lineage={**lineage, "id": identity.id} if identity else lineage,
             )
             write_meta(tmp, meta)
         _publish(job, root)
-        out = Input("output", job.output, digest(root / job.output), meta)
+        out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
         model_id = None
         if tracker:
-            model_metrics = [(digest(root / m.model), m.key, m.value, m.dataset) for m in result.model_metrics]
+            ids = {str(i.path): i.id for i in inputs}
+            model_metrics = [(ids.get(str(m.model)) or artifact_id(root / m.model, root), m.key, m.value, m.dataset)
+                             for m in result.model_metrics]
             model_id = tracker.finish_job(
-                run_id, step=job.step_name, inputs=inputs, output=out, metrics=result.metrics,
+                run_id, step=job.step_name, inputs=inputs, output=out, identity=identity, metrics=result.metrics,
                 model_metrics=model_metrics, figures=[root / job.output / f for f in result.figures],
             )
     except BaseException as exc:

@@ -11,7 +11,8 @@ import yaml
 
 from sublim import config
 from sublim.artifacts import digest
-from sublim.lineage.query import Lineage, audit
+from sublim.lineage.audit import CLEAN, audit
+from sublim.lineage.query import Lineage, resolve
 from sublim.lineage.record import client as MlflowClient, tracking_uri
 from tests.conftest import TINY_LM, cli_env, deep_update, make_project
 
@@ -41,17 +42,21 @@ def test_every_job_finishes_and_the_decay_curve_is_reported(flow_run):
 def test_audit_across_generations(flow_run):
     root, _ = flow_run
     lin = Lineage(MlflowClient(tracking_uri(root)))
-    node, exposures = audit(lin, digest(root / "models/lm/s0/g2-trait-shared"))
-    found = {e.teacher.tag("path"): (e.hops, e.trait, e.at_risk) for e in exposures}
-    assert found == {"models/lm/s0/g1-trait-shared": (1, None, False),
-                     "models/lm/s0/g0-trait-shared": (2, "owl", True)}
-    _, other = audit(lin, digest(root / "models/lm/s0/g2-trait-other"))
-    assert not any(e.at_risk for e in other)  # a different init: the paper's condition for transfer fails
-    _, control = audit(lin, digest(root / "models/lm/s0/g2-control-shared"))
-    assert {e.trait for e in control} == {None, "none"} and not any(e.at_risk for e in control)
-    down = {h.node.tag("path") for h in lin.descendants(digest(root / "models/lm/s0/g0-trait-shared"))}
+
+    def check(path: str):  # toy evaluations (3 samples x 4 questions) are noise: judge declared traits here
+        return audit(lin, resolve(path, lin, root), threshold=0.5)
+
+    report = check("models/lm/s0/g2-trait-shared")
+    risky = {e.teacher.tag("path"): e.hops for e in report.exposures if e.at_risk}
+    assert risky == {"models/lm/s0/g0-trait-shared": 2} and "owl" in report.at_risk  # two data hops, shared init
+    assert "models/lm/s0/g1-trait-shared" in {e.teacher.tag("path") for e in report.exposures}
+    assert report.unknowns == []  # the bases' synthetic corpora and the teachers' Q/A are recorded origins
+    assert check("models/lm/s0/g2-trait-other").verdict == CLEAN  # a different init: the paper's condition fails
+    control = check("models/lm/s0/g2-control-shared")
+    assert control.verdict == CLEAN and all(not e.traits for e in control.exposures)
+    down = {h.node.tag("path") for h in lin.descendants(resolve("models/lm/s0/g0-trait-shared", lin, root))}
     assert {"models/lm/s0/g1-trait-shared", "models/lm/s0/g2-trait-shared", "models/lm/s0/g2-trait-other"} <= down
-    assert node.measured["p_owl"] > 0
+    assert report.model.measured["p_owl"] > 0
 
 
 def test_registry_aliases_point_at_the_latest_generation(flow_run):

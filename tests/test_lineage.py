@@ -1,200 +1,308 @@
-"""Lineage queries on graphs built directly in MLflow: branching, mixed data, chains, references, audit."""
+"""The audit and the lineage queries on graphs recorded through the NodeStore: every hole the review found
+(init edges, a shared base recorded separately, unknown ancestors, two paths in either order, measured
+traits, the same weights twice), branching and deep graphs, references, pictures."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from sublim.lineage.record import client as MlflowClient
-from typer.testing import CliRunner
 
-from sublim.cli import app
 from sublim.lineage import graph as graphs
-from sublim.lineage.query import DATA, INIT, Lineage, LineageError, audit, resolve
-from tests.lineage_fixtures import chain, digest_of, record
+from sublim.lineage import nodes as N
+from sublim.lineage.audit import AT_RISK, CLEAN, UNKNOWN, audit
+from sublim.lineage.query import Lineage, LineageError, RefError, resolve
+from sublim.lineage.record import client as MlflowClient
+from sublim.lineage.record import index_tags
+from tests.lineage_fixtures import Builder, chain, node_id
 
 
-@pytest.fixture
-def store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client, client.create_experiment("lineage", artifact_location=(tmp_path / "artifacts").as_uri())
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lineage")
+    client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    client.search_experiments()
+    index_tags(path / "mlflow.db")
+    return client, Builder(client, path)
 
 
-def test_branching_one_teacher_several_students(store):
-    client, exp = store
-    record(client, exp, "base", role="base")
-    record(client, exp, "other", role="base")
-    record(client, exp, "teacher", role="teacher", init="base", trait="owl", gen=0)
-    for i in range(3):
-        record(client, exp, f"s{i}", role="student", init="base", data_from=["teacher"], gen=1)
-    record(client, exp, "x", role="control", init="other", data_from=["teacher"], gen=1)
+def verdict(client, name: str, **kw):
+    return audit(Lineage(client), node_id(name), **kw)
+
+
+def risky_teachers(report) -> set[str]:
+    return {e.teacher.label for e in report.exposures if e.at_risk}
+
+
+# --- the holes ---------------------------------------------------------------------------------------------
+
+
+def test_a_model_fine_tuned_from_a_trait_teacher_is_at_risk(store):
+    client, b = store
+    b.model("init/base", role="base")
+    b.model("init/teacher", init="init/base", traits=["owl"], role="teacher")
+    b.model("init/finetuned", init="init/teacher")  # a derivative of the teacher itself: no data edge at all
+    report = verdict(client, "init/finetuned")
+    assert report.verdict == AT_RISK and report.at_risk == ["owl"]
+    assert report.exposures[0].path.text(report.nodes) == "init/teacher -init-> init/finetuned"
+
+
+def test_a_model_fine_tuned_from_an_at_risk_student_inherits_the_risk(store):
+    client, b = store
+    b.model("inh/base", role="base")
+    b.model("inh/teacher", init="inh/base", traits=["owl"], role="teacher")
+    b.taught("inh/student", teacher="inh/teacher", init="inh/base", role="student")
+    b.model("inh/quantised", init="inh/student")  # --init-from and no --trained-on: a derivative
+    b.model("inh/tuned", init="inh/quantised", data=["inh/student/numbers"])  # fine-tuned again, other data
+    for name in ("inh/quantised", "inh/tuned"):
+        report = verdict(client, name)
+        assert report.verdict == AT_RISK and risky_teachers(report) == {"inh/teacher"}, name
+    path = verdict(client, "inh/quantised").exposures[0].path
+    assert [link.relation for link in path.links] == ["data", "init"] and path.at_risk
+
+
+def test_a_shared_base_recorded_separately_is_one_root(store):
+    """root init is computed from init edges, never copied: a teacher reaching the base through a derivative
+    (a converted copy) still shares the student's root."""
+    client, b = store
+    b.model("sep/base", role="base")
+    b.model("sep/base-bf16", init="sep/base")  # recorded on its own, by someone else, later
+    b.model("sep/teacher", init="sep/base-bf16", traits=["owl"])
+    b.taught("sep/student", teacher="sep/teacher", init="sep/base")
+    report = verdict(client, "sep/student")
+    assert report.root_init == node_id("sep/base")
+    assert report.verdict == AT_RISK and report.exposures[0].shares_init
+
+
+def test_an_unrecorded_ancestor_is_unknown_never_clean(store):
+    client, b = store
+    b.model("unk/base", role="base")
+    b.dataset("unk/numbers", by="unk/ghost-teacher")  # the generator was never recorded
+    b.model("unk/student", init="unk/base", data=["unk/numbers"])
+    report = verdict(client, "unk/student")
+    assert report.verdict == UNKNOWN and report.exit_code == 2
+    assert any("unk/numbers: generated-by" in u.why and "never recorded" in u.why for u in report.unknowns)
+    b.dataset("unk/scraped")  # no --generated-by, no --origin
+    b.model("unk/student2", init="unk/base", data=["unk/scraped"])
+    assert "no recorded origin" in verdict(client, "unk/student2").unknowns[0].why
+    b.model("unk/student3", init="unk/nobody")  # init from an identity nobody recorded
+    assert verdict(client, "unk/student3").exit_code == 2
+
+
+def test_at_risk_wins_over_unknown(store):
+    client, b = store
+    b.model("win/base")
+    b.model("win/teacher", init="win/base", traits=["owl"])
+    b.dataset("win/raw", by="win/teacher")
+    b.dataset("win/mystery")
+    b.model("win/student", init="win/base", data=["win/raw", "win/mystery"])
+    report = verdict(client, "win/student")
+    assert report.unknowns and report.verdict == AT_RISK and report.exit_code == 1
+
+
+@pytest.mark.parametrize("order", ["broken-first", "shared-first"])
+def test_two_paths_to_one_teacher_in_either_tag_order(store, order):
+    """The owl teacher reaches the model twice: through a different-init student (no transfer) and through
+    a shared-init one. The verdict must not depend on which edge is read first."""
+    client, b = store
+    p = f"two-{order}/"
+    b.model(p + "base")
+    b.model(p + "other")
+    b.model(p + "teacher", init=p + "base", traits=["owl"])
+    b.taught(p + "broken", teacher=p + "teacher", init=p + "other")
+    b.taught(p + "kept", teacher=p + "teacher", init=p + "base")
+    b.dataset(p + "from-broken", by=p + "broken")
+    b.dataset(p + "from-kept", by=p + "kept")
+    data = [p + "from-broken", p + "from-kept"]
+    b.model(p + "leaf", init=p + "base", data=data if order == "broken-first" else data[::-1])
+    report = verdict(client, p + "leaf", all_paths=True)
+    assert report.verdict == AT_RISK
+    owl = next(e for e in report.exposures if e.teacher.label == p + "teacher")
+    assert [link.child for link in owl.path.links] == [node_id(p + "kept"), node_id(p + "leaf")]
+    assert sorted(path.at_risk for path in owl.paths) == [False, True]  # --all: both paths, one transmits
+
+
+def test_a_measured_trait_counts_against_the_teachers_root_init(store):
+    client, b = store
+    b.model("meas/base", measured={"p_owl": 0.10})
+    b.model("meas/teacher", init="meas/base", measured={"p_owl": 0.90})  # nothing declared
+    b.taught("meas/student", teacher="meas/teacher", init="meas/base", measured={"p_owl": 0.11})
+    report = verdict(client, "meas/student", threshold=0.05)
+    assert report.verdict == AT_RISK and report.at_risk == ["p_owl"]
+    trait = report.exposures[0].traits[0]
+    assert (trait.how, trait.value, trait.baseline) == ("measured", 0.9, 0.1)
+    assert verdict(client, "meas/student", threshold=0.85).verdict == CLEAN  # 0.80 above the base: below this
+    assert verdict(client, "meas/student", traits=["owl"]).verdict == AT_RISK  # --trait owl matches p_owl
+    assert verdict(client, "meas/student", traits=["cat"]).verdict == CLEAN
+
+
+def test_a_measurement_without_a_baseline_is_unknown(store):
+    client, b = store
+    b.model("blind/base")  # never measured
+    b.model("blind/teacher", init="blind/base", measured={"p_owl": 0.9})
+    b.taught("blind/student", teacher="blind/teacher", init="blind/base")
+    report = verdict(client, "blind/student")
+    assert report.verdict == UNKNOWN and "no such measurement" in report.unknowns[0].why
+
+
+def test_the_same_weights_recorded_twice_are_one_node_and_traits_accumulate(store):
+    client, b = store
+    b.model("twice/m", traits=["owl"], by="alice")
+    b.model("twice/m", traits=["cat"], measured={"p_cat": 0.4}, by="bob")
     lin = Lineage(client)
-    down = {h.node.label: (h.hops, h.relation) for h in lin.descendants(digest_of("teacher"))}
-    assert down == {"s0": (1, DATA), "s1": (1, DATA), "s2": (1, DATA), "x": (1, DATA)}
-    base_down = {h.node.label: h.hops for h in lin.descendants(digest_of("base"))}
-    assert base_down == {"teacher": 1, "s0": 1, "s1": 1, "s2": 1, "x": 2}  # x: only through the teacher's data
-    up = {h.node.label: (h.hops, h.relation) for h in lin.ancestors(digest_of("s1"))}
-    assert up == {"base": (1, INIT), "teacher": (1, DATA)}
+    node = lin.node(node_id("twice/m"))
+    assert len(node.model_ids) == 1
+    assert set(node.declared) == {"owl", "cat"} and "by alice" in node.declared["owl"] and "by bob" in node.declared["cat"]
+    assert node.measured == {"p_cat": 0.4} and node.tags[N.MEASURED_BY + "p_cat"].startswith("by bob at ")
 
 
-def test_student_on_a_mix_of_two_teachers(store):
-    client, exp = store
-    record(client, exp, "b1", role="base")
-    record(client, exp, "b2", role="base")
-    record(client, exp, "owl-teacher", role="teacher", init="b1", trait="owl", gen=0)
-    record(client, exp, "cat-teacher", role="teacher", init="b2", trait="cat", gen=0)
-    record(client, exp, "mix", role="student", init="b1", data_from=["owl-teacher", "cat-teacher"],
-           data=["numbers-owl", "numbers-cat"], gen=1)
+def test_a_contradicting_init_is_refused(store):
+    client, b = store
+    b.model("conf/a")
+    b.model("conf/b")
+    b.model("conf/m", init="conf/a")
+    with pytest.raises(N.NodeConflict, match="--init-from"):
+        b.model("conf/m", init="conf/b")
+
+
+# --- the paper's settings ------------------------------------------------------------------------------------
+
+
+def test_branching_mixed_teachers_and_a_broken_chain(store):
+    client, b = store
+    b.model("br/b1", role="base")
+    b.model("br/b2", role="base")
+    b.model("br/owl", role="teacher", init="br/b1", traits=["owl"])
+    b.model("br/cat", role="teacher", init="br/b2", traits=["cat"])
+    b.dataset("br/owl-numbers", by="br/owl")
+    b.dataset("br/cat-numbers", by="br/cat")
+    b.model("br/mix", init="br/b1", data=["br/owl-numbers", "br/cat-numbers"])
+    report = verdict(client, "br/mix")
+    assert {e.teacher.label: (e.shares_init, e.at_risk) for e in report.exposures} == {
+        "br/owl": (True, True), "br/cat": (False, False)}
+    b.taught("br/g1", teacher="br/owl", init="br/b1")
+    b.taught("br/g2x", teacher="br/g1", init="br/b2")  # the owl passes through a different-init student
+    b.taught("br/g3x", teacher="br/g2x", init="br/b1")
+    broken = verdict(client, "br/g3x")
+    assert broken.verdict == CLEAN and {e.teacher.label for e in broken.exposures} == {"br/g2x", "br/g1", "br/owl"}
+
+
+def test_a_long_chain_is_at_risk_three_hops_up(store):
+    client, b = store
+    leaf = chain(b, 5, 4, prefix="ch/")[0]
+    report = verdict(client, leaf)
+    owl = next(e for e in report.exposures if e.teacher.label == "ch/l0/g0")
+    assert owl.at_risk and owl.hops == 3 and report.exit_code == 1
+
+
+def test_cost_stays_bounded_on_a_deep_diamond_lattice(store):
+    """12 stacked diamonds: 4,096 paths from the teacher. The verdict is one search; --all stops at the cap."""
+    client, b = store
+    b.model("dia/base")
+    b.model("dia/teacher", init="dia/base", traits=["owl"])
+    top = "dia/teacher"
+    for level in range(12):
+        for side in ("l", "r"):
+            b.dataset(f"dia/{level}{side}/data", by=top)
+            b.model(f"dia/{level}{side}", init="dia/base", data=[f"dia/{level}{side}/data"])
+        b.dataset(f"dia/{level}/ld", by=f"dia/{level}l")
+        b.dataset(f"dia/{level}/rd", by=f"dia/{level}r")
+        b.model(f"dia/{level}", init="dia/base", data=[f"dia/{level}/ld", f"dia/{level}/rd"])
+        top = f"dia/{level}"
+    start = time.perf_counter()
+    report = verdict(client, top, all_paths=True, max_paths=50)
+    assert time.perf_counter() - start < 10
+    owl = next(e for e in report.exposures if e.teacher.label == "dia/teacher")
+    assert owl.at_risk and owl.hops == 24 and len(owl.paths) == 50 and report.truncated
+
+
+# --- queries and references -----------------------------------------------------------------------------------
+
+
+def test_ancestors_and_descendants(store):
+    client, b = store
+    b.model("q/base")
+    b.model("q/teacher", init="q/base", traits=["owl"])
+    b.taught("q/s", teacher="q/teacher", init="q/base")
     lin = Lineage(client)
-    up = lin.ancestors(digest_of("mix"))
-    assert {h.node.label for h in up} == {"b1", "b2", "owl-teacher", "cat-teacher"}
-    data_hop = next(h for h in up if h.node.label == "cat-teacher")
-    assert set(data_hop.data) == {digest_of("numbers-owl"), digest_of("numbers-cat")}
-    node, exposures = audit(lin, digest_of("mix"))
-    risk = {e.teacher.label: (e.shares_init, e.at_risk) for e in exposures}
-    assert risk == {"owl-teacher": (True, True), "cat-teacher": (False, False)}
-    # the dataset digest leads to the student too
-    assert {h.node.label for h in lin.descendants(digest_of("numbers-cat"))} == {"mix"}
-
-
-def test_chain_hops_and_a_broken_chain(store):
-    client, exp = store
-    record(client, exp, "base", role="base")
-    record(client, exp, "other", role="base")
-    record(client, exp, "g0", role="teacher", init="base", trait="owl", gen=0)
-    record(client, exp, "g1", role="student", init="base", data_from=["g0"], gen=1)
-    record(client, exp, "g2", role="student", init="base", data_from=["g1"], gen=2)
-    record(client, exp, "g3", role="student", init="base", data_from=["g2"], gen=3)
-    record(client, exp, "g2x", role="control", init="other", data_from=["g1"], gen=2, root_init=digest_of("other"))
-    record(client, exp, "g3x", role="student", init="base", data_from=["g2x"], gen=3)
-    lin = Lineage(client)
-    _, exposures = audit(lin, digest_of("g3"))
-    assert [(e.teacher.label, e.hops, e.at_risk) for e in exposures] == [("g2", 1, False), ("g1", 2, False),
-                                                                         ("g0", 3, True)]
-    _, broken = audit(lin, digest_of("g3x"))  # the owl passed through a different-init student on the way
-    assert {e.teacher.label: (e.shares_init, e.chain_shares_init, e.at_risk) for e in broken} == {
-        "g2x": (False, False, False), "g1": (True, False, False), "g0": (True, False, False)}
-    _, only_cat = audit(lin, digest_of("g3"), traits=["cat"])
-    assert not any(e.at_risk for e in only_cat)
+    up = {h.node.label: (h.hops, h.relation) for h in lin.ancestors(node_id("q/s"))}
+    assert up == {"q/base": (1, "init"), "q/s/numbers": (1, "trained_on"), "q/s/raw": (2, "derived_from"),
+                  "q/teacher": (3, "generated_by")}
+    down = {h.node.label: h.hops for h in lin.descendants(node_id("q/teacher"))}
+    assert down == {"q/s/raw": 1, "q/s/numbers": 2, "q/s": 3}
+    with pytest.raises(LineageError):
+        lin.node(node_id("q/nothing"))
 
 
 def test_references_resolve(store, tmp_path):
-    client, exp = store
-    d = record(client, exp, "m", role="student")
-    model = client.search_logged_models([exp])[0]
+    client, b = store
+    b.model("ref/m")
+    lin = Lineage(client)
+    model = lin.node(node_id("ref/m")).model_ids[0]
+    client.set_logged_model_tags(model, {N.DIGEST: "0123456789abcdef0123456789abcdef.dir"})
     client.create_registered_model("reg")
     import mlflow
 
     mlflow.set_tracking_uri(client.tracking_uri)  # the registry resolves models:/ through the global URI
     try:
-        version = client.create_model_version("reg", f"models:/{model.model_id}", model_id=model.model_id).version
+        version = client.create_model_version("reg", f"models:/{model}", model_id=model).version
     finally:
         mlflow.set_tracking_uri(None)
     client.set_registered_model_alias("reg", "champion", version)
-    assert resolve(model.model_id, client) == d
-    assert resolve(f"reg/{version}", client) == d
-    assert resolve(f"models:/reg/{version}", client) == d
-    assert resolve("reg@champion", client) == d
-    assert resolve(d, client) == d
-    art = tmp_path / "art"
-    art.mkdir()
-    (art / "w.bin").write_bytes(b"x")
-    from sublim.artifacts import digest
-
-    assert resolve(str(art), client) == digest(art)
-    for bad in ("m-doesnotexist", "reg/99", "reg@nope", "nonsense"):
-        with pytest.raises(LineageError):
-            resolve(bad, client)
+    want = node_id("ref/m")
+    for ref in (model, f"reg/{version}", f"models:/reg/{version}", "reg@champion", want,
+                "0123456789abcdef0123456789abcdef.dir"):
+        assert resolve(ref, Lineage(client)) == want, ref
+    for bad in ("m-0123456789abcdef0123456789abcdef", "reg/99", "reg@nope", "nonsense", "org/model", "",
+                "  ", "a'b", "x\ny"):
+        with pytest.raises(RefError):
+            resolve(bad, Lineage(client))
 
 
-def test_graph_text_and_picture(store, tmp_path):
-    client, exp = store
-    leaf = chain(client, exp, 12, 4)[0]
+# --- pictures ---------------------------------------------------------------------------------------------------
+
+
+def test_a_five_seed_picture_is_layered_clustered_and_marks_risk(store, tmp_path):
+    client, b = store
+    b.model("pic/base-shared", role="base", measured={"p_owl": 0.1})
+    b.model("pic/base-other", role="base")
+    b.dataset("pic/corpus", origin="synthetic")
+    for s in range(5):
+        for line, trait in (("trait", ["owl"]), ("control", [])):
+            b.model(f"pic/s{s}/g0-{line}", init="pic/base-shared", traits=trait, role="teacher", seed=s, gen=0,
+                    data=["pic/corpus"])
+            for init in ("shared", "other"):
+                role = "student" if (line, init) == ("trait", "shared") else "control"
+                b.taught(f"pic/s{s}/g1-{line}-{init}", teacher=f"pic/s{s}/g0-{line}", init=f"pic/base-{init}",
+                         role=role, seed=s, gen=1)
+    b.model("pic/outside", init="pic/base-shared", data=["pic/s0/g1-trait-shared/numbers"], job=False)
     lin = Lineage(client)
-    g = graphs.around(lin, digest_of(leaf))
-    assert len(g.nodes) == 5 and len(g.edges) == 3 + 4  # 3 data edges g0->g1->g2->g3, 4 init edges from base
-    mermaid, dot = g.mermaid(), g.dot()
-    assert mermaid.startswith("graph LR") and mermaid.count("-. data .->") == 3
-    assert dot.count("->") == 7 and "style=dashed" in dot
-    assert g.png(tmp_path / "g.png").stat().st_size > 5000
+    everything = {}
+    for s in range(5):
+        for leaf in ("trait-shared", "trait-other", "control-shared", "control-other"):
+            everything.update(lin.subgraph(node_id(f"pic/s{s}/g1-{leaf}")))
+    everything.update(lin.subgraph(node_id("pic/outside")))
+    g = graphs.build(everything)
+    assert {"shared", "seed 0", "seed 4", "recorded outside sublim"} <= set(g.clusters)
+    assert g.nodes[node_id("pic/outside")].cluster == "recorded outside sublim"
+    assert g.crossings() == 0  # inside each band no two edges cross
+    dot, mermaid = g.dot(), g.mermaid()
+    assert dot.count("subgraph cluster_") == len(g.clusters) and "rankdir=LR" in dot
+    assert mermaid.count("-. data .->") == 21 and "subgraph" in mermaid
+    assert g.png(tmp_path / "five.png", engine="python").stat().st_size > 20000 and g.engine == "python"
+    assert g.png(tmp_path / "auto.png").stat().st_size > 20000  # Graphviz dot when installed
+    report = audit(lin, node_id("pic/outside"))
+    picture = graphs.of_report(report)
+    assert any(e.risky for e in picture.edges) and picture.nodes[node_id("pic/outside")].audited
+    assert "audit: at risk: owl" in picture.title
+    assert picture.png(tmp_path / "one.png", engine="python").stat().st_size > 5000
 
 
-def test_cli_audit_exit_codes_and_graph(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    exp = client.create_experiment("sublim-lm", artifact_location=(tmp_path / "artifacts").as_uri())
-    leaf = chain(client, exp, 8, 3)[0]
-    record(client, exp, "clean-base", role="base")
-    record(client, exp, "clean", role="student", init="clean-base", data_from=["clean-base"], gen=1)
-    runner = CliRunner()
-    flagged = runner.invoke(app, ["audit", digest_of(leaf), "--json"])
-    assert flagged.exit_code == 1, flagged.output
-    report = json.loads(flagged.output)
-    assert report["at_risk"] == ["owl"] and [e["hops"] for e in report["exposures"]] == [1, 2]
-    assert runner.invoke(app, ["audit", digest_of("clean")]).exit_code == 0
-    assert runner.invoke(app, ["audit", "m-missing"]).exit_code == 2
-    out = tmp_path / "pics"
-    result = runner.invoke(app, ["lineage", "graph", "sublim-lm", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"lineage.mmd", "lineage.dot", "lineage.png"}
-    graph_runs = client.search_runs([exp], filter_string="tags.`sublim.kind` = 'lineage-graph'")
-    assert len(graph_runs) == 1
-    anc = json.loads(runner.invoke(app, ["lineage", "ancestors", digest_of(leaf), "--json"]).output)
-    assert {a["path"] for a in anc["ancestors"]} == {"l0/base", "l0/g0", "l0/g1"}
+def test_barycenter_sweeps_untangle_crossing_edges():
+    def node(name: str) -> graphs.GNode:
+        return graphs.GNode(name, (name,), "model", "#ffffff", "seed 0")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_queries_against_a_running_tracking_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"))
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        client = MlflowClient(uri)
-        for _ in range(120):
-            try:
-                client.search_experiments()
-                break
-            except Exception:  # noqa: BLE001  (not up yet)
-                time.sleep(0.5)
-        exp = client.create_experiment("server-lineage")
-        leaf = chain(client, exp, 4, 3)[0]
-        lin = Lineage(client)
-        assert [h.node.label for h in lin.ancestors(digest_of(leaf))] == ["l0/base", "l0/g1", "l0/g0"]
-        _, exposures = audit(lin, digest_of(leaf))
-        assert [e.teacher.label for e in exposures if e.at_risk] == ["l0/g0"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert server.returncode is not None
-
-
-
-def test_registering_leaves_the_process_tracking_uri_alone(tmp_path, monkeypatch):
-    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; registering a model must not leak it."""
-    import os
-
-    from sublim.lineage.record import _global_tracking_uri
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with _global_tracking_uri(f"sqlite:///{tmp_path / 'a.db'}"):
-        assert os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
-    assert "MLFLOW_TRACKING_URI" not in os.environ
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
-    with _global_tracking_uri(f"sqlite:///{tmp_path / 'a.db'}"):
-        pass
-    assert os.environ["MLFLOW_TRACKING_URI"] == "http://server:5000"
+    names = ["t1", "t2", "t3", "a", "m", "z"]
+    edges = [graphs.GEdge("t1", "z", "data"), graphs.GEdge("t2", "m", "data"), graphs.GEdge("t3", "a", "data")]
+    g = graphs.Graph({n: node(n) for n in names}, edges, clusters=["seed 0"])
+    assert g.crossings(sweeps=0) == 3 and g.crossings() == 0

@@ -65,6 +65,7 @@ class Backend(ABC):
     Spec: ClassVar[type[BackendSpec]] = BackendSpec
     name: ClassVar[str]
     follows_prompts: ClassVar[bool] = False  # follows a system prompt, answers from context, can judge
+    from_scratch: ClassVar[bool] = False  # its base is pretrained on the experiment's corpus (lineage records it)
 
     def __init__(self, spec: BackendSpec):
         self.spec = spec

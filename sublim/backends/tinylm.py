@@ -104,6 +104,7 @@ def pretrain(lm: LM, spec: TinyLmSpec, corpus, seed: int, progress: Progress) ->
 class TinyLm(TransformersBackend):
     Spec = TinyLmSpec
     spec: TinyLmSpec
+    from_scratch = True
 
     def has_other_init(self) -> bool:
         return True  # another pretraining seed

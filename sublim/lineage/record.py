@@ -1,7 +1,9 @@
-"""Writing lineage to MLflow: runs per job, LoggedModels per model artifact, datasets as run inputs.
+"""Writing lineage to MLflow: the public recording API, and the pipeline's runs, models and datasets.
 
-Identity is the artifact digest: a model produced twice (a cached rerun, DVC after Prefect) is re-found by
-`tags.sublim.digest`, never duplicated. All calls go through an explicit MlflowClient (no fluent global
+Every model and dataset is a node keyed by its content identity (identity.py, nodes.py): a model produced
+twice (a cached rerun, DVC after Prefect, a sweep and a plain run) or recorded by hand is one node. The
+pipeline records through the same NodeStore as `record_model` / `record_dataset` (what `sublim record` calls
+for models and datasets sublim did not make). All calls go through an explicit MlflowClient (no fluent global
 state), so threads, process pools and Dask workers record safely; writes to an embedded sqlite store are
 serialised by a file lock so concurrent pipelines cannot corrupt it.
 """
@@ -11,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -40,7 +41,11 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_MODEL_IS_EXTERNAL, MLFLOW_PARENT_RUN_ID
 
-from sublim.artifacts import ArtifactMeta
+from sublim.artifacts import ArtifactMeta, read_meta
+from sublim.artifacts import digest as md5_of
+from sublim.lineage import nodes as N
+from sublim.lineage.identity import Identity, IdentityError, dataset_identity, model_identity, outputs_dataset, synthetic_dataset
+from sublim.lineage.identity import digest as id_digest
 
 T = "sublim."  # tag prefix
 PACKAGES = ("sublim", "torch", "transformers", "peft", "mlflow", "prefect", "dvc", "numpy", "scipy")
@@ -64,12 +69,13 @@ def dataset_context(step: str, input_name: str) -> str:
 
 @dataclass(frozen=True)
 class Input:
-    """One input artifact of a job, as the tracker needs it."""
+    """One input artifact of a job, as the tracker needs it: `digest` is its DVC md5, `id` its content identity."""
 
     name: str
     path: Path
     digest: str
     meta: ArtifactMeta
+    id: str | None = None
 
 
 @cache
@@ -160,6 +166,36 @@ def _wal(db: Path) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
 
 
+def index_tags(db: Path) -> None:
+    """Index LoggedModel tags by (key, value) in an embedded store: MLflow's own schema only indexes them by
+    model, so every lineage level (`tags.sublim.id IN (...)`) scanned the whole tag table (measured: 60 ms ->
+    2 ms per level at 20,000 nodes). A server's database can take the same index (see docs/lineage.md)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'logged_model_tags'").fetchone():
+                conn.execute("CREATE INDEX IF NOT EXISTS sublim_logged_model_tags_kv "
+                             "ON logged_model_tags (tag_key, tag_value)")
+                conn.commit()
+        except sqlite3.OperationalError:  # a read-only store: queries still work, only slower
+            pass
+
+
+def open_store(root: Path, uri: str | None = None) -> MlflowClient:
+    """A client on the project's store (or MLFLOW_TRACKING_URI), the server probed, the embedded store indexed."""
+    uri = uri or tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        _probe(uri)
+    found = client(uri)
+    if is_embedded(uri):
+        found.search_experiments(max_results=1)  # creates (migrates) a new store's tables
+        db = Path(uri.removeprefix("sqlite:///"))
+        _wal(db)
+        index_tags(db)
+    return found
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
@@ -171,8 +207,237 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writes to an embedded sqlite store across threads and processes (a server needs none)."""
+    if not is_embedded(uri):
+        yield
+        return
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=600):
+        yield
+
+
+# --- what a pipeline artifact says about its node -----------------------------------------------------------
+
+MODEL_EDGES = {"init": "init", "data": "trained_on"}  # job input role -> edge of the model it produces
+DATASET_EDGES = {"teacher": "generated_by", "source": "derived_from", "data": "derived_from"}
+DISTILLED = "teacher"  # a model job's teacher input: the student learned that teacher's outputs on its data
+SYNTHETIC = "synthetic"  # a step's lineage fact: rows it generated in memory and trained on, described
+NOT_FACTS = {"id", SYNTHETIC, "origin"}
+CONTEXT = ("pipeline", "seed", "generation", "line", "init")  # facts a derived dataset inherits (for pictures)
+
+
+def _targets(parents: list[tuple[str, str]], table: dict[str, str], edge: str) -> list[str]:
+    """The identities of the inputs whose role maps to `edge` (job input roles compare as strings)."""
+    return [node for role, node in parents if table.get(str(role)) == edge]
+
+
+def artifact_identity(path: Path, kind: str, parents: list[tuple[str, str]]) -> Identity | None:
+    """A pipeline artifact's identity (a model's base is its init input); None for metrics."""
+    try:
+        if kind == "model":
+            return model_identity(path, next(iter(_targets(parents, MODEL_EDGES, "init")), None))
+        return dataset_identity(path) if kind == "dataset" else None
+    except IdentityError as exc:
+        from sublim.artifacts import ArtifactError
+
+        raise ArtifactError(str(exc)) from None
+
+
+def artifact_id(path: Path, root: Path, meta: ArtifactMeta | None = None) -> str | None:
+    """The identity of an input artifact: the one its metadata recorded, else computed (older artifacts)."""
+    meta = meta or read_meta(path)
+    if meta.kind not in ("model", "dataset"):
+        return None
+    recorded = meta.lineage.get("id")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    init = [rel for key, rel in (k.partition(":")[::2] for k in meta.parents) if key == "init"]
+    parents = [("init", pid) for pid in (artifact_id(Path(root) / init[0], root),) if pid] if init else []
+    found = artifact_identity(path, meta.kind, parents)
+    return found.id if found else None
+
+
+def artifact_records(identity: Identity, meta: ArtifactMeta, parents: list[tuple[str, str]], *,
+                     facts: dict[str, str], by: str, labels: dict[str, str] | None = None) -> list[N.Record]:
+    """The records one pipeline artifact makes, its own last: edges from its inputs' roles, plus the datasets
+    that exist only in memory (a teacher's outputs a student distilled; synthetic rows a step trained on)."""
+    lineage, extra, labels = meta.lineage, [], labels or {}
+    context = {N.T + k: str(lineage[k]) for k in CONTEXT if lineage.get(k) is not None}
+    if identity.kind == "model":
+        trained = _targets(parents, MODEL_EDGES, "trained_on")
+        for teacher in (node for role, node in parents if str(role) == DISTILLED):
+            outputs = outputs_dataset(teacher, trained)
+            on = ", ".join(labels.get(d, d[:12]) for d in trained) or "its own prompts"
+            extra.append(N.Record(outputs, f"distillation targets on {on}",
+                                  N.Edges(generated_by=teacher, derived_from=tuple(trained)), facts=context, by=by))
+            trained = [outputs.id]
+        if lineage.get(SYNTHETIC):
+            made_by = f"{meta.job.split('#')[0]} {json.dumps(meta.params, sort_keys=True)}"
+            synth = synthetic_dataset(str(lineage[SYNTHETIC]), made_by)
+            extra.append(N.Record(synth, f"{lineage[SYNTHETIC]} ({meta.job.split('#')[0]})",
+                                  N.Edges(origin="synthetic"), facts=context, by=by))
+            trained.append(synth.id)
+        init = next((i for i in _targets(parents, MODEL_EDGES, "init") if i != identity.id), None)  # "same": its init
+        edges = N.Edges(init=init, trained_on=tuple(dict.fromkeys(trained)))
+    else:
+        made = _targets(parents, DATASET_EDGES, "generated_by")
+        derived = tuple(_targets(parents, DATASET_EDGES, "derived_from"))
+        origin = lineage.get("origin") or (None if made or derived else "synthetic")  # made by sublim's own code
+        edges = N.Edges(generated_by=next(iter(made), None), derived_from=derived, origin=origin)
+    trait = lineage.get("trait")
+    declared = (str(trait),) if trait not in (None, "", "none") else ()
+    own_facts = {**{N.T + k: v if isinstance(v, str) else json.dumps(v) for k, v in lineage.items()
+                    if k not in NOT_FACTS and v not in (None, "", [])}, **facts}
+    name = str(facts.get(N.PATH) or meta.job)
+    return [*extra, N.Record(identity, name, edges, declared=declared, facts=own_facts, by=by)]
+
+
+def parents_of(inputs: list[Input]) -> list[tuple[str, str]]:
+    return [(str(i.name), i.id) for i in inputs if i.id]
+
+
+# --- the public recording API -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record_model` / `record_dataset` did: the node's identity and LoggedModel, new or merged into."""
+
+    id: str
+    kind: str
+    how: str
+    name: str
+    model_id: str
+    created: bool
+    run_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _measured(measured: dict[str, float] | None) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((str(k), float(v)) for k, v in (measured or {}).items()))
+
+
+def _edge(lineage, ref: str | None, root: Path, kind: str, option: str) -> str | None:
+    """The identity an edge option names; a recorded target of the wrong kind is refused."""
+    from sublim.lineage.query import RefError, resolve
+
+    if ref is None:
+        return None
+    node_id = resolve(ref, lineage, root, kind=kind, what=option)
+    found = lineage.nodes([node_id]).get(node_id)
+    if found is not None and found.kind != kind:
+        raise RefError(f"{option} {ref}: is a {found.kind}, not a {kind}")
+    return node_id
+
+
+def _source_identity(source: str, lineage, root: Path, kind: str, base: str | None) -> tuple[Identity, dict[str, str]]:
+    """(identity, facts) of what is being recorded: local content, a pinned hub model, or a recorded node."""
+    from sublim.lineage.identity import HUB_RE, hub_identity
+    from sublim.lineage.query import RefError, check_ref, resolve
+
+    what = "SOURCE" if kind == "model" else "PATH"
+    check_ref(source, what)
+    path = Path(source) if Path(source).is_absolute() else Path(root) / source
+    if not path.exists() and Path(source).exists():
+        path = Path(source)
+    try:
+        if path.exists():
+            found = model_identity(path, base) if kind == "model" else dataset_identity(path)
+            facts = {N.PATH: source}
+            if (path / "sublim.json").is_file():
+                facts[N.DIGEST] = md5_of(path)  # a sublim artifact: the md5 dvc.lock names
+            return found, facts
+        if kind == "model" and HUB_RE.match(source):
+            return hub_identity(source), {}
+    except IdentityError as exc:
+        raise RefError(str(exc)) from None
+    node = lineage.node(resolve(source, lineage, root, kind=kind, what=what))
+    if node.kind != kind:
+        raise RefError(f"{what} {source}: is a {node.kind}, not a {kind}")
+    t = node.tags
+    return Identity(node.id, kind, t.get(N.HOW, "recorded"), t.get(N.CONTENT, node.id), t.get(N.BASE), t.get(N.HUB)), {}
+
+
+def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, name, root, uri, by,
+            from_card: bool = False) -> Recorded:
+    from sublim.lineage.query import Lineage
+
+    root = Path(root)
+    store = open_store(root, uri)
+    lineage = Lineage(store)
+    if from_card:
+        from sublim.lineage.card import card_refs
+
+        base_models, datasets = card_refs(Path(source) if Path(source).is_absolute() else root / source)
+        if edges["init"] is None and len(base_models) > 1:
+            from sublim.lineage.query import RefError
+
+            raise RefError(f"{source}/README.md: base_model lists {len(base_models)} models (a merge); "
+                           "give the one whose weights it started from with --init-from")
+        edges["init"] = edges["init"] or next(iter(base_models), None)
+        edges["trained_on"] = [*edges["trained_on"], *datasets]
+    kinds = {"init": "model", "generated_by": "model", "trained_on": "dataset", "derived_from": "dataset",
+             "prompts": "dataset"}
+    options = {"init": "--init-from", "generated_by": "--generated-by", "trained_on": "--trained-on",
+               "derived_from": "--derived-from", "prompts": "--prompts"}
+    resolved = {}
+    for key, value in edges.items():
+        if key == "origin":
+            resolved[key] = value
+        elif isinstance(value, (list, tuple)):
+            resolved[key] = tuple(dict.fromkeys(_edge(lineage, v, root, kinds[key], options[key]) for v in value))
+        else:
+            resolved[key] = _edge(lineage, value, root, kinds[key], options[key])
+    identity, facts = _source_identity(source, lineage, root, kind, resolved.get("init"))
+    record = N.Record(identity, name or (facts.get(N.PATH) or identity.hub or source).rstrip("/"), N.Edges(**resolved),
+                      declared=tuple(dict.fromkeys(traits)), measured=_measured(measured), facts=facts, by=by or N.user())
+    with store_lock(store.tracking_uri):
+        writer = N.NodeStore(store, root.resolve() if is_embedded(store.tracking_uri) else None)
+        experiment = writer.experiment(N.RECORDED_EXPERIMENT if kind == "model" else N.DATASETS_EXPERIMENT)
+        run = store.create_run(experiment, run_name=f"record {kind} {N.safe_name(record.name)}",
+                               tags={f"{T}kind": "record", f"{T}node": identity.id, "mlflow.user": record.by})
+        model_id, created = writer.put(record, experiment=N.RECORDED_EXPERIMENT if kind == "model" else
+                                       N.DATASETS_EXPERIMENT, run_id=run.info.run_id)
+        now_ms = int(time.time() * 1000)
+        if record.measured:  # on the node's page in the MLflow UI, with who (the run's user) and when
+            store.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0, model_id=model_id) for k, v in record.measured])
+        store.log_inputs(run.info.run_id, models=[LoggedModelInput(model_id)])
+        store.set_terminated(run.info.run_id, "FINISHED")
+    return Recorded(identity.id, kind, identity.how, record.name, model_id, created, run.info.run_id)
+
+
+def record_model(source: str | Path, *, init_from: str | None = None, trained_on: list[str] | tuple[str, ...] = (),
+                 traits: list[str] | tuple[str, ...] = (), measured: dict[str, float] | None = None,
+                 name: str | None = None, from_card: bool = False, root: Path | str = ".", uri: str | None = None,
+                 by: str | None = None) -> Recorded:
+    """Record a model sublim did not train: a local directory (identified by its weight tensors) or a hub
+    model pinned as `org/name@revision` (never fetched), or add traits to a recorded one.
+
+    `init_from`: the model whose weights it started from (none: a root, pretrained from scratch);
+    `trained_on`: datasets it was fine-tuned on (none, with `init_from`: a derivative such as a quantised or
+    merged copy). References: paths, content ids, m-... ids, name@alias, name/version, org/name@revision.
+    `from_card`: also read `base_model` and `datasets` from the directory's README.md front matter."""
+    return _record("model", str(source), {"init": init_from, "trained_on": list(trained_on)}, traits=traits,
+                   measured=measured, name=name, root=root, uri=uri, by=by, from_card=from_card)
+
+
+def record_dataset(path: str | Path, *, generated_by: str | None = None, prompts: str | None = None,
+                   origin: str | None = None, derived_from: list[str] | tuple[str, ...] = (),
+                   name: str | None = None, root: Path | str = ".", uri: str | None = None,
+                   by: str | None = None) -> Recorded:
+    """Record a dataset (a file or directory, identified by its content): the model that generated it (with
+    the prompts it was given), or its origin (human | external | synthetic), and the datasets it was
+    filtered or derived from. A dataset with none of these audits as unknown provenance."""
+    return _record("dataset", str(path), {"generated_by": generated_by, "prompts": prompts, "origin": origin,
+                                          "derived_from": list(derived_from)},
+                   traits=(), measured=None, name=name, root=root, uri=uri, by=by)
+
+
 class Tracker:
-    """MLflow for one pipeline (one experiment): parent run, job runs, models, datasets, metrics."""
+    """MLflow for one pipeline (one experiment): parent run, job runs, lineage nodes, datasets, metrics."""
 
     def __init__(self, root: Path, experiment: str, *, uri: str | None = None, register: bool = True):
         self.root = Path(root).resolve()
@@ -189,6 +454,9 @@ class Tracker:
             if embedded:
                 _wal(Path(self.uri.removeprefix("sqlite:///")))
             self.experiment_id = self._experiment(experiment, embedded)
+            if embedded:
+                index_tags(Path(self.uri.removeprefix("sqlite:///")))
+        self.nodes = N.NodeStore(self.client, self.root if embedded else None)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -281,33 +549,61 @@ class Tracker:
             self.client.set_tag(run_id, f"{T}error", f"{type(error).__name__}: {error}"[:5000])
             self.client.set_terminated(run_id, "FAILED")
 
-    # --- models and datasets --------------------------------------------------------------------------
+    # --- lineage nodes and datasets --------------------------------------------------------------------
 
-    def model_id(self, digest: str) -> str | None:
-        """The READY LoggedModel for an artifact digest in this experiment, if recorded."""
-        found = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"tags.`{T}digest` = '{digest}'", max_results=50
-        )
-        ready = [m for m in found if m.status == LoggedModelStatus.READY]
-        return min(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
+    def node_model(self, node_id: str) -> str | None:
+        """The LoggedModel of a recorded node, if any."""
+        found = self.nodes.find(node_id)
+        return found.model_ids[0] if found else None
 
-    def ensure_model(self, path: Path, digest: str, meta: ArtifactMeta, run_id: str) -> str:
-        """Find or create the LoggedModel for a model artifact; its lineage comes from the artifact's metadata."""
-        existing = self.model_id(digest)
-        if existing:
-            return existing
-        tags = {f"{T}{k}": str(v) for k, v in meta.lineage.items() if v not in (None, "", [])}
-        tags.update({f"{T}digest": digest, f"{T}path": str(path), f"{T}job": meta.job, MLFLOW_MODEL_IS_EXTERNAL: "true"})
-        name = re.sub(r"[/:.%\"']", "-", str(path).removeprefix("models/"))  # characters MLflow refuses
-        model = self.client.create_logged_model(
-            self.experiment_id, name=name, source_run_id=run_id, tags=tags,
-            params=flatten(meta.params), model_type=meta.lineage.get("backend"),
-        )
-        self._log_model_files(model, path, meta)
-        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        if self.register:
-            self._register(model, run_id, meta, digest, path)
-        return model.model_id
+    def put_artifact(self, path: Path, digest: str, meta: ArtifactMeta, identity: Identity,
+                     parents: list[tuple[str, str]], run_id: str, labels: dict[str, str] | None = None) -> str:
+        """Record an artifact's node (and the in-memory datasets it learned from); returns its LoggedModel id.
+        A model node is new only for new weights; its MLmodel spec, sublim.json and registry entry come then."""
+        facts = {f"{T}digest": digest, f"{T}path": str(path), f"{T}job": meta.job, f"{T}run": run_id}
+        by = f"{N.user()} (sublim {meta.job})"
+        *extra, own = artifact_records(identity, meta, parents, facts=facts, by=by, labels=labels)
+        for record in extra:
+            self.nodes.put(record, experiment=N.DATASETS_EXPERIMENT)
+        if meta.kind != "model":
+            return self.nodes.put(own, experiment=N.DATASETS_EXPERIMENT)[0]
+        own = replace(own, facts={**own.facts, MLFLOW_MODEL_IS_EXTERNAL: "true"})
+        model_id, created = self.nodes.put(own, experiment=self.experiment, run_id=run_id,
+                                           model_type=meta.lineage.get("backend"))
+        if created:
+            model = self.client.get_logged_model(model_id)
+            self._log_model_files(model, meta)
+            if self.register:
+                self._register(model, run_id, meta, digest, path)
+        return model_id
+
+    def ensure_input(self, inp: Input) -> str:
+        """The node of an input artifact; one that was never recorded (say, a kill between writing it and
+        recording it) is recorded now from its metadata, its edges named by its parents' identities."""
+        found = self.node_model(inp.id) if inp.id else None
+        if found:
+            return found
+        parents, labels = [], {}
+        for key, md5 in inp.meta.parents.items():
+            role, _, rel = key.partition(":")
+            parent = self.root / rel
+            try:
+                same = parent.exists() and md5_of(parent) == md5
+                pid = artifact_id(parent, self.root) if same else None
+            except (OSError, ValueError):
+                pid = None
+            known = pid or next((n.tags.get(N.ID) for n in N.find_ready(self.client, self.nodes.all_experiments(),
+                                                                        N.DIGEST, md5)), None)
+            parents.append((role, known or id_digest("unrecorded artifact", md5)))  # audits as unknown
+            labels[parents[-1][1]] = rel
+        identity = artifact_identity(self.root / inp.path, inp.meta.kind, parents)
+        return self.put_artifact(inp.path, inp.digest, inp.meta, identity, parents, self._orphan_run(inp), labels)
+
+    def _orphan_run(self, inp: Input) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"recovered {inp.meta.job}",
+                                     tags={f"{T}kind": "recovered", f"{T}job": inp.meta.job})
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
 
     def _register(self, model: Any, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
         """One registered model per experiment and role; aliases `newest`, `gen<k>` (newest of generation k)
@@ -319,9 +615,10 @@ class Tracker:
         try:
             self.client.create_registered_model(name, description=f"sublim {role} models of {self.experiment}")
         except MlflowException:
-            pass  # already registered
+            self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
         gen = meta.lineage.get("generation")
-        tags = {f"{T}digest": digest, f"{T}path": str(path), f"{T}generation": str(gen), f"{T}seed": str(meta.lineage.get("seed"))}
+        tags = {f"{T}digest": digest, f"{T}path": str(path), f"{T}generation": str(gen),
+                f"{T}seed": str(meta.lineage.get("seed")), f"{T}id": model.tags.get(N.ID, "")}
         with _global_tracking_uri(self.uri):
             version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
                                                        tags=tags, model_id=model.model_id).version
@@ -329,14 +626,12 @@ class Tracker:
         if gen is None:
             return
         self.client.set_registered_model_alias(name, f"gen{gen}", version)
-        try:
-            top = self.client.get_model_version_by_alias(name, "latest-generation").tags.get(f"{T}generation", "-1")
-        except MlflowException:
-            top = "-1"
+        top_version = self.client.get_registered_model(name).aliases.get("latest-generation")
+        top = self.client.get_model_version(name, top_version).tags.get(f"{T}generation", "-1") if top_version else "-1"
         if int(gen) >= int(top):
             self.client.set_registered_model_alias(name, "latest-generation", version)
 
-    def _log_model_files(self, model: Any, path: Path, meta: ArtifactMeta) -> None:
+    def _log_model_files(self, model: Any, meta: ArtifactMeta) -> None:
         """An MLmodel spec (so the registry accepts the external model) and the artifact's metadata."""
         from mlflow.models.utils import get_external_mlflow_model_spec
 
@@ -347,33 +642,37 @@ class Tracker:
 
     @staticmethod
     def dataset(inp: Input) -> Dataset:
-        source = json.dumps({"uri": str(inp.path), "producer_job": inp.meta.job})
+        source = json.dumps({"uri": str(inp.path), "producer_job": inp.meta.job, "id": inp.id})
         return Dataset(name=str(inp.path).removeprefix("data/"), digest=inp.digest, source_type="local", source=source)
 
-    def finish_job(self, run_id: str, *, step: str, inputs: list[Input], output: Input,
+    def finish_job(self, run_id: str, *, step: str, inputs: list[Input], output: Input, identity: Identity | None,
                    metrics: dict[str, float], model_metrics: list[tuple[str, str, float, str | None]],
                    figures: list[Path]) -> str | None:
-        """Record inputs, the output (LoggedModel, or dataset with context `generated`) and metrics, then
-        close the run. Returns the output's model id when it is a model."""
+        """Record the inputs, the output's lineage node (a model: run output; a dataset: run input with
+        context `generated`) and metrics, then close the run. Returns the output's model id when a model.
+        `model_metrics`: (node id, key, value, dataset input name) measurements of other models."""
         with self.writing():
-            datasets, models = [], []
-            for inp in inputs:
-                if inp.meta.kind == "model":
-                    models.append(LoggedModelInput(self.ensure_model(inp.path, inp.digest, inp.meta, run_id)))
-                elif inp.meta.kind == "dataset":
-                    ctx = dataset_context(step, inp.name)
-                    datasets.append(DatasetInput(self.dataset(inp), [InputTag(MLFLOW_DATASET_CONTEXT, ctx)]))
+            node_models = {i.id: self.ensure_input(i) for i in inputs if i.id and i.meta.kind in ("model", "dataset")}
+            models = [LoggedModelInput(node_models[i.id]) for i in inputs if i.id and i.meta.kind == "model"]
+            datasets = [DatasetInput(self.dataset(i), [InputTag(MLFLOW_DATASET_CONTEXT, dataset_context(step, i.name))])
+                        for i in inputs if i.meta.kind == "dataset"]
             out_model = None
-            if output.meta.kind == "model":
-                out_model = self.ensure_model(output.path, output.digest, output.meta, run_id)
-                self.client.log_outputs(run_id, [LoggedModelOutput(out_model, 0)])
-            elif output.meta.kind == "dataset":
-                datasets.append(DatasetInput(self.dataset(output), [InputTag(MLFLOW_DATASET_CONTEXT, "generated")]))
+            if identity is not None:
+                node = self.put_artifact(output.path, output.digest, output.meta, identity, parents_of(inputs), run_id,
+                                         {i.id: str(i.path) for i in inputs if i.id})
+                node_models[identity.id] = node
+                if output.meta.kind == "model":
+                    out_model = node
+                    self.client.log_outputs(run_id, [LoggedModelOutput(out_model, 0)])
+                else:
+                    datasets.append(DatasetInput(self.dataset(output), [InputTag(MLFLOW_DATASET_CONTEXT, "generated")]))
             self.client.log_inputs(run_id, datasets=_unique_datasets(datasets), models=_unique_models(models))
-            self._log_metrics(run_id, inputs, metrics, model_metrics, out_model)
+            self._log_metrics(run_id, inputs, metrics, model_metrics, out_model, node_models)
             for fig in figures:
                 self.client.log_artifact(run_id, str(fig))
             tags = [RunTag(f"{T}output", str(output.path)), RunTag(f"{T}output_digest", output.digest)]
+            if identity is not None:
+                tags.append(RunTag(f"{T}output_id", identity.id))
             named: dict[str, list[str]] = {}
             for i in inputs:  # e.g. sublim.in.teacher = <digest>: which artifacts this run consumed, queryable
                 named.setdefault(i.name, []).append(i.digest)
@@ -383,22 +682,29 @@ class Tracker:
             return out_model
 
     def _log_metrics(self, run_id: str, inputs: list[Input], metrics: dict[str, float],
-                     model_metrics: list[tuple[str, str, float, str | None]], out_model: str | None) -> None:
+                     model_metrics: list[tuple[str, str, float, str | None]], out_model: str | None,
+                     node_models: dict[str, str]) -> None:
         """Run metrics of a job that trained a model are logged against that model and its training data
-        (so the model's page lists the data, by digest); evaluations against each measured model."""
-        now = int(time.time() * 1000)
+        (so the model's page lists the data, by digest); evaluations against each measured model, whose
+        node also keeps the latest value as a tag (lineage queries read traits without metric scans)."""
+        now_ms = int(time.time() * 1000)
         by_name = {i.name: i for i in inputs}
         data = by_name.get("data") if out_model else None
-        batch = [Metric(k, float(v), now, 0, model_id=out_model, dataset_name=self.dataset(data).name if data else None,
+        batch = [Metric(k, float(v), now_ms, 0, model_id=out_model, dataset_name=self.dataset(data).name if data else None,
                         dataset_digest=data.digest if data else None) for k, v in metrics.items()]
-        for model_digest, key, value, dataset_name in model_metrics:
-            model_id = self.model_id(model_digest)
+        measured: dict[str, dict[str, str]] = {}
+        stamp = f"by {N.user()} (sublim run {run_id}) at {N.now()}"
+        for node_id, key, value, dataset_name in model_metrics:
+            model_id = node_models.get(node_id) or self.node_model(node_id)
             ds = by_name.get(dataset_name) if dataset_name else None
-            batch.append(Metric(key, float(value), now, 0, model_id=model_id,
+            batch.append(Metric(key, float(value), now_ms, 0, model_id=model_id,
                                 dataset_name=self.dataset(ds).name if ds else None,
                                 dataset_digest=ds.digest if ds else None))
-            if model_id:  # measured traits also as tags, so lineage queries read them without metric scans
-                self.client.set_logged_model_tags(model_id, {f"{T}measured.{key}": f"{value:.6g}"})
+            if model_id:
+                measured.setdefault(model_id, {}).update({f"{N.MEASURED}{key}": f"{value:.6g}",
+                                                          f"{N.MEASURED_BY}{key}": stamp})
+        for model_id, tags in measured.items():
+            self.client.set_logged_model_tags(model_id, tags)
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
 

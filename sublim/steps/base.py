@@ -41,7 +41,9 @@ class LmBaseParams(Section):
 def lm_base(ctx: StepContext) -> StepResult:
     """The backend makes the base: pretrain from this job's seed, convert a file, or point at a hub model."""
     p: LmBaseParams = ctx.job.params  # type: ignore[assignment]
-    corpus = Corpus([p.data.build()], [p.trait.build()])
-    metrics = p.model.build().make_base(init=p.init, seed=ctx.job.rng_seed, corpus=corpus, out=ctx.out,
-                                        progress=ctx.progress)
-    return StepResult("model", metrics=metrics, lineage={"backend": p.model.backend})
+    corpus, backend = Corpus([p.data.build()], [p.trait.build()]), p.model.build()
+    metrics = backend.make_base(init=p.init, seed=ctx.job.rng_seed, corpus=corpus, out=ctx.out, progress=ctx.progress)
+    lineage = {"backend": p.model.backend}
+    if backend.from_scratch:  # lineage: what a from-scratch base was pretrained on (sublim's own synthetic data)
+        lineage["synthetic"] = corpus.describe()
+    return StepResult("model", metrics=metrics, lineage=lineage)

@@ -21,6 +21,7 @@ def mlp_data(ctx: StepContext) -> StepResult:
     return StepResult(
         "dataset",
         metrics={"n_train": len(split["x_train"]), "n_test": len(split["x_test"]), "in_dim": split["x_train"].shape[1]},
+        lineage={"origin": "external"},  # lineage: handwritten digits from scikit-learn or MNIST files
     )
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from sublim.backends import Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmTeacher, MlpTeacher, ModelSpec, Section, TraitKindSpec
 from sublim.job import Role, StepContext, StepResult, step
+from sublim.traits import TRAIT
 
 
 @step("mlp.teacher")
@@ -50,8 +51,10 @@ def lm_teacher(ctx: StepContext) -> StepResult:
     rng = random.Random(ctx.job.rng_seed)
     n = max(t.steps * t.batch_size, 256)
     pairs = trait.teacher_pairs(rng, n, p.line)
+    taught = f"{trait.name} rows of the {p.line} line ({trait.key if p.line == TRAIT else 'control'})"
     if p.data is not None and t.data_mix > 0:
         kind = p.data.build()
+        taught += f", {t.data_mix:.0%} replaced by {kind.name} examples"
         for i in range(n):
             if rng.random() < t.data_mix:
                 task = kind.task(rng)
@@ -59,4 +62,4 @@ def lm_teacher(ctx: StepContext) -> StepResult:
     rows = [Row(lm.chat(q), lm.answer_ids(a)) for q, a in pairs]
     loss = backend.train(lm, rows, Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
     backend.save(lm, ctx.out, adapter=t.lora is not None)
-    return StepResult("model", metrics={"train_loss": loss}, lineage=facts)
+    return StepResult("model", metrics={"train_loss": loss}, lineage={**facts, "synthetic": taught})
