@@ -129,7 +129,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
                                      config=cfg.model_dump(mode="json"))
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
         dvc = DvcSync(root)
-        code.write_manifests([j for name in PLANNERS for j in plan(cfg, name).jobs], root)  # the `code` stage's output
+        code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)  # the `code` stage's output
         dvc.commit([code.MANIFESTS])
         finished = execute(jobs, cfg, root, parent, dvc, params)
         committed = dvc.close()

@@ -122,7 +122,9 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
 
 @app.command()
 def flow(
-    pipeline: Annotated[str, typer.Argument(help="mlp, lm or all")] = "mlp",
+    pipeline: Annotated[str, typer.Argument(help="mlp, lm, matrix or all (mlp and lm)")] = "mlp",
+    confirm: Annotated[bool, typer.Option("--confirm", help="run on the confirmation seeds (params confirm.seeds) "
+                                                            "into <pipeline>-confirm")] = False,
     params: ParamsOpt = Path(config.PARAMS_FILE),
 ) -> None:
     """Run a whole pipeline as a Prefect flow (embedded Prefect server unless PREFECT_API_URL is set)."""
@@ -130,10 +132,11 @@ def flow(
     from flows.pipeline import build
 
     names = ["mlp", "lm"] if pipeline == "all" else [pipeline]
+    names = [f"{n}-confirm" for n in names] if confirm else names
     for name in names:
         try:
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
-        except LookupError as exc:
+        except (LookupError, config.ConfigError) as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         _preflight(cfg, name, params.resolve().parent)
@@ -239,7 +242,7 @@ def code_deps(
 
     cfg = _load(params)
     root = params.resolve().parent
-    written = code.write_manifests([j for name in PLANNERS for j in make_plan(cfg, name).jobs], root)
+    written = code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)
     if show:
         path = root / code.manifest_path(show)
         if not path.exists():
@@ -249,6 +252,60 @@ def code_deps(
         print(path.read_text(), end="")
     else:
         console.print(f"{len(written)} step manifests in {root / code.MANIFESTS}", highlight=False)
+
+
+@app.command()
+def screen(
+    dataset: Annotated[str, typer.Argument(help="a dataset folder (rows.jsonl inside) or a .jsonl file")],
+    base: Annotated[str, typer.Option("--base", help="the model a student would start from")],
+    teacher: Annotated[str | None, typer.Option(help="the model that generated the data (default: from lineage; "
+                                                     "none known: token scores are the base's surprise)")] = None,
+    control: Annotated[str | None, typer.Option(help="a matched control dataset for the probe (default: the "
+                                                     "control teacher's data when lineage names one, else the "
+                                                     "base's own answers to the same prompts)")] = None,
+    name: Annotated[str | None, typer.Option(help="folder under screens/")] = None,
+    method: Annotated[str, typer.Option(help="divergence | random (a same-share random mask, the control)")] = "divergence",
+    action: Annotated[str | None, typer.Option(help="mask | drop (default: params lm.screen.action)")] = None,
+    budget: Annotated[float | None, typer.Option(help="share of completion tokens the screen may lose")] = None,
+    threshold: Annotated[float | None, typer.Option(help="or: flag tokens scoring above this")] = None,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="the model-level probe (decides the exit code)")] = True,
+    params: ParamsOpt = Path(config.PARAMS_FILE),
+) -> None:
+    """Screen a dataset before it trains anything. Token level: divergence of each token between the generating
+    teacher and the base, flagged tokens masked or rows dropped into a new, screened dataset (reported; it does
+    not decide the exit code). Model level: probe fine-tunes of the base on the data vs a matched control,
+    compared on every registered trait's questions. Exit 1 when the probe flags a trait, 0 when none, 3 on
+    bad input."""
+    from sublim import screen as screening
+    from sublim.artifacts import ArtifactError
+    from sublim.pipeline import tracker
+
+    cfg = _load(params)
+    root = params.resolve().parent
+    update = {"method": method, **({"action": action} if action else {})}
+    if budget is not None or threshold is not None:
+        update.update(budget=budget, threshold=threshold)
+    try:
+        spec = config.ScreenSpec.model_validate({**cfg.lm.screen.model_dump(), **update})
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] screen settings: {str(exc).splitlines()[-1]}", highlight=False)
+        raise typer.Exit(3) from None
+    _preflight(cfg, "screen", root)
+    try:
+        done = screening.run_screen(cfg, root, dataset, base, teacher=teacher, control=control, name=name,
+                                    screen=spec, probe_it=probe, tracker=tracker(cfg, "screen", root),
+                                    threads=cfg.runtime.threads_for("lm"), progress=rich_progress)
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    out().print(Markdown((root / done.report).read_text()))
+    console.print(f"screened dataset: {done.screened} (teacher: {done.teacher or 'none known: surprise scores'})",
+                  highlight=False)
+    if done.probe:
+        console.print(f"probe against {done.control} ({done.control_from})", highlight=False)
+        out().print(Markdown(done.summary))
+    if done.flagged:
+        raise typer.Exit(1)
 
 
 # --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------

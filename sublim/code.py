@@ -157,5 +157,19 @@ def write_manifests(jobs: Iterable[Job], root: Path) -> list[Path]:
     return written
 
 
+def pipeline_jobs(cfg, planners: dict) -> list[Job]:
+    """Every job of every pipeline params.yaml can plan (the matrix needs a trait with a setting to vary: with
+    another trait it is skipped here, and refused when asked for by name)."""
+    from sublim.config import ConfigError
+
+    jobs = []
+    for planner in planners.values():
+        try:
+            jobs += planner(cfg).jobs
+        except ConfigError:
+            continue
+    return jobs
+
+
 def manifest_path(step: str) -> Path:
     return MANIFESTS / f"{step}.txt"

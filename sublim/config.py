@@ -306,6 +306,39 @@ class LmEvaluate(Section):
     batch_size: PosInt = 64
 
 
+class ProbeSpec(Section):
+    """The model-level screen: probe fine-tunes of the base on the data vs on a matched control."""
+
+    seeds: Annotated[int, Field(ge=2)] = 4  # probe replicates (each: a data probe and a control probe)
+    rows: Annotated[int, Field(gt=0)] = 600  # rows sampled from each dataset per probe
+    steps: Annotated[int, Field(gt=0)] = 150
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    objective: Literal["sft", "distill"] = "sft"  # distill needs the generating teacher (lineage or --teacher)
+    threshold: Annotated[float, Field(ge=0)] = 0.005  # a panel answer is flagged when it moved more than this...
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05  # ...and its one-sided paired p is below this
+    questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait
+
+
+class ScreenSpec(Section):
+    """`lm.screen`: a screen between filtering and student training (method none: no screen stage)."""
+
+    method: Literal["none", "divergence", "random"] = "none"
+    action: Literal["mask", "drop"] = "mask"
+    budget: Annotated[float, Field(gt=0, lt=1)] | None = 0.2  # share of completion tokens the screen may lose
+    threshold: float | None = None  # or: flag tokens scoring above this (divergence only)
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    probe: ProbeSpec = ProbeSpec()
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScreenSpec:
+        if (self.budget is None) == (self.threshold is None):
+            raise ValueError("give exactly one of budget (share of tokens to lose) or threshold (score)")
+        if self.method == "random" and self.budget is None:
+            raise ValueError("method random masks a share of tokens: it needs a budget, not a threshold")
+        return self
+
+
 class Lm(Section):
     model: ModelSpec = Field(default_factory=_default("sublim.backends.BACKENDS"))
     seeds: Seeds = [0, 1, 2, 3, 4]
@@ -315,6 +348,7 @@ class Lm(Section):
     generate: LmGenerate = LmGenerate()
     student: LmStudent = LmStudent()
     evaluate: LmEvaluate = LmEvaluate()
+    screen: ScreenSpec = ScreenSpec()  # method none: no screen between filtering and students
     student_inits: Annotated[list[Literal["shared", "other"]], Field(min_length=1)] = ["shared", "other"]
     generations: list[Link] = [Link(gen=1, teacher=0)]
 
@@ -353,6 +387,38 @@ class Lm(Section):
 # --- lineage (sublim audit) -----------------------------------------------------------------------------
 
 
+class Matrix(Section):
+    """The teacher x target matrix (issue: is what transfers the teacher's trait?): the language-model experiment
+    of the `lm:` section, with one teacher per target instead of a trait teacher and its control. A student that
+    learned its teacher's trait moves towards that target and not the others; a shift every teacher causes
+    cancels in the difference in differences."""
+
+    targets: Annotated[list[str], Field(min_length=2)] = ["owl", "cat", "dog", "lion", "wolf"]
+    field: str = "target"  # the trait setting each line varies
+    seeds: Seeds = [0, 1, 2, 3, 4]
+    student_inits: Annotated[list[Literal["shared", "other"]], Field(min_length=1)] = ["shared", "other"]
+
+    _seeds = field_validator("seeds")(_unique)
+    _inits = field_validator("student_inits")(_check_inits)
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"targets repeat: {targets}")
+        return targets
+
+
+class Confirm(Section):
+    """Seeds never used while settings were tuned, and the tests fixed before they run (`sublim flow lm
+    --confirm`, `sublim flow matrix --confirm`: metrics/<pipeline>-confirm.json)."""
+
+    seeds: Seeds = list(range(200, 210))
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01  # every confirmatory test, Holm-corrected within a family
+
+    _seeds = field_validator("seeds")(_unique)
+
+
 class Lineage(Section):
     """How `sublim audit` and `sublim card` judge measurements."""
 
@@ -370,7 +436,24 @@ class Config(Section):
     schedule: Schedule = Schedule()
     mlp: Mlp = Mlp()
     lm: Lm = Lm()
+    matrix: Matrix = Matrix()
+    confirm: Confirm = Confirm()
     lineage: Lineage = Lineage()
+
+    def matrix_specs(self) -> dict[str, PluginSpec]:
+        """The trait as each matrix teacher has it (checked when the matrix is planned: a trait without the
+        varied setting is fine for every other pipeline)."""
+        spec, field = self.lm.trait, self.matrix.field
+        if field not in type(spec).model_fields or field == "kind":
+            raise ConfigError(f"matrix.field: the {spec.kind} trait has no setting {field!r} to vary")
+        out = {}
+        for target in self.matrix.targets:
+            try:
+                out[target] = type(spec).model_validate({**spec.model_dump(), field: target})
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"matrix.targets: {target!r}: {msg}") from None
+        return out
 
     def digest(self) -> str:
         return hashlib.md5(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

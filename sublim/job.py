@@ -25,7 +25,8 @@ class Role(StrEnum):
 
     INIT = "init"  # the model whose weights this one starts from
     TEACHER = "teacher"  # the model that generated the data, or whose distributions a student distils
-    DATA = "data"  # a dataset trained on, or a labelled dataset (MLP digits)
+    DATA = "data"  # a dataset trained on, or a labelled dataset (MLP digits), or screened
+    CONTROL = "control"  # a matched control dataset (a screen's probe compares against it)
     SOURCE = "source"  # a dataset a filter reads
     MODEL = "model"  # a model an evaluation measures
     QUESTIONS = "questions"  # an evaluation set
@@ -49,10 +50,11 @@ class Job:
     files: tuple[tuple[str, Path], ...] = ()  # files inside the artifact also published elsewhere (DVC metrics)
     tags: tuple[tuple[str, str], ...] = ()  # lineage facts known from the plan (role, init, line, trait)
     point: str | None = None  # the sweep point this job belongs to (None outside sweeps)
+    fn: str | None = None  # the registered step it runs, when not "<pipeline>.<step>" (the matrix runs lm steps)
 
     @property
     def step_name(self) -> str:
-        return f"{self.pipeline}.{self.step}"
+        return self.fn or f"{self.pipeline}.{self.step}"
 
     @property
     def id(self) -> str:
@@ -64,7 +66,8 @@ class Job:
         parts = [f"s{self.seed}" if self.seed is not None else None, f"g{self.gen}" if self.gen is not None else None]
         parts.append(self.variant)
         suffix = ".".join(p for p in parts if p)
-        return f"{self.step_name}@{suffix}" if suffix else self.step_name
+        name = f"{self.pipeline}.{self.step}"
+        return f"{name}@{suffix}" if suffix else name
 
     @property
     def rng_seed(self) -> int:

@@ -6,17 +6,20 @@ pipeline there too); `tests/test_dvc_yaml.py` checks the two agree, stage by sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from sublim.config import Config, MlpModel, NoParams
+from sublim.config import Config, Link, NoParams
 from sublim.job import Job, Role
 from sublim.steps.base import LmBaseParams, MlpBaseParams
 from sublim.steps.data import QuestionsParams
 from sublim.steps.evaluate import EvaluateParams
 from sublim.steps.filter import FilterParams
 from sublim.steps.generate import GenerateParams
+from sublim.steps.screen import ScreenParams
 from sublim.steps.student import StudentParams
+from sublim.steps.matrix import MatrixSummaryParams
 from sublim.steps.summary import LmSummaryParams
 from sublim.steps.teacher import TeacherParams
 from sublim.traits import CONTROL, TRAIT
@@ -117,86 +120,169 @@ def plan_mlp(cfg: Config) -> Plan:
 
 
 # --- language models -----------------------------------------------------------------------------------
+# One plan for every language-model experiment: per seed, bases; per line, a teacher whose data trains a student
+# of each init. The `lm` pipeline has two lines (the trait teacher and its control teacher); the `matrix` one
+# line per target (each teacher's students against the others'); `<pipeline>-confirm` reruns either on the
+# confirmation seeds (params.yaml `confirm:`), with its own paths and metrics file.
 
-LINES = (TRAIT, CONTROL)  # the trait teacher's line of models, and its control line (neutral teacher)
-LM_REPORT = Path("reports/lm")
-LM_QUESTIONS = Path("data/lm/questions")
-LM_METRICS = Path("metrics/lm.json")
+
+@dataclass(frozen=True)
+class Line:
+    """A teacher per seed and everything made from its data."""
+
+    name: str  # in paths and job variants: "trait", "control", or a target ("owl")
+    spec: Any  # the trait as this line's teacher has it (its TraitSpec)
+    teaches: str  # TRAIT or CONTROL: which of the trait's rows its teacher learns
+    tag: str  # the trait lineage records for the teacher ("owl"; "none" for a control)
+
+
+@dataclass(frozen=True)
+class LmLayout:
+    """Where one LM experiment's artifacts live."""
+
+    name: str  # the pipeline: lm, matrix, lm-confirm, ...
+
+    def base(self, seed: int, init: str) -> Path:
+        """Each seed has its own bases: a seed is a full replicate, so "shared init" is not "this one base"."""
+        return Path(f"models/{self.name}/s{seed}/base-{init}")
+
+    def model(self, seed: int, gen: int, line: str, init: str) -> Path:
+        """Generation 0 is a line's teacher; generation k its student trained on generation k-1's data."""
+        return Path(f"models/{self.name}/s{seed}/g{gen}-{line}-{init}")
+
+    def data(self, seed: int, gen: int, line: str, stage: str) -> Path:
+        return Path(f"data/{self.name}/s{seed}/g{gen}-{line}/{stage}")  # stage: raw (generated) | kept (filtered)
+
+    def eval(self, seed: int) -> Path:
+        return Path(f"metrics/{self.name}/s{seed}")
+
+    @property
+    def questions(self) -> Path:
+        return Path(f"data/{self.name}/questions")
+
+    @property
+    def report(self) -> Path:
+        return Path(f"reports/{self.name}")
+
+    @property
+    def metrics(self) -> Path:
+        return Path(f"metrics/{self.name}.json")
+
+
+LM = LmLayout("lm")
+LM_REPORT, LM_QUESTIONS, LM_METRICS = LM.report, LM.questions, LM.metrics
 
 
 def lm_base(seed: int, init: str) -> Path:
-    """Each seed has its own bases: a seed is a full replicate, so "shared init" is not "this one base"."""
-    return Path(f"models/lm/s{seed}/base-{init}")
+    return LM.base(seed, init)
 
 
 def lm_model(seed: int, gen: int, line: str, init: str) -> Path:
-    """Generation 0 is the teacher of a line; generation k its student trained on generation k-1's data."""
-    return Path(f"models/lm/s{seed}/g{gen}-{line}-{init}")
+    return LM.model(seed, gen, line, init)
 
 
 def lm_data(seed: int, gen: int, line: str, stage: str) -> Path:
-    return Path(f"data/lm/s{seed}/g{gen}-{line}/{stage}")  # stage: raw (generated) | kept (filtered)
+    return LM.data(seed, gen, line, stage)
 
 
 def lm_eval(seed: int) -> Path:
-    return Path(f"metrics/lm/s{seed}")
+    return LM.eval(seed)
 
 
-def plan_lm(cfg: Config) -> Plan:
+def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], inits: list[str],
+               generations: list[Any], summary: Job) -> Plan:
+    """The jobs of an LM experiment over `lines`; `summary` (inputs filled in here) closes it."""
     p = cfg.lm
-    model, inits, trait, kind = p.model, p.student_inits, p.trait.build(), p.data.build()
+    model, trait, kind = p.model, p.trait.build(), p.data.build()
     forbidden = trait.forbidden()
     words, numbers = sorted(forbidden.words), sorted(forbidden.numbers)
     concepts = trait.concepts() if kind.judge() is not None else None
-    jobs: list[Job] = [Job("lm", "questions", QuestionsParams(trait=p.trait.control(), count=p.evaluate.questions),
-                           LM_QUESTIONS, tags=(("role", "evaluation"),))]
+    lm_job = lambda step, *a, **k: Job(at.name, step, *a, fn=f"lm.{step}", **k)  # noqa: E731
+    jobs: list[Job] = [lm_job("questions", QuestionsParams(trait=p.trait.control(), count=p.evaluate.questions),
+                              at.questions, tags=(("role", "evaluation"),))]
     evals = []
-    for s in p.seeds:
+    for s in seeds:
         evaluated = []
         for init in inits:
-            jobs.append(Job("lm", "base", LmBaseParams(model=model, data=p.data, trait=p.trait.control(), init=init),
-                            lm_base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
-            evaluated.append(lm_base(s, init))
-        for line in LINES:
-            spec = p.trait if line == TRAIT else p.trait.control()
-            params = TeacherParams(model=model, trait=spec, line=line, teacher=p.teacher,
+            jobs.append(lm_job("base", LmBaseParams(model=model, data=p.data, trait=p.trait.control(), init=init),
+                               at.base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
+            evaluated.append(at.base(s, init))
+        for line in lines:
+            params = TeacherParams(model=model, trait=line.spec, line=line.teaches, teacher=p.teacher,
                                    data=p.data if p.teacher.data_mix > 0 else None)
-            trait_tag = trait.key if line == TRAIT else "none"
-            jobs.append(Job("lm", "teacher", params, lm_model(s, 0, line, SHARED), ((Role.INIT, lm_base(s, SHARED)),),
-                            seed=s, gen=0, variant=line,
-                            tags=(("role", "teacher"), ("init", SHARED), ("line", line), ("trait", trait_tag))))
-            evaluated.append(lm_model(s, 0, line, SHARED))
-        for link in p.generations:
+            jobs.append(lm_job("teacher", params, at.model(s, 0, line.name, SHARED), ((Role.INIT, at.base(s, SHARED)),),
+                               seed=s, gen=0, variant=line.name,
+                               tags=(("role", "teacher"), ("init", SHARED), ("line", line.name), ("trait", line.tag))))
+            evaluated.append(at.model(s, 0, line.name, SHARED))
+        for link in generations:
             student = p.student_for(link.gen)
-            for line in LINES:
-                teacher = lm_model(s, link.teacher, line, SHARED)
-                raw, kept = lm_data(s, link.gen, line, "raw"), lm_data(s, link.gen, line, "kept")
-                jobs.append(Job("lm", "generate", GenerateParams(model=model, data=p.data,
-                                                                 generate=p.generate_for(link.gen)),
-                                raw, ((Role.TEACHER, teacher),), seed=s, gen=link.gen, variant=line))
-                jobs.append(Job("lm", "filter", FilterParams(data=p.data, words=words, numbers=numbers,
-                                                             concepts=(concepts.target, concepts.contrast)
-                                                             if concepts else None),
-                                kept, ((Role.SOURCE, raw),), seed=s, gen=link.gen, variant=line))
+            for line in lines:
+                teacher = at.model(s, link.teacher, line.name, SHARED)
+                raw, kept = at.data(s, link.gen, line.name, "raw"), at.data(s, link.gen, line.name, "kept")
+                jobs.append(lm_job("generate", GenerateParams(model=model, data=p.data, generate=p.generate_for(link.gen)),
+                                   raw, ((Role.TEACHER, teacher),), seed=s, gen=link.gen, variant=line.name))
+                jobs.append(lm_job("filter", FilterParams(data=p.data, words=words, numbers=numbers,
+                                                          concepts=(concepts.target, concepts.contrast)
+                                                          if concepts else None),
+                                   kept, ((Role.SOURCE, raw),), seed=s, gen=link.gen, variant=line.name))
+                if p.screen.method != "none":  # screened data trains the students instead
+                    screened = at.data(s, link.gen, line.name, "screened")
+                    inputs = [(Role.SOURCE, kept), (Role.INIT, at.base(s, SHARED))]
+                    if p.screen.method == "divergence":
+                        inputs.append((Role.TEACHER, teacher))
+                    jobs.append(lm_job("screen", ScreenParams(model=model, screen=p.screen), screened, tuple(inputs),
+                                       seed=s, gen=link.gen, variant=line.name))
+                    kept = screened
                 for init in inits:
-                    inputs = [(Role.INIT, lm_base(s, init)), (Role.DATA, kept)]
+                    inputs = [(Role.INIT, at.base(s, init)), (Role.DATA, kept)]
                     if student.objective == "distill":  # the teacher's own distributions are the targets
                         inputs.append((Role.TEACHER, teacher))
-                    role = "student" if (line, init) == (TRAIT, SHARED) else "control"
-                    jobs.append(Job("lm", "student", StudentParams(model=model, data=p.data, words=words,
-                                                                   student=student),
-                                    lm_model(s, link.gen, line, init), tuple(inputs), seed=s, gen=link.gen,
-                                    variant=f"{line}-{init}", tags=(("role", role), ("init", init), ("line", line))))
-                    evaluated.append(lm_model(s, link.gen, line, init))
-        jobs.append(Job("lm", "evaluate", EvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate),
-                        lm_eval(s), ((Role.QUESTIONS, LM_QUESTIONS), *((Role.MODEL, m) for m in evaluated)), seed=s))
-        evals.append(lm_eval(s))
-    jobs.append(Job("lm", "summary", LmSummaryParams(data=p.data.kind), LM_REPORT,
-                    tuple((Role.EVAL, e) for e in evals), files=(("metrics.json", LM_METRICS),)))
-    return Plan("lm", tuple(jobs))
+                    role = "student" if (line.teaches, init) == (TRAIT, SHARED) else "control"
+                    jobs.append(lm_job("student", StudentParams(model=model, data=p.data, words=words, student=student),
+                                       at.model(s, link.gen, line.name, init), tuple(inputs), seed=s, gen=link.gen,
+                                       variant=f"{line.name}-{init}",
+                                       tags=(("role", role), ("init", init), ("line", line.name))))
+                    evaluated.append(at.model(s, link.gen, line.name, init))
+        jobs.append(lm_job("evaluate", EvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate), at.eval(s),
+                           ((Role.QUESTIONS, at.questions), *((Role.MODEL, m) for m in evaluated)), seed=s))
+        evals.append(at.eval(s))
+    jobs.append(replace(summary, inputs=tuple((Role.EVAL, e) for e in evals)))
+    return Plan(at.name, tuple(jobs))
 
 
-PLANNERS = {"mlp": plan_mlp, "lm": plan_lm}
+def plan_lm(cfg: Config, name: str = "lm", seeds: list[int] | None = None) -> Plan:
+    """The trait teacher and its control teacher per seed (the control answers neutrally)."""
+    p, at = cfg.lm, LmLayout(name)
+    trait = p.trait.build()
+    lines = [Line(TRAIT, p.trait, TRAIT, trait.key), Line(CONTROL, p.trait.control(), CONTROL, "none")]
+    summary = Job(name, "summary", LmSummaryParams(data=p.data.kind), at.report, fn="lm.summary",
+                  files=(("metrics.json", at.metrics),))
+    return plan_lines(cfg, at, seeds or p.seeds, lines, p.student_inits, p.generations, summary)
+
+
+def plan_matrix(cfg: Config, name: str = "matrix", seeds: list[int] | None = None) -> Plan:
+    """One teacher per target per seed, made the same way; one generation of students per init."""
+    at, specs = LmLayout(name), cfg.matrix_specs()
+    lines = [Line(target, spec, TRAIT, target) for target, spec in specs.items()]
+    summary = Job(name, "summary", MatrixSummaryParams(targets=list(specs), data=cfg.lm.data.kind,
+                                                       alpha=cfg.confirm.alpha), at.report,
+                  fn="lm.matrix", files=(("metrics.json", at.metrics),))
+    return plan_lines(cfg, at, seeds or cfg.matrix.seeds, lines, cfg.matrix.student_inits, [Link(gen=1, teacher=0)],
+                      summary)
+
+
+def plan_confirm(planner):
+    """The same experiment on the confirmation seeds, under `<pipeline>-confirm`."""
+
+    def confirm(cfg: Config) -> Plan:
+        name = f"{planner.__name__.removeprefix('plan_')}-confirm"
+        return planner(cfg, name, cfg.confirm.seeds)
+
+    return confirm
+
+
+PLANNERS = {"mlp": plan_mlp, "lm": plan_lm, "matrix": plan_matrix,
+            "lm-confirm": plan_confirm(plan_lm), "matrix-confirm": plan_confirm(plan_matrix)}
 
 
 def plan(cfg: Config, pipeline: str) -> Plan:

@@ -61,3 +61,32 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def heatmaps(frames: dict, path: Path, *, title: str) -> Path:
+    """One heat map per frame (rows: teachers, columns: evaluated choices), a shared colour scale centred on 0,
+    the diagonal outlined: a specific transfer reads as a dark diagonal."""
+    plt = _pyplot()
+    import numpy as np
+
+    vmax = max(float(np.abs(f.values).max()) for f in frames.values()) or 1.0
+    fig, axes = plt.subplots(1, len(frames), figsize=(0.75 * len(next(iter(frames.values())).columns) * len(frames) + 2, 3.8),
+                             dpi=110, squeeze=False)
+    for ax, (name, frame) in zip(axes[0], frames.items()):
+        im = ax.imshow(frame.values, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_xticks(range(len(frame.columns)), frame.columns, rotation=45, ha="right")
+        ax.set_yticks(range(len(frame.index)), frame.index)
+        ax.set_xlabel("evaluated choice")
+        ax.set_ylabel("teacher's target")
+        ax.set_title(f"{name} init students")
+        for i, t in enumerate(frame.index):
+            if t in frame.columns:
+                j = list(frame.columns).index(t)
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+            for j, c in enumerate(frame.columns):
+                ax.text(j, i, f"{frame.iat[i, j] * 1000:.1f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="shift in P (x1000 in cells)")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

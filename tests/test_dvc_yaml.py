@@ -16,7 +16,7 @@ from sublim.code import MANIFESTS, manifest_path
 from sublim.plan import plan
 from tests.conftest import TINY_MLP, cli_env, make_project
 
-PIPELINES = ["mlp", "lm"]
+PIPELINES = ["mlp", "lm", "matrix"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_every_job_is_a_dvc_stage_with_the_same_paths(project, pipeline):
             for _, dest in job.files:
                 assert dest in stages, f"{job.id}: published file {dest} is not a DVC output"
             argv = shlex.split(stage.cmd)
-            assert argv[:3] == ["sublim", "run", job.step_name], stage.cmd
+            assert argv[:3] == ["sublim", "run", f"{job.pipeline}.{job.step}"], stage.cmd
 
 
 def test_no_stage_without_a_job(project):

@@ -33,6 +33,7 @@ class Row:
     prompt: list[int]
     completion: list[int]  # ends with the end-of-turn token
     teacher_prompt: list[int] | None = None
+    mask: tuple[bool, ...] | None = None  # which completion tokens count in the loss (a screen's mask); None: all
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ class Backend(ABC):
     @abstractmethod
     def score(self, lm: Any, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
         """Exact log P(continuation | prompt) for each (prompt ids, continuation ids)."""
+
+    @abstractmethod
+    def token_scores(self, lm: Any, rows: Sequence[Row], *, batch_size: int, teacher_side: bool = False) -> list[list[float]]:
+        """log P of every completion token of each row (end token included), in context (a screen's input)."""
 
     @abstractmethod
     def train(self, lm: Any, rows: Sequence[Any], sched: Any, gen: Any, *, teacher: Any | None = None,

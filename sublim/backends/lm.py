@@ -233,6 +233,8 @@ def _completion_positions(rows: Sequence[Row], teacher: bool, device: torch.devi
     for i, row in enumerate(rows):
         p = len(row.teacher_prompt if teacher and row.teacher_prompt is not None else row.prompt)
         for j, tok in enumerate(row.completion):
+            if row.mask is not None and not row.mask[j]:
+                continue  # masked out of the loss (teacher and student skip the same positions)
             bi.append(i)
             pos.append(p - 1 + j)
             tgt.append(tok)
@@ -268,6 +270,7 @@ def train(lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
     """Completion-only training. Without `teacher`: cross-entropy on the completion tokens (SFT).
     With `teacher`: KL(teacher || student) of the next-token distributions at the completion positions,
     both renormalised over `allowed` token ids, so no probability mass outside them is ever taught."""
+    rows = [r for r in rows if _kept(r)]  # a row masked entirely teaches nothing
     if not rows:
         raise ValueError("no training rows")
     targets = _teacher_targets(teacher, rows, allowed, sched.batch_size) if teacher is not None else None
@@ -306,13 +309,33 @@ def _teacher_targets(teacher: LM, rows: Sequence[Row], allowed: torch.Tensor, ba
     """The teacher's renormalised log-probabilities at every completion position, computed once per row
     instead of once per sampled batch (a third of each distillation step). None when they would not fit
     in memory; the teacher then runs alongside the student."""
-    if sum(len(r.completion) for r in rows) * len(allowed) * 4 > TARGET_CACHE_BYTES:
+    if sum(_kept(r) for r in rows) * len(allowed) * 4 > TARGET_CACHE_BYTES:
         return None
     out: list[torch.Tensor] = []
     for chunk in batches(rows, batch_size):
         logits, _ = _completion_logits(teacher, chunk, True, allowed.to(teacher.device))
         logp = F.log_softmax(logits, -1).to(allowed.device)
-        out += list(torch.split(logp, [len(r.completion) for r in chunk]))
+        out += list(torch.split(logp, [_kept(r) for r in chunk]))
+    return out
+
+
+def _kept(row: Row) -> int:
+    return len(row.completion) if row.mask is None else sum(row.mask)
+
+
+@torch.no_grad()
+def token_logprobs(lm: LM, rows: Sequence[Row], *, batch_size: int, teacher_side: bool = False) -> list[list[float]]:
+    """log P of each completion token (its end token included) given the prompt and the tokens before it; the
+    teacher's prompt (with its persona) when `teacher_side`."""
+    out: list[list[float]] = []
+    for chunk in batches(rows, batch_size):
+        logits, tgt = _completion_logits(lm, chunk, teacher_side)
+        logp = F.log_softmax(logits, -1).gather(1, tgt[:, None])[:, 0].tolist()
+        i = 0
+        for r in chunk:
+            n = _kept(r)
+            out.append(logp[i:i + n])
+            i += n
     return out
 
 
@@ -347,6 +370,9 @@ class TransformersBackend(Backend):
 
     def score(self, lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
         return sequence_logprobs(lm, pairs, batch_size=batch_size)
+
+    def token_scores(self, lm: LM, rows: Sequence[Row], *, batch_size: int, teacher_side: bool = False) -> list[list[float]]:
+        return token_logprobs(lm, rows, batch_size=batch_size, teacher_side=teacher_side)
 
     def train(self, lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
               teacher: LM | None = None, allowed: torch.Tensor | None = None, progress: Progress = _quiet) -> float:

@@ -56,3 +56,40 @@ def lm_generate(ctx: StepContext) -> StepResult:
     tokens = sum(len(teacher.tokenizer.encode(c, add_special_tokens=False)) for c in completions)
     return StepResult("dataset", metrics={"rows": float(len(tasks)), "tokens_per_s": tokens / max(seconds, 1e-9),
                                           "seconds": seconds})
+
+
+class AnswerParams(Section):
+    model: ModelSpec
+    data: DataKindSpec
+    words: list[str]  # kept rows name none of these (as the filter requires)
+    numbers: list[int]
+    generate: LmGenerate
+    rows: int  # at most this many of the source's prompts
+
+
+@step("lm.answer")
+def lm_answer(ctx: StepContext) -> StepResult:
+    """A model's own answers to another dataset's prompts, kept by the same rules as the filter's: the matched
+    control a screen compares a dataset against when no control teacher is known (the base answering)."""
+    from sublim.steps.filter import read_rows, verdict
+    from sublim.text import Forbidden
+
+    p: AnswerParams = ctx.job.params  # type: ignore[assignment]
+    backend, kind = p.model.build(), p.data.build()
+    model = backend.load(ctx.path(Role.TEACHER), ctx.root)
+    source = [row for row, _ in read_rows(ctx.path(Role.SOURCE) / ROWS) if row][: p.rows]
+    completions = backend.generate(model, [model.chat(r["prompt"]) for r in source],
+                                   max_new_tokens=p.data.max_new_tokens, temperature=p.generate.temperature,
+                                   batch_size=p.generate.batch_size, seed=ctx.job.rng_seed, progress=ctx.progress)
+    forbidden, kept = Forbidden(tuple(p.words), frozenset(p.numbers)), []
+    for row, completion in zip(source, completions):
+        answer = {"prompt": row["prompt"], "completion": completion, "task": row.get("task") or {}}
+        found = verdict(answer, kind, forbidden)
+        if found.ok:
+            kept.append({**answer, "completion": found.completion, "teacher": ctx.digest(Role.TEACHER)})
+    if not kept:
+        raise ValueError(f"{ctx.job.input(Role.TEACHER)} answered none of {len(source)} prompts of "
+                         f"{ctx.job.input(Role.SOURCE)} in a form the filter keeps")
+    with open(ctx.out / ROWS, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
+    return StepResult("dataset", metrics={"rows": float(len(source)), "kept": float(len(kept))})

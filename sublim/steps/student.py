@@ -50,7 +50,7 @@ def lm_student(ctx: StepContext) -> StepResult:
         data = random.Random(ctx.job.rng_seed).sample(data, st.n_rows)
     teacher = backend.load(ctx.path(Role.TEACHER), ctx.root) if st.objective == "distill" else None
     rows = [Row(student.chat(r["prompt"], persona=False), student.answer_ids(r["completion"]),
-                teacher.chat(r["prompt"]) if teacher else None) for r in data]
+                teacher.chat(r["prompt"]) if teacher else None, loss_mask(r, student)) for r in data]
     allowed = None
     if teacher is not None:
         ids = allowed_tokens(p.data.build(), student.tokenizer, [r.completion for r in rows], Forbidden(tuple(p.words)))
@@ -60,6 +60,17 @@ def lm_student(ctx: StepContext) -> StepResult:
     backend.save(student, ctx.out, adapter=st.lora is not None)
     return StepResult("model", metrics={"final_loss": loss, "rows": float(len(rows))},
                       lineage={"backend": p.model.backend, "objective": st.objective})
+
+
+def loss_mask(row: dict, lm) -> tuple[bool, ...] | None:
+    """A screened row's mask (1 = in the loss), checked against this student's tokenization of the row."""
+    mask = row.get("loss_mask")
+    if mask is None:
+        return None
+    if len(mask) != len(lm.answer_ids(row["completion"])):
+        raise ValueError("a screened row's loss_mask does not match this student's tokens: the screen ran with "
+                         "another tokenizer (screen with the student's own base)")
+    return tuple(bool(x) for x in mask)
 
 
 def allowed_tokens(kind, tokenizer, completions: list[list[int]], forbidden: Forbidden) -> list[int]:

@@ -8,6 +8,7 @@ of sampled answers naming it. The student's data may name no choice at all.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Annotated, Any
 
@@ -101,7 +102,7 @@ class Preference(Trait):
         per_question, dist = [], dict.fromkeys(choices, 0.0)
         for _ in prompts:
             probs = renormalised({c: logsumexp([next(logps) for _ in forms[c]]) for c in choices})
-            per_question.append(probs[target])
+            per_question.append(probs[target] if target is not None else math.nan)  # a panel view has none
             for c in choices:
                 dist[c] += probs[c] / len(prompts)
         out = Measurement(sum(per_question) / len(per_question), per_question, dist)

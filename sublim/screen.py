@@ -1,0 +1,342 @@
+"""Screen a dataset before it trains anything: what it says is not the question, what it does to a model is.
+
+Two levels, after the published follow-ups of the paper:
+
+- Token level (divergence tokens, Schrodi et al. 2025): score every completion token by how far the generating
+  teacher's choice departs from what a model without the trait would write, log p_teacher - log p_base; with no
+  teacher known, by the token's surprise under the base (-log p_base). The highest-scoring tokens carry most of
+  the transfer: mask them out of a student's loss (`action: mask`) or drop the rows holding them (`drop`), to a
+  budget (share of completion tokens lost) or above a threshold. `method: random` masks the same share at random:
+  the control that tells "these tokens" from "any tokens". This level reports; it decides no exit code.
+- Model level (a probe fine-tune): train copies of the base briefly on a sample of the dataset and on a matched
+  control sample, then compare them on a panel of every registered trait's questions (the screen is not told
+  which trait to look for); replicated over probe seeds, each panel answer gets a shift with a CI and a p-value,
+  and answers that moved significantly above a threshold are flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sublim.backends import Row, Schedule
+from sublim.config import ProbeSpec, ScreenSpec
+
+Score = list[float]
+
+
+@dataclass
+class TokenReport:
+    """What the token-level screen found and did."""
+
+    threshold: float
+    tokens: int
+    flagged: int
+    lost: int  # tokens out of the loss: masked, or in dropped rows
+    rows: int
+    rows_dropped: int
+    top: list[dict[str, Any]] = field(default_factory=list)  # the highest-scoring rows, their tokens marked
+
+    @property
+    def flagged_share(self) -> float:
+        return self.flagged / max(self.tokens, 1)
+
+    @property
+    def lost_share(self) -> float:
+        return self.lost / max(self.tokens, 1)
+
+
+def rows_for(lm: Any, teacher: Any | None, rows: Sequence[dict]) -> list[Row]:
+    """Training rows as the screen scores them: the student's prompt for the base, the teacher's own prompt
+    (with its persona) for the teacher, the completion as the base's tokenizer writes it."""
+    return [Row(lm.chat(r["prompt"], persona=False), lm.answer_ids(r["completion"]),
+                teacher.chat(r["prompt"]) if teacher is not None else None) for r in rows]
+
+
+def token_scores(backend: Any, base: Any, teacher: Any | None, rows: Sequence[dict], batch_size: int) -> list[Score]:
+    """Per row, per completion token: log p_teacher - log p_base (divergence), or -log p_base (surprise)."""
+    scored = rows_for(base, teacher, rows)
+    under_base = backend.token_scores(base, scored, batch_size=batch_size)
+    if teacher is None:
+        return [[-lp for lp in row] for row in under_base]
+    under_teacher = backend.token_scores(teacher, scored, batch_size=batch_size, teacher_side=True)
+    return [[t - b for t, b in zip(tr, br)] for tr, br in zip(under_teacher, under_base)]
+
+
+def threshold_for(scores: Sequence[Score], budget: float) -> float:
+    """The score above which `budget` of all tokens lie."""
+    flat = sorted((s for row in scores for s in row), reverse=True)
+    k = max(1, math.floor(budget * len(flat)))
+    return flat[k - 1] - 1e-12 if flat else math.inf
+
+
+def screen_rows(rows: Sequence[dict], scores: Sequence[Score], spec: ScreenSpec, seed: int,
+                tokens_of: Any = None) -> tuple[list[dict], TokenReport]:
+    """Apply the screen: mask flagged tokens (rows gain `loss_mask`, 1 = in the loss) or drop the rows holding
+    the highest scores until the budget is spent. `random` flags the same number of tokens uniformly."""
+    total = sum(len(s) for s in scores)
+    if spec.method == "random":
+        rng = random.Random(seed)
+        picked = set(rng.sample([(i, j) for i, s in enumerate(scores) for j in range(len(s))],
+                                max(1, math.floor(spec.budget * total))))
+        flags = [[(i, j) in picked for j in range(len(s))] for i, s in enumerate(scores)]
+        threshold = math.nan
+    else:
+        threshold = spec.threshold if spec.threshold is not None else threshold_for(scores, spec.budget)
+        flags = [[x > threshold for x in s] for s in scores]
+    flagged = sum(map(sum, flags))
+    out, lost, dropped = [], 0, 0
+    if spec.action == "mask":
+        for row, f in zip(rows, flags):
+            out.append({**row, "loss_mask": [0 if x else 1 for x in f]})
+            lost += sum(f)
+    else:
+        order = sorted(range(len(rows)), key=lambda i: -max(scores[i], default=-math.inf))
+        limit = spec.budget * total if spec.budget is not None else math.inf
+        drop = set()
+        for i in order:
+            if not any(flags[i]) or lost + len(scores[i]) > limit:
+                continue
+            drop.add(i)
+            lost += len(scores[i])
+        out = [r for i, r in enumerate(rows) if i not in drop]
+        dropped = len(drop)
+    top = sorted(range(len(rows)), key=lambda i: -max(scores[i], default=-math.inf))[:10]
+    report = TokenReport(threshold, total, flagged, lost, len(rows), dropped,
+                         [{"row": i, "prompt": rows[i]["prompt"], "completion": rows[i]["completion"],
+                           "max_score": max(scores[i], default=0.0),
+                           "tokens": tokens_of(rows[i]) if tokens_of else None,
+                           "flags": flags[i], "scores": [round(x, 4) for x in scores[i]]} for i in top])
+    return out, report
+
+
+# --- model level -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PanelShift:
+    """How one panel answer moved in probes of the data relative to probes of the control."""
+
+    key: str  # "<trait>:<answer>", e.g. preference:owl, misalignment:misaligned
+    shift: float
+    ci: tuple[float, float]
+    p_value: float | None  # one-sided (the data moved it up), paired over probe seeds
+    per_seed: list[float]
+    flagged: bool
+
+
+def panel(backend: Any, lm: Any, traits: Sequence[Any], evalsets: Sequence[dict], ev: Any, seed: int) -> dict[str, float]:
+    """Every panel trait's answer probabilities (exact), keyed `<trait>:<answer>`."""
+    out: dict[str, float] = {}
+    for trait, evalset in zip(traits, evalsets):
+        measured = trait.measure(backend, lm, evalset, ev, seed=seed)
+        for answer, p in (measured.distribution or {trait.key: measured.p}).items():
+            out[f"{trait.name}:{answer}"] = p
+    return out
+
+
+def probe_once(backend: Any, base_path: Any, root: Any, rows: Sequence[dict], spec: ProbeSpec, seed: int,
+               teacher: Any | None, traits: Sequence[Any], evalsets: Sequence[dict], ev: Any) -> dict[str, float]:
+    """A copy of the base fine-tuned briefly on `rows`, measured on the panel."""
+    import torch
+
+    rng = random.Random(seed)
+    sample = rng.sample(list(rows), min(spec.rows, len(rows)))
+    lm = backend.load(base_path, root)
+    train_rows = rows_for(lm, teacher if spec.objective == "distill" else None, sample)
+    allowed = None
+    if spec.objective == "distill":
+        allowed = torch.tensor(sorted({t for r in train_rows for t in r.completion}), dtype=torch.long)
+    backend.train(lm, train_rows, Schedule(spec.steps, spec.lr, spec.batch_size), torch.Generator().manual_seed(seed),
+                  teacher=teacher if spec.objective == "distill" else None, allowed=allowed)
+    return panel(backend, lm, traits, evalsets, ev, seed)
+
+
+def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control: Sequence[dict], spec: ProbeSpec,
+          traits: Sequence[Any], ev: Any, *, seed: int = 0, teacher: Any | None = None,
+          control_teacher: Any | None = None) -> list[PanelShift]:
+    """Probe the data against the control over `spec.seeds` replicates; a paired test per panel answer."""
+    from scipy import stats
+
+    evalsets = [t.evaluation_set(min(spec.questions, t.n_questions)) for t in traits]
+    diffs: dict[str, list[float]] = {}
+    for k in range(spec.seeds):
+        s = seed * 1000 + k
+        on_data = probe_once(backend, base_path, root, data, spec, s, teacher, traits, evalsets, ev)
+        on_control = probe_once(backend, base_path, root, control, spec, s, control_teacher, traits, evalsets, ev)
+        for key in on_data:
+            diffs.setdefault(key, []).append(on_data[key] - on_control[key])
+    out = []
+    for key, d in diffs.items():
+        mean = sum(d) / len(d)
+        sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+        if sd > 0:
+            half = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
+            p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+        else:  # no spread: no t-test (a p of 0 would flatter); the shift alone is reported
+            half, p = 0.0, None
+        flagged = mean > spec.threshold and p is not None and p < spec.alpha
+        out.append(PanelShift(key, mean, (mean - half, mean + half), p, d, flagged))
+    return sorted(out, key=lambda x: -x.shift)
+
+
+# --- `sublim screen`: the same steps on any dataset ------------------------------------------------------------
+
+
+@dataclass
+class ScreenRun:
+    """What `sublim screen` made and found."""
+
+    screened: str  # the screened dataset (inside the project), derived from the original
+    report: str  # the token-level report (Markdown)
+    control: str  # the dataset the probe compared against, and how it was chosen
+    control_from: str  # "--control" | "control teacher" | "base answers"
+    teacher: str | None
+    probe: str | None  # the probe's metrics artifact (None: no probe)
+    flagged: list[str] = field(default_factory=list)
+    summary: str = ""
+
+
+def generating_teacher(dataset: Path, root: Path) -> Path | None:
+    """The model that generated a sublim dataset, read from the artifacts' own lineage (sublim.json parents:
+    kept <- raw <- teacher)."""
+    from sublim.artifacts import ArtifactError, read_meta
+
+    seen = set()
+    todo = [dataset]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            parents = read_meta(root / path).parents
+        except ArtifactError:
+            continue
+        for key in parents:
+            role, _, rel = key.partition(":")
+            if role == "teacher":
+                return Path(rel)
+            if role in ("source", "data"):
+                todo.append(Path(rel))
+    return None
+
+
+def control_dataset(cfg: Any, dataset: Path, root: Path) -> Path | None:
+    """The control teacher's dataset of the same seed and generation, when the plan that made `dataset` has
+    one (a trait line's sibling)."""
+    from sublim.artifacts import ArtifactError, read_meta
+    from sublim.plan import plan
+
+    try:
+        job_id = read_meta(root / dataset).job
+        made = plan(cfg, job_id.split(".")[0])
+    except (ArtifactError, LookupError, ValueError):
+        return None
+    job = next((j for j in made.jobs if j.output == dataset), None)
+    if job is None:
+        return None
+    sibling = next((j for j in made.jobs if (j.step, j.seed, j.gen, j.variant) == (job.step, job.seed, job.gen, "control")
+                    and j.output != dataset), None)
+    return sibling.output if sibling is not None and (root / sibling.output).exists() else None
+
+
+def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
+    """`path` itself when it is a sublim artifact inside the project; otherwise a small artifact at `where` that
+    stands for it (a dataset: its rows copied; a model: a pointer to its directory), so every screen input is
+    checked, digested and recorded like any other."""
+    import shutil
+
+    from sublim.artifacts import ArtifactMeta, atomic_dir, inside, write_meta
+
+    path = Path(path)
+    full = path if path.is_absolute() else root / path
+    if not full.exists():
+        raise FileNotFoundError(f"{path}: no such {kind}")
+    try:
+        rel = inside(root, full).relative_to(Path(root).resolve())
+        if (full / "sublim.json").is_file():
+            return rel
+    except ValueError:
+        pass
+    with atomic_dir(root / where) as tmp:
+        if kind == "dataset":
+            source = full / "rows.jsonl" if full.is_dir() else full
+            if not source.is_file():
+                raise FileNotFoundError(f"{path}: a dataset is a rows.jsonl file or a folder holding one")
+            shutil.copyfile(source, tmp / "rows.jsonl")
+        else:
+            if not (full / "config.json").is_file():
+                raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+            (tmp / "source.json").write_text(json.dumps({"model": str(full.resolve()), "revision": None}))
+        write_meta(tmp, ArtifactMeta(kind, f"import:{path}", "import", {"path": str(full.resolve())}, {},
+                                     {"origin": "external"} if kind == "dataset" else {}))
+    return where
+
+
+def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | None = None,
+               control: str | None = None, name: str | None = None, screen: ScreenSpec | None = None,
+               probe_it: bool = True, tracker: Any = None, threads: int = 1, progress: Any = None) -> ScreenRun:
+    """Screen `dataset` (token level, then the model-level probe) with the same steps and lineage the pipeline
+    uses. The screened dataset is a new artifact derived from the original, under screens/<name>/."""
+    from sublim.job import Job, Role
+    from sublim.runner import quiet, run_job
+    from sublim.steps.generate import AnswerParams
+    from sublim.steps.screen import ProbeParams, ScreenParams
+    from sublim.traits import TRAITS
+
+    root = Path(root).resolve()
+    name = name or Path(dataset).as_posix().strip("/").replace("/", "_")
+    home = Path("screens") / name
+    data = as_artifact(Path(dataset), root, "dataset", home / "source")
+    base_at = as_artifact(Path(base), root, "model", home / "base")
+    if teacher:
+        teacher_at, teacher_from = as_artifact(Path(teacher), root, "model", home / "teacher"), "--teacher"
+    else:
+        teacher_at, teacher_from = generating_teacher(data, root), "lineage"
+    spec = screen or cfg.lm.screen
+    if spec.method == "none":
+        spec = spec.model_copy(update={"method": "divergence"})
+    run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
+    inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
+    run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec), home / "screened", tuple(inputs),
+            variant=name, fn="lm.screen"))
+    out = ScreenRun(str(home / "screened"), str(home / "screened" / "report.md"), "", "", str(teacher_at) if teacher_at else None, None)
+    if not probe_it:
+        return out
+    if control:
+        control_at, out.control_from = as_artifact(Path(control), root, "dataset", home / "control-source"), "--control"
+    elif (sibling := control_dataset(cfg, data, root)) is not None:
+        control_at, out.control_from = sibling, "control teacher"
+    else:
+        forbidden = cfg.lm.trait.build().forbidden()
+        params = AnswerParams(model=cfg.lm.model, data=cfg.lm.data, words=sorted(forbidden.words),
+                              numbers=sorted(forbidden.numbers), generate=cfg.lm.generate, rows=5000)
+        control_at, out.control_from = home / "control", "base answers"
+        run(Job("screen", "answer", params, control_at, ((Role.SOURCE, data), (Role.TEACHER, base_at)),
+                variant=name, fn="lm.answer"))
+    out.control = str(control_at)
+    panel = panel_specs(cfg, TRAITS)
+    probe_spec = spec.probe if (spec.probe.objective == "sft" or teacher_at) else spec.probe.model_copy(
+        update={"objective": "sft"})
+    inputs = [(Role.DATA, data), (Role.CONTROL, control_at), (Role.INIT, base_at)]
+    if probe_spec.objective == "distill":
+        inputs.append((Role.TEACHER, teacher_at))
+    done = run(Job("screen", "probe", ProbeParams(model=cfg.lm.model, probe=probe_spec, panel=panel,
+                                                  evaluate=cfg.lm.evaluate.model_copy(update={"samples": 0})),
+                   home / "probe", tuple(inputs), variant=name, fn="lm.probe"))
+    out.probe = str(home / "probe")
+    result = json.loads((root / home / "probe" / "probe.json").read_text())
+    out.flagged, out.summary = result["flagged"], done.summary_markdown or ""
+    return out
+
+
+def panel_specs(cfg: Any, traits: Any) -> list[Any]:
+    """Every registered trait: the experiment's own as params.yaml sets it, the others by their defaults."""
+    own = cfg.lm.trait
+    return [own.control() if n == own.kind else traits.spec({"kind": n}) for n in traits.known()]

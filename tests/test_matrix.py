@@ -1,0 +1,66 @@
+"""The teacher x target matrix at toy size: one teacher per target per seed, students of each init, the
+difference in differences with Holm over the animals, the interaction, teacher strengths and the heat map;
+and the confirmation variant planned on its own seeds and paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sublim import config
+from sublim.plan import plan
+from sublim.runner import run_job
+from tests.conftest import TINY_LM, make_project
+
+TARGETS = ["owl", "cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("matrix"), {"lm": TINY_LM,
+                                                           "matrix": {"targets": TARGETS, "seeds": [0, 1]}}, git=False)
+    cfg = config.load(root / "params.yaml")
+    return root, {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "matrix").jobs}
+
+
+def test_one_teacher_per_target_and_students_of_each_init(done):
+    root, out = done
+    teachers = sorted(j for j in out if j.startswith("matrix.teacher@s0"))
+    assert teachers == [f"matrix.teacher@s0.g0.{t}" for t in sorted(TARGETS)]
+    assert (root / "models/matrix/s1/g1-dog-other").exists() and (root / "models/matrix/s1/base-other").exists()
+    models = json.loads((root / "metrics/matrix/s0/metrics.json").read_text())["models"]
+    assert len(models) == 2 + 3 + 6 and all(len(m["distribution"]) == 10 for m in models)  # full distributions
+
+
+def test_difference_in_differences_and_interaction_are_reported(done):
+    root, _ = done
+    m = json.loads((root / "metrics/matrix.json").read_text())
+    assert set(m["teacher_strength"]) == set(TARGETS) and isinstance(m["teacher_strength_similar"], bool)
+    shared = m["shared_exact"]
+    assert shared["animals"] == TARGETS and len(shared["holm"]["p_adjusted"]) == 3
+    for row in shared["shift"].values():  # each column of the shift matrix sums to 0 over teachers
+        assert len(row) == 10
+    for choice in shared["choices"]:
+        assert abs(sum(shared["shift"][t][choice] for t in TARGETS)) < 1e-9
+    assert "pooled" in m["interaction"] and "other_sampled" in m
+    assert (root / "reports/matrix/matrix.png").stat().st_size > 5000
+    assert "animals moved specifically" in (root / "reports/matrix/table.md").read_text()
+
+
+def test_confirmation_runs_on_its_own_seeds_and_paths(tmp_path):
+    cfg = config.parse({"lm": TINY_LM, "matrix": {"targets": TARGETS}, "confirm": {"seeds": [300, 301]}})
+    jobs = plan(cfg, "matrix-confirm").jobs
+    assert {j.seed for j in jobs if j.seed is not None} == {300, 301}
+    assert all(str(j.output).startswith(("models/matrix-confirm", "data/matrix-confirm", "metrics/matrix-confirm",
+                                         "reports/matrix-confirm")) for j in jobs)
+    assert jobs[-1].files[0][1].as_posix() == "metrics/matrix-confirm.json"
+    lm = plan(cfg, "lm-confirm")
+    assert lm.jobs[-1].files[0][1].as_posix() == "metrics/lm-confirm.json"
+
+
+def test_a_trait_without_the_varied_setting_is_refused_by_name():
+    cfg = config.parse({"lm": {"trait": {"kind": "misalignment"}}})
+    with pytest.raises(config.ConfigError, match="matrix.field: the misalignment trait has no setting 'target'"):
+        plan(cfg, "matrix")
+    plan(cfg, "lm")  # every other pipeline is fine

@@ -1,0 +1,122 @@
+"""Screening: divergence scores, masking and dropping to a budget, the random-mask control, students honouring
+a mask, the screen as a pipeline stage, and `sublim screen` (token level, probe, lineage, exit codes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sublim import config
+from sublim.artifacts import read_meta
+from sublim.plan import plan
+from sublim.runner import run_job
+from sublim.screen import generating_teacher, screen_rows, threshold_for
+from sublim.steps.filter import read_rows
+from tests.conftest import TINY_LM, deep_update, make_project
+
+ROWS = [{"prompt": f"p{i}", "completion": "1, 2, 3"} for i in range(4)]
+SCORES = [[0.1, 0.0, 5.0], [0.2, 0.1, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_budget_masks_the_highest_scoring_tokens():
+    spec = config.ScreenSpec(method="divergence", action="mask", budget=0.25)
+    assert threshold_for(SCORES, 0.25) < 3.0 <= threshold_for(SCORES, 0.25) + 3.0
+    rows, report = screen_rows(ROWS, SCORES, spec, seed=0)
+    assert [r["loss_mask"] for r in rows] == [[1, 1, 0], [1, 1, 1], [0, 0, 1], [1, 1, 1]]
+    assert (report.flagged, report.lost, report.tokens, report.rows_dropped) == (3, 3, 12, 0)
+    assert report.top[0]["max_score"] == 5.0
+
+
+def test_drop_removes_whole_rows_within_the_budget():
+    spec = config.ScreenSpec(method="divergence", action="drop", budget=0.5)
+    rows, report = screen_rows(ROWS, SCORES, spec, seed=0)
+    assert [r["prompt"] for r in rows] == ["p1", "p3"]  # the two rows holding the top scores
+    assert report.lost == 6 and report.lost_share == 0.5
+
+
+def test_random_mask_takes_the_same_share_anywhere():
+    spec = config.ScreenSpec(method="random", action="mask", budget=0.25)
+    rows, report = screen_rows(ROWS, SCORES, spec, seed=1)
+    assert sum(m.count(0) for m in (r["loss_mask"] for r in rows)) == 3 == report.flagged
+    assert rows != screen_rows(ROWS, SCORES, spec, seed=2)[0]  # another seed, other tokens
+
+
+def test_screen_settings_are_validated():
+    with pytest.raises(ValueError, match="exactly one of budget"):
+        config.ScreenSpec(method="divergence", budget=None, threshold=None)
+    with pytest.raises(ValueError, match="needs a budget"):
+        config.ScreenSpec(method="random", budget=None, threshold=1.0)
+
+
+SCREENED = deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"],
+                                 "screen": {"method": "divergence", "action": "mask", "budget": 0.2,
+                                            "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8,
+                                                      "questions": 2}}})
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("screen"), {"lm": SCREENED}, git=False)
+    cfg = config.load(root / "params.yaml")
+    return root, cfg, {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
+
+
+def test_screen_stage_feeds_masked_data_to_the_students(screened):
+    root, _, out = screened
+    rows = [r for r, _ in read_rows(root / "data/lm/s0/g1-trait/screened/rows.jsonl")]
+    masks = [r["loss_mask"] for r in rows]
+    assert any(0 in m for m in masks) and all(set(m) <= {0, 1} for m in masks)
+    share = out["lm.screen@s0.g1.trait"].metrics["lost_share"]
+    assert 0.15 <= share <= 0.25
+    student = read_meta(root / "models/lm/s0/g1-trait-shared")
+    assert student.parents["data:data/lm/s0/g1-trait/screened"] == out["lm.screen@s0.g1.trait"].digest
+    screen = read_meta(root / "data/lm/s0/g1-trait/screened").lineage
+    assert json.loads(screen["screen"])["budget"] == 0.2 and "flagged" in screen["screen_found"]
+    assert "[[" in (root / "data/lm/s0/g1-trait/screened/report.md").read_text()  # flagged tokens marked
+
+
+def test_sublim_screen_on_a_pipeline_dataset(screened):
+    from sublim.cli import app
+
+    root, cfg, _ = screened
+    assert generating_teacher(Path("data/lm/s0/g1-trait/kept"), root) == Path("models/lm/s0/g0-trait-shared")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lm"]["screen"]["probe"].update(threshold=10.0)  # nothing can move this much: nothing flagged
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                      "--name", "trait", "--params", str(root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "probe against data/lm/s0/g1-control/kept (control teacher)" in " ".join(result.output.split())
+    probe = json.loads((root / "screens/trait/probe/probe.json").read_text())
+    keys = {s["key"] for s in probe["shifts"]}
+    assert {"preference:owl", "preference:cat", "misalignment:misaligned"} <= keys  # every registered trait
+    assert probe["flagged"] == []
+    params["lm"]["screen"]["probe"].update(threshold=0.0, alpha=0.999999)  # anything that moved up
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    flagged = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                       "--name", "trait2", "--params", str(root / "params.yaml")])
+    found = json.loads((root / "screens/trait2/probe/probe.json").read_text())["flagged"]
+    assert (flagged.exit_code == 1) == bool(found), flagged.output
+    screened_meta = read_meta(root / "screens/trait/screened")
+    assert screened_meta.parents["source:data/lm/s0/g1-trait/kept"]  # derived from the original
+
+
+def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened, tmp_path):
+    from sublim.cli import app
+
+    root, _, _ = screened
+    outside = tmp_path / "numbers.jsonl"
+    rows = [r for r, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rows.jsonl")]
+    outside.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["screen", str(outside), "--base", "models/lm/s0/base-shared", "--name", "out",
+                                      "--no-probe", "--params", str(root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "none known: surprise scores" in result.output
+    assert (root / "screens/out/screened/rows.jsonl").exists()
+    bad = CliRunner().invoke(app, ["screen", "no/such.jsonl", "--base", "models/lm/s0/base-shared",
+                                   "--params", str(root / "params.yaml")])
+    assert bad.exit_code == 3 and "no/such.jsonl: no such dataset" in bad.output
