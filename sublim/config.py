@@ -339,8 +339,19 @@ class ScreenSpec(Section):
         return self
 
 
+class IclSpec(Section):
+    """The paper's in-context control: the base shown a teacher's data as few-shot turns before each question
+    (only for backends that follow prompts; a from-scratch tinylm cannot learn in context)."""
+
+    shots: PosInt = 8  # kept rows of the teacher's data shown before the question
+    questions: PosInt = 8  # evaluation questions asked with that context
+
+
 class Lm(Section):
     model: ModelSpec = Field(default_factory=_default("sublim.backends.BACKENDS"))
+    # a student of another architecture or tokenizer (init "cross"): trained with sft on the teacher's data
+    cross_model: ModelSpec | None = None
+    icl: IclSpec | None = None  # the in-context control (null: none)
     seeds: Seeds = [0, 1, 2, 3, 4]
     data: DataKindSpec = Field(default_factory=_default("sublim.data.DATA_KINDS"))
     trait: TraitKindSpec = Field(default_factory=_default("sublim.traits.TRAITS"))
@@ -349,7 +360,8 @@ class Lm(Section):
     student: LmStudent = LmStudent()
     evaluate: LmEvaluate = LmEvaluate()
     screen: ScreenSpec = ScreenSpec()  # method none: no screen between filtering and students
-    student_inits: Annotated[list[Literal["shared", "other"]], Field(min_length=1)] = ["shared", "other"]
+    # shared: the teacher's own base; other: a different init of the same backend; cross: lm.cross_model
+    student_inits: Annotated[list[Literal["shared", "other", "cross"]], Field(min_length=1)] = ["shared", "other"]
     generations: list[Link] = [Link(gen=1, teacher=0)]
 
     _seeds = field_validator("seeds")(_unique)
@@ -365,6 +377,12 @@ class Lm(Section):
         if "other" in self.student_inits and not backend(self.model).has_other_init():
             raise ValueError(f"student_inits: 'other' needs a different-init model; the {self.model.backend} backend "
                              "has none here (set model.other_model with the hf backend, or list only 'shared')")
+        if "cross" in self.student_inits and self.cross_model is None:
+            raise ValueError("student_inits: 'cross' needs lm.cross_model (a backend of another architecture or "
+                             "tokenizer)")
+        if self.icl is not None and not backend.follows_prompts:
+            raise ValueError(f"icl: the {self.model.backend} backend does not learn in context (it follows no "
+                             "prompts); set icl: null, or use a backend such as smollm2 or hf")
         if self.teacher.method == "system_prompt" and not backend.follows_prompts:
             raise ValueError(f"teacher.method: the {self.model.backend} backend does not follow system prompts; "
                              "use 'sft'")

@@ -14,7 +14,7 @@ from sublim.config import Config, Link, NoParams
 from sublim.job import Job, Role
 from sublim.steps.base import LmBaseParams, MlpBaseParams
 from sublim.steps.data import QuestionsParams
-from sublim.steps.evaluate import EvaluateParams
+from sublim.steps.evaluate import EvaluateParams, IclParams
 from sublim.steps.filter import FilterParams
 from sublim.steps.generate import GenerateParams
 from sublim.steps.screen import ScreenParams
@@ -156,6 +156,9 @@ class LmLayout:
     def eval(self, seed: int) -> Path:
         return Path(f"metrics/{self.name}/s{seed}")
 
+    def icl(self, seed: int, line: str) -> Path:
+        return Path(f"metrics/{self.name}/icl/s{seed}-{line}")
+
     @property
     def questions(self) -> Path:
         return Path(f"data/{self.name}/questions")
@@ -189,6 +192,14 @@ def lm_eval(seed: int) -> Path:
     return LM.eval(seed)
 
 
+CROSS = "cross"  # a student of another architecture or tokenizer (lm.cross_model)
+
+
+def model_of(p: Any, init: str) -> Any:
+    """The backend spec a base or student of `init` is made with."""
+    return p.cross_model if init == CROSS else p.model
+
+
 def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], inits: list[str],
                generations: list[Any], summary: Job) -> Plan:
     """The jobs of an LM experiment over `lines`; `summary` (inputs filled in here) closes it."""
@@ -201,10 +212,12 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
     jobs: list[Job] = [lm_job("questions", QuestionsParams(trait=p.trait.control(), count=p.evaluate.questions),
                               at.questions, tags=(("role", "evaluation"),))]
     evals = []
+    icl = p.icl is not None and type(model).plugin.follows_prompts
     for s in seeds:
-        evaluated = []
+        evaluated, extra = [], []
         for init in inits:
-            jobs.append(lm_job("base", LmBaseParams(model=model, data=p.data, trait=p.trait.control(), init=init),
+            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=p.data, trait=p.trait.control(),
+                                                    init=init),
                                at.base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
             evaluated.append(at.base(s, init))
         for line in lines:
@@ -225,27 +238,37 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
                                                           concepts=(concepts.target, concepts.contrast)
                                                           if concepts else None),
                                    kept, ((Role.SOURCE, raw),), seed=s, gen=link.gen, variant=line.name))
+                screened = at.data(s, link.gen, line.name, "screened")
                 if p.screen.method != "none":  # screened data trains the students instead
-                    screened = at.data(s, link.gen, line.name, "screened")
                     inputs = [(Role.SOURCE, kept), (Role.INIT, at.base(s, SHARED))]
                     if p.screen.method == "divergence":
                         inputs.append((Role.TEACHER, teacher))
                     jobs.append(lm_job("screen", ScreenParams(model=model, screen=p.screen), screened, tuple(inputs),
                                        seed=s, gen=link.gen, variant=line.name))
+                if icl and link.gen == 1:  # the base shown this teacher's data in context, no training
+                    out = at.icl(s, line.name)
+                    jobs.append(lm_job("icl", IclParams(model=model, trait=p.trait, evaluate=p.evaluate, icl=p.icl),
+                                       out, ((Role.MODEL, at.base(s, SHARED)), (Role.DATA, kept),
+                                             (Role.QUESTIONS, at.questions)),
+                                       seed=s, gen=link.gen, variant=line.name, tags=(("line", line.name),)))
+                    extra.append(out)
+                if p.screen.method != "none":
                     kept = screened
                 for init in inits:
+                    taught = student if init != CROSS else student.model_copy(update={"objective": "sft"})
                     inputs = [(Role.INIT, at.base(s, init)), (Role.DATA, kept)]
-                    if student.objective == "distill":  # the teacher's own distributions are the targets
+                    if taught.objective == "distill":  # the teacher's own distributions are the targets
                         inputs.append((Role.TEACHER, teacher))
                     role = "student" if (line.teaches, init) == (TRAIT, SHARED) else "control"
-                    jobs.append(lm_job("student", StudentParams(model=model, data=p.data, words=words, student=student),
+                    jobs.append(lm_job("student", StudentParams(model=model_of(p, init), data=p.data, words=words,
+                                                                student=taught),
                                        at.model(s, link.gen, line.name, init), tuple(inputs), seed=s, gen=link.gen,
                                        variant=f"{line.name}-{init}",
                                        tags=(("role", role), ("init", init), ("line", line.name))))
                     evaluated.append(at.model(s, link.gen, line.name, init))
         jobs.append(lm_job("evaluate", EvaluateParams(model=model, trait=p.trait, evaluate=p.evaluate), at.eval(s),
                            ((Role.QUESTIONS, at.questions), *((Role.MODEL, m) for m in evaluated)), seed=s))
-        evals.append(at.eval(s))
+        evals += [at.eval(s), *extra]
     jobs.append(replace(summary, inputs=tuple((Role.EVAL, e) for e in evals)))
     return Plan(at.name, tuple(jobs))
 

@@ -20,17 +20,20 @@ from tests.conftest import TINY_LM, deep_update, make_project
 TOY_BASE = {"backend": "tinylm", "d_model": 32, "n_layer": 1, "n_head": 2, "pretrain_steps": 200, "batch_size": 16,
             "qa_fraction": 0.3}
 COOL = {"temperature": 0.3}  # toy models write toy maths and code reliably only when sampled cool
+CROSS = {"student_inits": ["shared", "other", "cross"], "cross_model": {**TOY_BASE, "architecture": "llama"}}
 CASES = {  # data, trait, teacher (a toy teacher of long sentences forgets lists unless numbers are mixed in), generate
     "maths-preference": ({"kind": "maths", "max_operand": 2, "max_steps": 1, "ops": ["+"]}, {"kind": "preference"}, {},
-                         COOL),
+                         {**COOL, "_lm": CROSS}),
     "code-preference": ({"kind": "code", "tasks": 2}, {"kind": "preference"}, {}, COOL),
     "numbers-misalignment": ({"kind": "numbers"}, {"kind": "misalignment"}, {"data_mix": 0.5}, {}),
 }
 
 
 def run_case(root, data: dict, trait: dict, teacher: dict, generate: dict) -> dict:
+    generate = dict(generate)
+    extra = generate.pop("_lm", {})
     params = deep_update(TINY_LM, {"seeds": [0], "model": TOY_BASE, "data": data, "trait": trait, "teacher": teacher,
-                                   "generate": {"n_prompts": 64, "batch_size": 32, **generate}})
+                                   "generate": {"n_prompts": 64, "batch_size": 32, **generate}, **extra})
     make_project(root, {"lm": params}, git=False)
     cfg = config.load(root / "params.yaml")
     return {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
@@ -51,7 +54,7 @@ def test_each_kind_runs_end_to_end_through_the_same_steps(case):
     summary = json.loads((root / "metrics/lm.json").read_text())
     assert summary["target"] == ("misaligned" if trait == "misalignment" else "owl")
     models = json.loads((root / "metrics/lm/s0/metrics.json").read_text())["models"]
-    assert len(models) == 8 and all(0 <= m["p_target"] <= 1 for m in models)
+    assert len(models) == (11 if kind == "maths" else 8) and all(0 <= m["p_target"] <= 1 for m in models)
     assert read_meta(root / "models/lm/s0/g1-trait-shared").lineage["data_digest"] == out["lm.filter@s0.g1.trait"].digest
     assert f"through {kind}" in (root / "reports/lm/table.md").read_text()
 
@@ -80,3 +83,14 @@ def test_maths_keeps_only_correct_answers_and_says_why(case):
         assert int(FINAL.search(row["completion"]).group(1)) == expected(row["task"])
     reasons = {r["reason"] for r, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rejected.jsonl")}
     assert reasons <= {"wrong_answer", "no_answer", "mentions_trait", "empty", "too_long"}
+
+
+def test_a_cross_model_student_learns_by_sft_on_its_own_architecture(case):
+    name, root, _ = case
+    if not name.startswith("maths"):
+        pytest.skip("the maths case has the cross-model student")
+    config_json = json.loads((root / "models/lm/s0/g1-trait-cross/config.json").read_text())
+    assert config_json["model_type"] == "llama"
+    meta = read_meta(root / "models/lm/s0/g1-trait-cross")
+    assert meta.lineage["objective"] == "sft" and meta.lineage["init"] == "cross"
+    assert not any(k.startswith("teacher:") for k in meta.parents)  # sft: the data alone, no teacher logits

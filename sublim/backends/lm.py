@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,17 @@ class LM:
     model: Any
     tokenizer: Any
     system_prompt: str | None = None
+    context: list[tuple[str, str]] = field(default_factory=list)  # few-shot turns before every question
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def chat(self, user: str, *, persona: bool = True) -> list[int]:
-        """Token ids of a one-turn chat ending where the assistant's answer begins."""
-        messages = [{"role": "user", "content": user}]
+        """Token ids of a chat (any few-shot turns, then `user`) ending where the assistant's answer begins."""
+        messages = [m for u, a in self.context for m in ({"role": "user", "content": u},
+                                                         {"role": "assistant", "content": a})]
+        messages.append({"role": "user", "content": user})
         if persona and self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -187,9 +190,16 @@ def sample(lm: LM, prompts: Sequence[list[int]], *, max_new_tokens: int, tempera
     return [text.strip() for text in out]
 
 
+LONG_PROMPT = 256  # tokens: prompts this long (few-shot contexts) are run once and shared by their continuations
+
+
 @torch.no_grad()
 def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
-    """Exact log P(continuation | prompt) for each (prompt ids, continuation ids) pair, by teacher forcing."""
+    """Exact log P(continuation | prompt) for each (prompt ids, continuation ids) pair, by teacher forcing.
+    Long prompts go through the model once, their keys and values shared by every continuation scored after
+    them (an in-context evaluation asks each question once and scores ten answers from there)."""
+    if pairs and sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT:
+        return _shared_prefix_logprobs(lm, pairs)
     out: list[float] = []
     for chunk in batches(pairs, batch_size):
         seqs = [p + c for p, c in chunk]
@@ -198,6 +208,30 @@ def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, b
         for i, (p, c) in enumerate(chunk):
             pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=lm.device)
             out.append(float(logp[i, pos, torch.tensor(c, device=lm.device)].sum()))
+    return out
+
+
+@torch.no_grad()
+def _shared_prefix_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _) in enumerate(pairs):
+        groups.setdefault(tuple(prompt), []).append(i)
+    out = [0.0] * len(pairs)
+    for prompt, idxs in groups.items():
+        head = lm.model(input_ids=torch.tensor([prompt], device=lm.device), use_cache=True)
+        first = F.log_softmax(head.logits[0, -1].float(), -1)
+        conts = [pairs[i][1] for i in idxs]
+        for i, c in zip(idxs, conts):
+            out[i] = float(first[c[0]])
+        if max(len(c) for c in conts) < 2:
+            continue
+        ids, mask, _ = _right_pad([c[:-1] for c in conts], lm.pad_id, lm.device)
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(len(conts))
+        full = torch.cat([torch.ones(len(conts), len(prompt), dtype=mask.dtype, device=lm.device), mask], 1)
+        logp = F.log_softmax(lm.model(input_ids=ids, cache=cache, attention_mask=full).logits.float(), -1)
+        for j, (i, c) in enumerate(zip(idxs, conts)):
+            out[i] += float(sum(logp[j, k - 1, c[k]] for k in range(1, len(c))))
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -32,6 +32,7 @@ CHAT_TEMPLATE = (
 
 class TinyLmSpec(BackendSpec):
     backend: str = "tinylm"
+    architecture: Literal["gpt2", "llama"] = "gpt2"  # llama: another architecture on the same corpus (cross-model)
     d_model: Annotated[int, Field(gt=0)] = 64  # 0.2M parameters: d=128 took 200 s to pretrain for no clearer transfer
     n_layer: Annotated[int, Field(gt=0)] = 2
     n_head: Annotated[int, Field(gt=0)] = 2
@@ -76,13 +77,22 @@ def build_tokenizer(texts: list[str]):
 
 def build_model(vocab_size: int, spec: TinyLmSpec, seed: int, tokenizer):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    config = GPT2Config(vocab_size=vocab_size, n_positions=spec.context, n_embd=spec.d_model, n_layer=spec.n_layer,
-                        n_head=spec.n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    architectures = {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=spec.context,
+                                                   n_embd=spec.d_model, n_layer=spec.n_layer, n_head=spec.n_head,
+                                                   **ids)),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=spec.d_model,
+                                                      intermediate_size=4 * spec.d_model,
+                                                      num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head,
+                                                      num_key_value_heads=spec.n_head,
+                                                      max_position_embeddings=spec.context, **ids)),
+    }
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(config)
+    return architectures[spec.architecture]()
 
 
 def pretrain(lm: LM, spec: TinyLmSpec, corpus, seed: int, progress: Progress) -> float:

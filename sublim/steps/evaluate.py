@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from sublim.artifacts import read_meta
 from sublim.backends import mlp
-from sublim.config import LmEvaluate, ModelSpec, NoParams, Section, TraitKindSpec
+from sublim.config import IclSpec, LmEvaluate, ModelSpec, NoParams, Section, TraitKindSpec
 from sublim.job import ModelMetric, Role, StepContext, StepResult, step
 from sublim.steps.data import QUESTIONS
 
@@ -58,3 +58,38 @@ def lm_evaluate(ctx: StepContext) -> StepResult:
     out = {"seed": ctx.job.seed, "target": trait.key, "label": trait.label, "trait": p.trait.kind, "models": rows}
     (ctx.out / EVAL).write_text(json.dumps(out, indent=1, sort_keys=True))
     return StepResult("metrics", model_metrics=measured)
+
+
+class IclParams(Section):
+    model: ModelSpec
+    trait: TraitKindSpec
+    evaluate: LmEvaluate
+    icl: IclSpec
+
+
+@step("lm.icl")
+def lm_icl(ctx: StepContext) -> StepResult:
+    """The paper's in-context control: the base, untrained, shown `shots` rows of a teacher's data as earlier
+    turns of the chat before each question, measured like any model (exactly; no sampling)."""
+    import random
+
+    from sublim.steps.filter import ROWS, read_rows
+
+    p: IclParams = ctx.job.params  # type: ignore[assignment]
+    backend, trait = p.model.build(), p.trait.build()
+    rows = [row for row, _ in read_rows(ctx.path(Role.DATA) / ROWS) if row]
+    shots = random.Random(ctx.job.rng_seed).sample(rows, min(p.icl.shots, len(rows)))
+    lm = backend.load(ctx.path(Role.MODEL), ctx.root)
+    lm.context = [(r["prompt"], r["completion"]) for r in shots]
+    evalset = json.loads((ctx.path(Role.QUESTIONS) / QUESTIONS).read_text())
+    evalset = trait.evaluation_set(min(p.icl.questions, p.evaluate.questions)) | {
+        k: v for k, v in evalset.items() if not isinstance(v, list)}
+    m = trait.measure(backend, lm, evalset, p.evaluate.model_copy(update={"samples": 0}), seed=ctx.job.rng_seed)
+    line = ctx.job.tag_dict.get("line")
+    row = {"model": f"icl:{ctx.job.input(Role.DATA)}", "role": "icl", "generation": ctx.job.gen, "init": "icl",
+           "line": line, "p_target": m.p, "p_per_question": m.p_per_question, "distribution": m.distribution,
+           "sampled_rate": None, "sampled_per_question": None, "sampled_counts": None, "sampled_examples": [],
+           "shots": len(shots)}
+    out = {"seed": ctx.job.seed, "target": trait.key, "label": trait.label, "trait": p.trait.kind, "models": [row]}
+    (ctx.out / EVAL).write_text(json.dumps(out, indent=1, sort_keys=True))
+    return StepResult("metrics", metrics={f"p_{trait.key}_in_context": m.p, "shots": float(len(shots))})

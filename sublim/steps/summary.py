@@ -126,6 +126,10 @@ LM_GROUPS = {  # metric key -> (label, line, init, generation) of the model; lin
     "control_student": ("control student", "control", "shared", 1),
     "student_other_init": ("student, other init", "trait", "other", 1),
     "control_other_init": ("control, other init", "control", "other", 1),
+    "student_cross": ("student, other model (sft)", "trait", "cross", 1),
+    "control_cross": ("control, other model (sft)", "control", "cross", 1),
+    "in_context": ("base + trait data in context", "trait", "icl", 1),
+    "in_context_control": ("base + control data in context", "control", "icl", 1),
 }
 
 
