@@ -112,6 +112,8 @@ class PairedTest:
         floor = self.p_min_attainable if two else self.p_min_attainable / 2
         flip = self.p_value_permutation if two else self.p_value_permutation_one_sided
         seeds = f"{self.n} seeds" if not self.ties else f"{self.n - self.ties} untied seeds"
+        if self.ties == self.n:
+            return "; ".join([*parts, "every seed tied: no sign information, sign-flip p = 1"])
         kind = "exact sign-flip" if "exact" in self.permutation else "sign-flip (Monte Carlo)"
         parts.append(f"{kind}{'' if two else ' one-sided'} p = {fmt_p(flip)}"
                      + (f" (its floor with {seeds}: {fmt_p(floor)})" if floor >= 1e-3 else ""))

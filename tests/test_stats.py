@@ -111,7 +111,7 @@ def test_all_ties():
     res = paired_test([0.3, 0.4, 0.5], [0.3, 0.4, 0.5])
     assert (res.wins, res.losses, res.ties) == (0, 0, 3)
     assert res.p_value is None and res.p_value_permutation == 1.0 and res.p_value_wilcoxon is None
-    assert res.p_min_attainable == 1.0
+    assert res.p_min_attainable == 1.0 and "every seed tied" in res.describe()
 
 
 def test_sign_flip_exact_against_hand_enumeration_and_scipy():
