@@ -297,7 +297,8 @@ Matrix = Mapping[str, Mapping[str, float]]  # P[teacher][choice]: mean P(choice)
 
 
 def as_matrix(p: Matrix | pd.DataFrame) -> pd.DataFrame:
-    """Rows = teachers, columns = evaluated choices; every cell must be present."""
+    """Rows = teachers, columns = evaluated choices; every cell must be present. Pass the animal teachers only:
+    a control teacher's row would join every column's comparison pool, which the DiD does not need."""
     frame = p.copy() if isinstance(p, pd.DataFrame) else pd.DataFrame.from_dict(p, orient="index")
     frame = frame.astype(float)
     if frame.isna().any().any():
