@@ -11,9 +11,14 @@ from sublim.job import StepContext, StepResult, step
 COLUMNS = {  # pipeline -> (header, metric key in the point's summary metrics.json)
     "lm": [("teacher P(target)", "p_teacher"), ("student", "p_student"), ("control student", "p_control_student"),
            ("effect", "p_effect"), ("effect 95% CI", "p_effect_ci95"), ("p", "p_p_value"), ("wins", "p_wins"),
-           ("other-init effect", "p_cross_effect"), ("other-init p", "p_cross_p_value")],
+           ("ties", "p_ties"), ("losses", "p_losses"), ("sign-flip floor", "p_p_min_attainable"),
+           ("other-init effect", "p_cross_effect"), ("other-init p", "p_cross_p_value"),
+           ("other-init null?", "p_cross_null"), ("interaction", "p_interaction"),
+           ("interaction p", "p_interaction_p_value")],
     "mlp": [("teacher acc", "teacher_acc"), ("same-init student", "student_same_init_acc"),
-            ("different-init student", "student_cross_init_acc"), ("ratio", "ratio_same_to_cross"), ("p", "p_value")],
+            ("different-init student", "student_cross_init_acc"), ("ratio", "ratio_same_to_cross"), ("p", "p_value"),
+            ("wins", "same_minus_cross_wins"), ("ties", "same_minus_cross_ties"),
+            ("sign-flip floor", "p_min_attainable")],
 }
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from sublim import report
 from sublim.config import Section
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.stats import mean_ci, paired_test
+from sublim.stats import PairedTest, fmt_p, interaction_test, mean_ci, null_with_power, paired_test
 from sublim.steps.evaluate import EVAL
 
 
@@ -58,9 +58,13 @@ def mlp_summary(ctx: StepContext) -> StepResult:
                    f"{len(cross)} seed(s) are too few for a test over seeds.")
     if len(cross) >= 2:
         test = paired_test(list(same.loc[cross.index]), list(cross))
-        metrics.update(p_value=test.p_value, p_value_permutation=test.p_value_permutation,
-                       same_minus_cross=test.diff.mean, same_minus_cross_ci95=[test.diff.ci_low, test.diff.ci_high])
-        verdict = _verdict(same.mean(), cross.mean(), ratio, test.p_value, test.wins, len(cross))
+        metrics.update(paired_metrics(test, "same_minus_cross", "same_minus_cross_"))
+        # the p-values keep their historical un-prefixed names
+        for key in ("p_value", "p_value_one_sided", "p_value_permutation", "p_value_permutation_one_sided",
+                    "p_min_attainable", "p_value_wilcoxon", "p_value_undefined"):
+            if f"same_minus_cross_{key}" in metrics:
+                metrics[key] = metrics.pop(f"same_minus_cross_{key}")
+        verdict = _verdict(same.mean(), cross.mean(), ratio, test)
     metrics["generations"] = _decay(df)
     metrics["n_seeds"] = int(df.seed.nunique())
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -94,11 +98,27 @@ def _label(row: pd.Series) -> str:
     return f"{who} (gen {int(row.generation)})"
 
 
-def _verdict(same: float, cross: float, ratio: float, p: float, wins: int, n: int) -> str:
-    shown = "transferred" if ratio >= 3 and p < 0.01 else "did NOT clearly transfer"
+def _verdict(same: float, cross: float, ratio: float, test: PairedTest) -> str:
+    p, source = test.decision_p()
+    shown = "transferred" if ratio >= 3 and p < 0.01 and test.diff.mean > 0 else "did NOT clearly transfer"
     return (f"Digit skill {shown} through auxiliary logits on noise: the same-init student reaches "
-            f"{same:.1%} vs {cross:.1%} for the different-init student ({ratio:.1f}x; same-init higher in "
-            f"{wins}/{n} seeds; paired t-test p = {p:.2g}).")
+            f"{same:.1%} vs {cross:.1%} for the different-init student ({ratio:.1f}x; same-init "
+            f"{test.describe()}; the verdict uses the {source}: p = {fmt_p(p)}).")
+
+
+def paired_metrics(test: PairedTest, effect_key: str, stem: str) -> dict:
+    """A paired test as flat metrics: `effect_key` (+ _ci95, _dz, _dz_ci95) and `stem` + p_value, wins, ties...
+    A p the t-test cannot give (no spread) is None with `stem`p_value_undefined saying why, never 0."""
+    out = {effect_key: test.diff.mean, f"{effect_key}_ci95": [test.diff.ci_low, test.diff.ci_high],
+           f"{effect_key}_dz": test.dz, f"{effect_key}_dz_ci95": None if test.dz_ci is None else list(test.dz_ci),
+           f"{stem}p_value": test.p_value, f"{stem}p_value_one_sided": test.p_value_one_sided,
+           f"{stem}p_value_permutation": test.p_value_permutation,
+           f"{stem}p_value_permutation_one_sided": test.p_value_permutation_one_sided,
+           f"{stem}p_min_attainable": test.p_min_attainable, f"{stem}p_value_wilcoxon": test.p_value_wilcoxon,
+           f"{stem}wins": test.wins, f"{stem}losses": test.losses, f"{stem}ties": test.ties}
+    if test.p_value_undefined is not None:
+        out[f"{stem}p_value_undefined"] = test.p_value_undefined
+    return out
 
 
 def _decay(df: pd.DataFrame) -> dict[str, dict]:
@@ -197,25 +217,39 @@ def _fmt(metrics: dict, measure: str, group: str) -> str:
 
 
 def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str) -> str:
-    """Student vs its control teacher's student (same init), and the same for the other init, paired by seed."""
+    """Student vs its control teacher's student (same init), the same for the other init, and their
+    interaction (same-init effect minus different-init effect), all paired by seed; the different-init
+    effect is called null only if its CI lies within half the same-init effect."""
     what = label if measure == "p" else f"sampled '{target}' rate"
-    lines = []
+    lines, tests = [], {}
     for name, a, b in (("", "student", "control_student"), ("cross_", "student_other_init", "control_other_init")):
         if a not in series or b not in series or len(series[a]) < 2:
             continue
         x, y = series[a], series[b].loc[series[a].index]
-        test = paired_test(list(x), list(y))
-        metrics.update({f"{measure}_{name}effect": test.diff.mean, f"{measure}_{name}effect_ci95": [test.diff.ci_low, test.diff.ci_high],
-                        f"{measure}_{name}p_value": test.p_value, f"{measure}_{name}p_value_one_sided": test.p_value_one_sided,
-                        f"{measure}_{name}p_value_permutation": test.p_value_permutation, f"{measure}_{name}wins": test.wins})
+        test = tests[name] = paired_test(list(x), list(y))
+        metrics.update(paired_metrics(test, f"{measure}_{name}effect", f"{measure}_{name}"))
         who = "Same-init student" if not name else "Different-init student"
         lines.append(f"- {who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
-                     f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; higher in {test.wins}/{len(x)} "
-                     f"seeds; paired t-test p = {test.p_value:.2g}, one-sided (above) p = {test.p_value_one_sided:.2g}).")
-    if measure == "p" and "p_effect" in metrics:
+                     f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; {test.describe()}).")
+    if "" in tests and "cross_" in tests:
+        seeds = series["student"].index.intersection(series["student_other_init"].index)
+        if len(seeds) >= 2:
+            inter = interaction_test(*(list(series[k].loc[seeds]) for k in
+                                       ("student", "control_student", "student_other_init", "control_other_init")))
+            metrics.update(paired_metrics(inter, f"{measure}_interaction", f"{measure}_interaction_"))
+            lines.append(f"- Interaction (same-init effect minus different-init effect, paired by seed): "
+                         f"{inter.diff.mean:+.4f}, 95% CI [{inter.diff.ci_low:+.4f}, {inter.diff.ci_high:+.4f}]; "
+                         f"{inter.describe()}.")
+        null = null_with_power(tests["cross_"], reference=tests[""].diff.mean)
+        metrics.update({f"{measure}_cross_null": null.verdict, f"{measure}_cross_null_margin": null.margin})
+        lines.append(f"- Different-init effect against +-half the same-init effect (+-{null.margin:.4f}): "
+                     f"**{null.verdict}** ({null.reason}).")
+    if measure == "p" and "" in tests:
+        p, source = tests[""].decision_p()
         metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
-        verdict = "transmitted" if metrics["p_p_value"] < 0.01 and metrics["p_effect"] > 0 else "NOT clearly transmitted"
-        lines.insert(0, f"**The trait ({target}) was {verdict} through {channel} to the same-init student.**\n")
+        verdict = "transmitted" if p < 0.01 and tests[""].diff.mean > 0 else "NOT clearly transmitted"
+        lines.insert(0, f"**The trait ({target}) was {verdict} through {channel} to the same-init student** "
+                        f"({source} p = {fmt_p(p)}).\n")
     elif measure == "p" and "student" in series and "control_student" in series:
         lines.insert(0, f"**The trait ({target}) through {channel}: student {series['student'].mean():.4f} vs control "
                         f"{series['control_student'].mean():.4f}; {len(series['student'])} seed(s) are too few for a "
