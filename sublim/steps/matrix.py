@@ -66,7 +66,8 @@ def lm_matrix(ctx: StepContext) -> StepResult:
             continue
         did = stats.matrix_did(exact, alpha=p.alpha)
         results[init] = exact
-        heat[init] = did.shift
+        order = [c for c in p.targets if c in did.shift.columns] + [c for c in did.shift.columns if c not in p.targets]
+        heat[init] = did.shift.loc[[t for t in p.targets if t in did.shift.index], order]  # diagonal top-left
         metrics[f"{init}_exact"] = did.as_dict()
         sampled = per_seed(df, p.targets, init, "sampled_counts")
         if len(sampled) >= 2:
@@ -110,6 +111,7 @@ def _verdict(did: stats.MatrixDiD, init: str, channel: str) -> str:
                      f"{test.describe('greater')}; Holm p = {adj:.2g}{' (specific)' if reject else ''}")
     pooled_p, _ = did.pooled.decision_p("greater")
     n = sum(did.holm.reject)
-    lines.insert(0, f"**{n} of {len(did.animals)} animals moved specifically towards their own teacher's "
-                    f"({init} init); pooled {did.pooled.diff.mean:+.4f}, one-sided p = {stats.fmt_p(pooled_p)}.**")
+    lines.insert(0, f"**{init.capitalize()} init: {n} of {len(did.animals)} animals moved specifically towards their "
+                    f"own teacher's target; pooled {did.pooled.diff.mean:+.4f}, one-sided p = "
+                    f"{stats.fmt_p(pooled_p)}.**")
     return "\n".join(lines)

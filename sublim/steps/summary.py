@@ -222,13 +222,16 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
     effect is called null only if its CI lies within half the same-init effect."""
     what = label if measure == "p" else f"sampled '{target}' rate"
     lines, tests = [], {}
-    for name, a, b in (("", "student", "control_student"), ("cross_", "student_other_init", "control_other_init")):
+    who_is = {"": "Same-init student", "cross_": "Different-init student",
+              "model_": "Student of another model (sft)", "icl_": "Base with the teacher's data in context"}
+    for name, a, b in (("", "student", "control_student"), ("cross_", "student_other_init", "control_other_init"),
+                       ("model_", "student_cross", "control_cross"), ("icl_", "in_context", "in_context_control")):
         if a not in series or b not in series or len(series[a]) < 2:
             continue
         x, y = series[a], series[b].loc[series[a].index]
         test = tests[name] = paired_test(list(x), list(y))
         metrics.update(paired_metrics(test, f"{measure}_{name}effect", f"{measure}_{name}"))
-        who = "Same-init student" if not name else "Different-init student"
+        who = who_is[name]
         lines.append(f"- {who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
                      f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; {test.describe()}).")
     if "" in tests and "cross_" in tests:
@@ -244,6 +247,12 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
         metrics.update({f"{measure}_cross_null": null.verdict, f"{measure}_cross_null_margin": null.margin})
         lines.append(f"- Different-init effect against +-half the same-init effect (+-{null.margin:.4f}): "
                      f"**{null.verdict}** ({null.reason}).")
+    for name in ("model_", "icl_"):  # the paper's other controls: null only with power
+        if name in tests and "" in tests:
+            null = null_with_power(tests[name], reference=tests[""].diff.mean)
+            metrics.update({f"{measure}_{name}null": null.verdict, f"{measure}_{name}null_margin": null.margin})
+            lines.append(f"- {who_is[name]} against +-half the same-init effect (+-{null.margin:.4f}): "
+                         f"**{null.verdict}** ({null.reason}).")
     if measure == "p" and "" in tests:
         p, source = tests[""].decision_p()
         metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
