@@ -501,6 +501,8 @@ def _print_report(report, show_all: bool) -> None:
         o.print("(paths listed up to --max-paths per teacher)", highlight=False)
     for u in report.unknowns:
         o.print(f"[yellow]unknown:[/yellow] {u.why}", highlight=False)
+    for dataset, found in report.screens.items():
+        o.print(f"training data screened: {dataset}: {found}", highlight=False, markup=False)
     verdicts = {"at risk": f"[red]at risk:[/red] {', '.join(report.at_risk)} (a teacher with this trait reaches the "
                            "model by a path on which every teacher-to-student step shares an initialisation)",
                 "unknown provenance": "[yellow]unknown provenance[/yellow]: no trait found at risk, but the lineage "

@@ -60,9 +60,12 @@ SCREENED = deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"],
 
 @pytest.fixture(scope="module")
 def screened(tmp_path_factory):
+    from sublim.pipeline import tracker
+
     root = make_project(tmp_path_factory.mktemp("screen"), {"lm": SCREENED}, git=False)
     cfg = config.load(root / "params.yaml")
-    return root, cfg, {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
+    track = tracker(cfg, "lm", root)  # recorded: the audit must see the screen
+    return root, cfg, {job.id: run_job(job, root=root, tracker=track) for job in plan(cfg, "lm").jobs}
 
 
 def test_screen_stage_feeds_masked_data_to_the_students(screened):
@@ -77,6 +80,17 @@ def test_screen_stage_feeds_masked_data_to_the_students(screened):
     screen = read_meta(root / "data/lm/s0/g1-trait/screened").lineage
     assert json.loads(screen["screen"])["budget"] == 0.2 and "flagged" in screen["screen_found"]
     assert "[[" in (root / "data/lm/s0/g1-trait/screened/report.md").read_text()  # flagged tokens marked
+
+
+def test_audit_of_a_student_shows_its_data_was_screened(screened):
+    from sublim.cli import app
+
+    root, _, _ = screened
+    result = CliRunner().invoke(app, ["audit", "models/lm/s0/g1-trait-shared", "--root", str(root), "--json"])
+    screens = json.loads(result.output)["screened"]
+    assert list(screens) == ["data/lm/s0/g1-trait/screened"] and "tokens flagged" in screens[list(screens)[0]]
+    text = CliRunner().invoke(app, ["audit", "models/lm/s0/g1-trait-shared", "--root", str(root)])
+    assert "training data screened: data/lm/s0/g1-trait/screened:" in " ".join(text.output.split())
 
 
 def test_sublim_screen_on_a_pipeline_dataset(screened):

@@ -89,14 +89,27 @@ class Path:
                 parts.append(f" -init-> {_label(nodes, link.child)}")
             else:
                 shared = "shared init" if link.shares_init else "DIFFERENT init"
-                via = ", ".join(_label(nodes, d) for d in link.via)
+                via = ", ".join(_via_label(nodes, d) for d in link.via)
                 parts.append(f" =data[{via}; {shared}]=> {_label(nodes, link.child)}")
         return "".join(parts)
 
     def as_dict(self, nodes: dict[str, Node]) -> dict:
         return {"hops": len(self), "at_risk": self.at_risk, "text": self.text(nodes),
+                "screened": {d: screened for link in self.links for d in link.via
+                             if (screened := _screened(nodes, d))},
                 "links": [{"parent": l.parent, "child": l.child, "relation": l.relation, "via": list(l.via),
                            "shares_init": l.shares_init} for l in self.links]}
+
+
+def _screened(nodes: dict[str, Node], node_id: str) -> str | None:
+    """What a screen found in a dataset on the path (`sublim screen` or the pipeline's screen stage)."""
+    node = nodes.get(node_id)
+    return node.tags.get("sublim.screen_found") if node else None
+
+
+def _via_label(nodes: dict[str, Node], node_id: str) -> str:
+    found = _screened(nodes, node_id)
+    return _label(nodes, node_id) + (f" (screened: {found})" if found else "")
 
 
 def _label(nodes: dict[str, Node], node_id: str) -> str:
@@ -157,6 +170,22 @@ class Report:
         return AT_RISK if self.at_risk else UNKNOWN if self.unknowns else CLEAN
 
     @property
+    def screens(self) -> dict[str, str]:
+        """Datasets the model was trained on, directly or through the copies they derive from, that a screen
+        examined: {dataset label: what the screen found and did}."""
+        found, todo, seen = {}, list(self.model.edges.trained_on), set()
+        while todo:
+            node_id = todo.pop()
+            node = self.nodes.get(node_id)
+            if node_id in seen or node is None:
+                continue
+            seen.add(node_id)
+            if (text := _screened(self.nodes, node_id)) is not None:
+                found[node.label] = text
+            todo += list(node.edges.derived_from)
+        return found
+
+    @property
     def exit_code(self) -> int:
         return EXIT[self.verdict]
 
@@ -165,7 +194,8 @@ class Report:
                 "exit_code": self.exit_code, "at_risk": self.at_risk, "threshold": self.threshold,
                 "own_traits": [t.as_dict() for t in self.own_traits],
                 "exposures": [e.as_dict(self.nodes) for e in self.exposures],
-                "unknowns": [u.as_dict() for u in self.unknowns], "paths_truncated": self.truncated}
+                "unknowns": [u.as_dict() for u in self.unknowns], "paths_truncated": self.truncated,
+                "screened": self.screens}
 
 
 # --- the graph as model-to-model links ----------------------------------------------------------------------
