@@ -427,6 +427,25 @@ class Matrix(Section):
         return targets
 
 
+def _detect_traits() -> list[Any]:
+    from sublim.traits import TRAITS
+
+    return [TRAITS.spec({"kind": "preference", "target": t}) for t in ("owl", "cat", "dog")] + [
+        TRAITS.spec({"kind": "misalignment"})]
+
+
+class Detect(Section):
+    """Can the screen's probe tell trait-teacher data from control-teacher data, and name the trait? Each trait
+    here gets a teacher (a positive dataset) per seed, each distinct control view a control teacher (a negative);
+    every dataset is probed against the base's own answers to its prompts, on a panel of all these traits."""
+
+    traits: Annotated[list[TraitKindSpec], Field(min_length=1)] = Field(default_factory=_detect_traits)
+    seeds: Seeds = [0, 1, 2, 3, 4]
+    probe: ProbeSpec = ProbeSpec()
+
+    _seeds = field_validator("seeds")(_unique)
+
+
 class Confirm(Section):
     """Seeds never used while settings were tuned, and the tests fixed before they run (`sublim flow lm
     --confirm`, `sublim flow matrix --confirm`: metrics/<pipeline>-confirm.json)."""
@@ -455,6 +474,7 @@ class Config(Section):
     mlp: Mlp = Mlp()
     lm: Lm = Lm()
     matrix: Matrix = Matrix()
+    detect: Detect = Detect()
     confirm: Confirm = Confirm()
     lineage: Lineage = Lineage()
 

@@ -6,6 +6,7 @@ pipeline there too); `tests/test_dvc_yaml.py` checks the two agree, stage by sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from sublim.steps.base import LmBaseParams, MlpBaseParams
 from sublim.steps.data import QuestionsParams
 from sublim.steps.evaluate import EvaluateParams, IclParams
 from sublim.steps.filter import FilterParams
-from sublim.steps.generate import GenerateParams
-from sublim.steps.screen import ScreenParams
+from sublim.steps.generate import AnswerParams, GenerateParams
+from sublim.steps.screen import DetectSummaryParams, ProbeParams, ScreenParams
 from sublim.steps.student import StudentParams
 from sublim.steps.matrix import MatrixSummaryParams
 from sublim.steps.summary import LmSummaryParams
@@ -201,9 +202,11 @@ def model_of(p: Any, init: str) -> Any:
 
 
 def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], inits: list[str],
-               generations: list[Any], summary: Job) -> Plan:
-    """The jobs of an LM experiment over `lines`; `summary` (inputs filled in here) closes it."""
+               generations: list[Any], summary: Job, corpus: list[Any] | None = None) -> Plan:
+    """The jobs of an LM experiment over `lines`; `summary` (inputs filled in here) closes it. `corpus`: the
+    traits a from-scratch base learns neutrally (default: the experiment's trait)."""
     p = cfg.lm
+    corpus = corpus or [p.trait.control()]
     model, trait, kind = p.model, p.trait.build(), p.data.build()
     forbidden = trait.forbidden()
     words, numbers = sorted(forbidden.words), sorted(forbidden.numbers)
@@ -216,8 +219,7 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
     for s in seeds:
         evaluated, extra = [], []
         for init in inits:
-            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=p.data, trait=p.trait.control(),
-                                                    init=init),
+            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=p.data, traits=corpus, init=init),
                                at.base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
             evaluated.append(at.base(s, init))
         for line in lines:
@@ -294,6 +296,53 @@ def plan_matrix(cfg: Config, name: str = "matrix", seeds: list[int] | None = Non
                       summary)
 
 
+def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = None) -> Plan:
+    """Per seed: a base pretrained on every detection trait; a teacher per trait (positive datasets) and per
+    distinct control view (negatives); every dataset probed against the base's own answers to its prompts."""
+    p, d, at = cfg.lm, cfg.detect, LmLayout(name)
+    model = p.model
+    traits = [spec.build() for spec in d.traits]
+    lines = [Line(f"{spec.kind}-{t.key}", spec, TRAIT, t.key) for spec, t in zip(d.traits, traits)]
+    controls = list({json.dumps(spec.control().model_dump(mode="json"), sort_keys=True): spec.control()
+                     for spec in d.traits}.values())
+    lines += [Line(f"{spec.kind}-control", spec, CONTROL, "none") for spec in controls]
+    truth = {line.name: (f"{line.spec.kind}:{line.tag}" if line.teaches == TRAIT else None) for line in lines}
+    forbidden = [t.forbidden() for t in traits]  # one filter for every line: the union
+    words = sorted({w for f in forbidden for w in f.words})
+    numbers = sorted({n for f in forbidden for n in f.numbers})
+    evaluate = p.evaluate.model_copy(update={"samples": 0})
+    jobs: list[Job] = []
+    probes = []
+    for s in seeds or d.seeds:
+        base = at.base(s, SHARED)
+        jobs.append(Job(at.name, "base", LmBaseParams(model=model, data=p.data, traits=controls, init=SHARED), base,
+                        seed=s, variant=SHARED, fn="lm.base", tags=(("role", "base"), ("init", SHARED))))
+        for line in lines:
+            teacher, raw, kept = at.model(s, 0, line.name, SHARED), at.data(s, 1, line.name, "raw"), at.data(s, 1, line.name, "kept")
+            control, probed = at.data(s, 1, line.name, "base-answers"), at.eval(s) / line.name
+            jobs += [
+                Job(at.name, "teacher", TeacherParams(model=model, trait=line.spec, line=line.teaches, teacher=p.teacher,
+                                                      data=p.data if p.teacher.data_mix > 0 else None),
+                    teacher, ((Role.INIT, base),), seed=s, gen=0, variant=line.name, fn="lm.teacher",
+                    tags=(("role", "teacher"), ("init", SHARED), ("line", line.name), ("trait", line.tag))),
+                Job(at.name, "generate", GenerateParams(model=model, data=p.data, generate=p.generate), raw,
+                    ((Role.TEACHER, teacher),), seed=s, gen=1, variant=line.name, fn="lm.generate"),
+                Job(at.name, "filter", FilterParams(data=p.data, words=words, numbers=numbers), kept,
+                    ((Role.SOURCE, raw),), seed=s, gen=1, variant=line.name, fn="lm.filter"),
+                Job(at.name, "answer", AnswerParams(model=model, data=p.data, words=words, numbers=numbers,
+                                                    generate=p.generate, rows=p.generate.n_prompts),
+                    control, ((Role.SOURCE, kept), (Role.TEACHER, base)), seed=s, gen=1, variant=line.name,
+                    fn="lm.answer"),
+                Job(at.name, "probe", ProbeParams(model=model, probe=d.probe, panel=controls, evaluate=evaluate),
+                    probed, ((Role.DATA, kept), (Role.CONTROL, control), (Role.INIT, base)), seed=s, gen=1,
+                    variant=line.name, fn="lm.probe", tags=(("line", line.name),)),
+            ]
+            probes.append(probed)
+    jobs.append(Job(at.name, "summary", DetectSummaryParams(truth=truth), at.report, tuple((Role.EVAL, e) for e in probes),
+                    fn="lm.detect", files=(("metrics.json", at.metrics),)))
+    return Plan(at.name, tuple(jobs))
+
+
 def plan_confirm(planner):
     """The same experiment on the confirmation seeds, under `<pipeline>-confirm`."""
 
@@ -304,7 +353,7 @@ def plan_confirm(planner):
     return confirm
 
 
-PLANNERS = {"mlp": plan_mlp, "lm": plan_lm, "matrix": plan_matrix,
+PLANNERS = {"mlp": plan_mlp, "lm": plan_lm, "matrix": plan_matrix, "detect": plan_detect,
             "lm-confirm": plan_confirm(plan_lm), "matrix-confirm": plan_confirm(plan_matrix)}
 
 

@@ -134,3 +134,24 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
     bad = CliRunner().invoke(app, ["screen", "no/such.jsonl", "--base", "models/lm/s0/base-shared",
                                    "--params", str(root / "params.yaml")])
     assert bad.exit_code == 3 and "no/such.jsonl: no such dataset" in bad.output
+
+
+def test_detection_experiment_reports_auc_and_naming(tmp_path):
+    """The detect pipeline at toy size: positives (trait teachers) and negatives (control teachers), each
+    probed against the base's own answers; the summary's AUC and naming rate are computed from the probes."""
+    lm = deep_update(TINY_LM, {"teacher": {"data_mix": 0.5}, "model": {"pretrain_steps": 150},
+                               "generate": {"n_prompts": 96, "batch_size": 48}})
+    detect = {"traits": [{"kind": "preference", "target": "owl"}, {"kind": "misalignment"}], "seeds": [0],
+              "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2}}
+    root = make_project(tmp_path / "p", {"lm": lm, "detect": detect}, git=False)
+    cfg = config.load(root / "params.yaml")
+    jobs = plan(cfg, "detect").jobs
+    assert {j.variant for j in jobs if j.step == "teacher"} == {"preference-owl", "misalignment-misaligned",
+                                                                 "preference-control", "misalignment-control"}
+    for job in jobs:
+        run_job(job, root=root, tracker=None)
+    m = json.loads((root / "metrics/detect.json").read_text())
+    assert (m["positives"], m["negatives"]) == (2, 2) and 0 <= m["auc"] <= 1
+    assert set(m["by_trait"]) == {"preference:owl", "misalignment:misaligned"}
+    probe = json.loads((root / "metrics/detect/s0/preference-owl/probe.json").read_text())
+    assert {"preference:owl", "misalignment:misaligned"} <= {s["key"] for s in probe["shifts"]}

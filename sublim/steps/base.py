@@ -29,11 +29,11 @@ def mlp_base(ctx: StepContext) -> StepResult:
 
 class LmBaseParams(Section):
     """A base depends on the backend and, for from-scratch backends, on the corpus: the data kind and the
-    trait's neutral questions (its control view: a preference's base does not depend on the target)."""
+    traits' neutral questions (their control views: a preference's base does not depend on the target)."""
 
     model: ModelSpec
     data: DataKindSpec
-    trait: TraitKindSpec
+    traits: list[TraitKindSpec]
     init: str
 
 
@@ -41,7 +41,7 @@ class LmBaseParams(Section):
 def lm_base(ctx: StepContext) -> StepResult:
     """The backend makes the base: pretrain from this job's seed, convert a file, or point at a hub model."""
     p: LmBaseParams = ctx.job.params  # type: ignore[assignment]
-    corpus, backend = Corpus([p.data.build()], [p.trait.build()]), p.model.build()
+    corpus, backend = Corpus([p.data.build()], [t.build() for t in p.traits]), p.model.build()
     metrics = backend.make_base(init=p.init, seed=ctx.job.rng_seed, corpus=corpus, out=ctx.out, progress=ctx.progress)
     lineage = {"backend": p.model.backend}
     if backend.from_scratch:  # lineage: what a from-scratch base was pretrained on (sublim's own synthetic data)

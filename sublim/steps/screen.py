@@ -102,3 +102,57 @@ def lm_probe(ctx: StepContext) -> StepResult:
                                           1000 * seconds / max(len(data) + len(control), 1),
                                           **({"top_shift": top.shift} if top else {})},
                       lineage={"probe_flagged": ",".join(flagged) or "none"}, summary_markdown=text)
+
+
+class DetectSummaryParams(Section):
+    truth: dict[str, str | None]  # line -> the panel answer its teacher's trait is ("preference:owl"); None: control
+
+
+@step("lm.detect")
+def lm_detect(ctx: StepContext) -> StepResult:
+    """How well the probe tells trait-teacher datasets from control-teacher datasets (AUC of its top shift),
+    how often it names the right trait, and how often it flags each kind of dataset."""
+    from sklearn.metrics import roc_auc_score
+
+    p: DetectSummaryParams = ctx.job.params  # type: ignore[assignment]
+    rows = []
+    for rel, path in zip(ctx.job.inputs_named(Role.EVAL), ctx.paths(Role.EVAL)):
+        found = json.loads((path / PROBE).read_text())
+        line = rel.name
+        top = found["shifts"][0] if found["shifts"] else {"key": None, "shift": 0.0}
+        truth = p.truth.get(line)
+        rows.append({"dataset": str(rel), "line": line, "seed": rel.parent.name, "positive": truth is not None,
+                     "trait": truth, "score": top["shift"], "top": top["key"], "flagged": found["flagged"],
+                     "named_right": truth is not None and top["key"] == truth,
+                     "flagged_right": truth in found["flagged"] if truth else False})
+    positives = [r for r in rows if r["positive"]]
+    negatives = [r for r in rows if not r["positive"]]
+    metrics: dict = {"datasets": len(rows), "positives": len(positives), "negatives": len(negatives)}
+    if positives and negatives:
+        metrics["auc"] = float(roc_auc_score([r["positive"] for r in rows], [r["score"] for r in rows]))
+    if positives:
+        metrics["named_right_rate"] = sum(r["named_right"] for r in positives) / len(positives)
+        metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
+        metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
+    if negatives:
+        metrics["negatives_flagged_rate"] = sum(bool(r["flagged"]) for r in negatives) / len(negatives)
+    by_trait = {}
+    for trait in sorted({r["trait"] for r in positives}):
+        mine = [r for r in positives if r["trait"] == trait]
+        entry = {"n": len(mine), "named_right_rate": sum(r["named_right"] for r in mine) / len(mine)}
+        if negatives:
+            entry["auc"] = float(roc_auc_score([1] * len(mine) + [0] * len(negatives),
+                                               [r["score"] for r in mine + negatives]))
+        by_trait[trait] = entry
+    metrics["by_trait"] = by_trait
+    (ctx.out / "metrics.json").write_text(json.dumps({**metrics, "datasets_detail": rows}, indent=1))
+    lines = [f"**Detection by probe fine-tunes: AUC {metrics.get('auc', float('nan')):.2f} over {len(positives)} "
+             f"trait-teacher and {len(negatives)} control-teacher datasets; the right trait named first in "
+             f"{metrics.get('named_right_rate', 0):.0%} of trait datasets.**", "",
+             "| trait | datasets | AUC vs controls | named first |", "|---|---|---|---|"]
+    lines += [f"| {t} | {v['n']} | {v.get('auc', float('nan')):.2f} | {v['named_right_rate']:.0%} |"
+              for t, v in by_trait.items()]
+    text = "\n".join(lines) + "\n"
+    (ctx.out / "table.md").write_text(text)
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    return StepResult("metrics", metrics=scalar, summary_markdown=text)
