@@ -347,8 +347,18 @@ class IclSpec(Section):
     questions: PosInt = 8  # evaluation questions asked with that context
 
 
+class CorpusSpec(Section):
+    """What a from-scratch base pretrains on, when it should cover more than this experiment's data kind and
+    trait: bases made from the same corpus, seed and init are the same bases, so experiments over several
+    kinds and traits (a sweep) share them."""
+
+    data: Annotated[list[DataKindSpec], Field(min_length=1)]
+    traits: Annotated[list[TraitKindSpec], Field(min_length=1)]
+
+
 class Lm(Section):
     model: ModelSpec = Field(default_factory=_default("sublim.backends.BACKENDS"))
+    corpus: CorpusSpec | None = None  # null: the experiment's own data kind and trait
     # a student of another architecture or tokenizer (init "cross"): trained with sft on the teacher's data
     cross_model: ModelSpec | None = None
     icl: IclSpec | None = None  # the in-context control (null: none)

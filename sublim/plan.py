@@ -206,7 +206,8 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
     """The jobs of an LM experiment over `lines`; `summary` (inputs filled in here) closes it. `corpus`: the
     traits a from-scratch base learns neutrally (default: the experiment's trait)."""
     p = cfg.lm
-    corpus = corpus or [p.trait.control()]
+    corpus_data = [p.data] if p.corpus is None else p.corpus.data
+    corpus = corpus or ([p.trait.control()] if p.corpus is None else [t.control() for t in p.corpus.traits])
     model, trait, kind = p.model, p.trait.build(), p.data.build()
     forbidden = trait.forbidden()
     words, numbers = sorted(forbidden.words), sorted(forbidden.numbers)
@@ -219,7 +220,7 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
     for s in seeds:
         evaluated, extra = [], []
         for init in inits:
-            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=p.data, traits=corpus, init=init),
+            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=corpus_data, traits=corpus, init=init),
                                at.base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
             evaluated.append(at.base(s, init))
         for line in lines:
@@ -315,7 +316,8 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
     probes = []
     for s in seeds or d.seeds:
         base = at.base(s, SHARED)
-        jobs.append(Job(at.name, "base", LmBaseParams(model=model, data=p.data, traits=controls, init=SHARED), base,
+        jobs.append(Job(at.name, "base", LmBaseParams(model=model, data=[p.data] if p.corpus is None else p.corpus.data,
+                                                      traits=controls, init=SHARED), base,
                         seed=s, variant=SHARED, fn="lm.base", tags=(("role", "base"), ("init", SHARED))))
         for line in lines:
             teacher, raw, kept = at.model(s, 0, line.name, SHARED), at.data(s, 1, line.name, "raw"), at.data(s, 1, line.name, "kept")

@@ -95,6 +95,23 @@ def test_deleted_output_is_rebuilt(flow_run):
     assert digest(root / "models/mlp/s0/g1-other") == first["outcomes"]["mlp.student@s0.g1.other"].digest
 
 
+def test_changed_output_is_rebuilt_not_trusted(flow_run):
+    """A cached result is reused only while its output on disk still has the digest it recorded."""
+    from flows.pipeline import build
+
+    root, first = flow_run
+    job = "mlp.transfer@s1.g1"
+    tampered = root / first["outcomes"][job].output / "transfer.safetensors"
+    original = tampered.read_bytes()
+    from safetensors.torch import load_file, save_file
+
+    data = load_file(str(tampered))
+    save_file({k: v * 0 for k, v in data.items()}, str(tampered))  # still valid, different content
+    again = build(config.load(root / "params.yaml"))(pipeline="mlp", params=str(root / "params.yaml"))
+    assert again["outcomes"][job].run_id != first["outcomes"][job].run_id  # it ran again
+    assert tampered.read_bytes() == original  # and restored the true output (deterministic)
+
+
 def test_dvc_repro_gives_the_flow_digests(flow_run, tmp_path):
     root, result = flow_run
     fresh = make_project(tmp_path / "fresh", {"mlp": TINY_MLP})

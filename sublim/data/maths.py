@@ -32,7 +32,8 @@ class MathsSpec(DataSpec):
     max_new_tokens: Annotated[int, Field(gt=0)] = 32
     max_operand: Annotated[int, Field(ge=2, le=99)] = 9  # operands 1..max_operand
     max_steps: Annotated[int, Field(ge=1, le=4)] = 2  # arithmetic operations per problem
-    ops: Annotated[list[Literal["+", "-", "*"]], Field(min_length=1)] = ["+", "-", "*"]
+    # "*" too makes the second step add to products up to 81: a 0.3M-parameter tinylm then kept 19% of traces
+    ops: Annotated[list[Literal["+", "-", "*"]], Field(min_length=1)] = ["+", "-"]
 
     @field_validator("ops")
     @classmethod

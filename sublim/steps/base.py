@@ -32,7 +32,7 @@ class LmBaseParams(Section):
     traits' neutral questions (their control views: a preference's base does not depend on the target)."""
 
     model: ModelSpec
-    data: DataKindSpec
+    data: list[DataKindSpec]
     traits: list[TraitKindSpec]
     init: str
 
@@ -41,7 +41,7 @@ class LmBaseParams(Section):
 def lm_base(ctx: StepContext) -> StepResult:
     """The backend makes the base: pretrain from this job's seed, convert a file, or point at a hub model."""
     p: LmBaseParams = ctx.job.params  # type: ignore[assignment]
-    corpus, backend = Corpus([p.data.build()], [t.build() for t in p.traits]), p.model.build()
+    corpus, backend = Corpus([d.build() for d in p.data], [t.build() for t in p.traits]), p.model.build()
     metrics = backend.make_base(init=p.init, seed=ctx.job.rng_seed, corpus=corpus, out=ctx.out, progress=ctx.progress)
     lineage = {"backend": p.model.backend}
     if backend.from_scratch:  # lineage: what a from-scratch base was pretrained on (sublim's own synthetic data)
