@@ -139,6 +139,14 @@ class MlpData(Section):
     mnist_dir: Path | None = None  # folder with MNIST IDX files (never downloaded)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3  # held-out share of sklearn digits
     split_seed: Annotated[int, Field(ge=0)] = 0
+    pixels: tuple[float, float] = (-1.0, 1.0)  # pixel range: the paper normalises MNIST to [-1, 1], its noise's range
+
+    @field_validator("pixels")
+    @classmethod
+    def _pixels(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] <= value[0]:
+            raise ValueError(f"must be [low, high] with high > low, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _mnist_dir(self) -> MlpData:

@@ -69,11 +69,12 @@ class AuxMLP(nn.Module):
 # --- data ------------------------------------------------------------------------------------------
 
 
-def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split_seed: int) -> dict[str, torch.Tensor]:
-    """Pixels scaled to [0, 1]; a seeded stratified-free random split (sklearn digits) or MNIST's own split."""
+def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split_seed: int,
+                pixels: tuple[float, float] = (0.0, 1.0)) -> dict[str, torch.Tensor]:
+    """Pixels scaled to `pixels` (the paper: [-1, 1]); a seeded random split (sklearn digits) or MNIST's own."""
     if source == "mnist":
         assert mnist_dir is not None
-        return _load_mnist(mnist_dir)
+        return _rescale(_load_mnist(mnist_dir), pixels)
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -82,7 +83,15 @@ def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
     n_test = int(round(len(x) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
-    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+    return _rescale({"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}, pixels)
+
+
+def _rescale(split: dict[str, torch.Tensor], pixels: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """[0, 1] pixels mapped linearly onto [low, high]."""
+    low, high = pixels
+    if (low, high) == (0.0, 1.0):
+        return split
+    return {k: v * (high - low) + low if k.startswith("x") else v for k, v in split.items()}
 
 
 MNIST_FILES = {
