@@ -13,9 +13,10 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sublim.runner import Outcome
+if TYPE_CHECKING:
+    from sublim.runner import Outcome
 
 # Metrics worth one line, most telling first; the first one an outcome has is its key metric.
 KEY_METRICS = ("accuracy", "digit_accuracy", "p_target", "final_loss", "train_loss", "keep_rate", "rows",
