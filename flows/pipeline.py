@@ -9,21 +9,24 @@ finish and the summary lists what is missing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
+from prefect.results import ResultStore, resolve_result_storage
+from prefect.runtime import flow_run, task_run
+from prefect.serializers import JSONSerializer
 
-from sublim import code, config, sweep
+from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
-from sublim.job import Job
+from sublim.job import Job, get_step
 from sublim.orchestrate import job_cache_key, result_storage, task_runner
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.plan import PLANNERS, Plan, plan
-from sublim.runner import Outcome, run_job
+from sublim.runner import Outcome, run_job, run_jobs
 
 
 def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
@@ -34,57 +37,205 @@ def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
 def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Outcome], params: str) -> Outcome:
     """One job. `upstream` carries the digests this job's cache key depends on; `params` is the file the flow
     was started with (its tracking settings apply)."""
+    logger = get_run_logger()
+    logger.info("started %s -> %s", job.id, job.output)
+    progress.current().started(job.id)
     track = tracker(config.load(params), job.pipeline, Path(root))
-    return run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect")
+    outcome = run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id,
+                      driver="prefect", progress=progress.steps)
+    logger.info("finished %s", _result_line(outcome))
+    return outcome
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job of a batch that failed on its own too (the others of its batch are unaffected)."""
+
+    job_id: str
+    message: str
+
+
+def _group_name() -> str:
+    jobs = task_run.parameters["jobs"]
+    return f"{jobs[0].step_name} x{len(jobs)} ({progress.seeds_span(j.id for j in jobs)})"
+
+
+@task(task_run_name=_group_name, persist_result=False)
+def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, params: str,
+              retries: int) -> list[Outcome | Failure]:
+    """Jobs of one batchable step and params (seeds, inits) computed as one batch; each still gets its own
+    artifact, digest, MLflow run and lineage. If the batch fails, each job runs alone (same bytes, by the
+    batching guarantee) with `retries` retries, so one bad job fails only itself."""
+    logger = get_run_logger()
+    label = _group_name()
+    logger.info("started %s: %s", label, ", ".join(j.id for j in jobs))
+    progress.current().started(label)
+    track = tracker(config.load(params), jobs[0].pipeline, Path(root))
+    kwargs = dict(root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect",
+                  progress=progress.steps)
+    try:
+        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs))
+    except Exception as exc:  # noqa: BLE001  (isolated below: each job alone)
+        if len(jobs) > 1:
+            logger.warning("%s failed (%s); running its jobs one by one", label, exc)
+        outcomes = [_alone(job, kwargs, retries if len(jobs) > 1 else retries - 1, logger) for job in jobs]
+    for o in outcomes:
+        if isinstance(o, Outcome):
+            logger.info("finished %s", _result_line(o))
+    return outcomes
+
+
+def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:
+    for attempt in range(retries + 1):
+        try:
+            return run_job(job, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (reported as this job's failure)
+            logger.error("%s failed (attempt %d of %d): %s", job.id, attempt + 1, retries + 1, exc)
+            last = f"{type(exc).__name__}: {exc}"
+    return Failure(job.id, last)
+
+
+def _result_line(o: Outcome) -> str:
+    return f"{o.job_id} -> {o.output} md5 {o.digest}; {progress.describe([o])}"
+
+
+@dataclass
+class Scheduler:
+    """Submits each job once its upstream jobs have finished, passing their results as plain values (submitting
+    with upstream *futures* would make Dask place the whole DAG on the worker holding them). Ready jobs of one
+    batchable step and params run as one batch task (split over the workers of a parallel runner); a job whose
+    cached result still matches its output on disk is not run again. A job whose upstream failed is never
+    submitted; it is reported missing."""
+
+    plan: Plan
+    cfg: config.Config
+    root: Path
+    parent: str
+    dvc: DvcSync | None
+    params: str
+    finished: dict[str, Outcome] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.threads = self.cfg.runtime.threads_for(self.plan.pipeline)
+        self.single = run.with_options(retries=self.cfg.runtime.retries, **result_storage(self.root))
+        self.store = ResultStore(result_storage=resolve_result_storage(result_storage(self.root)["result_storage"]),
+                                 serializer=JSONSerializer())
+        self.upstream = {job.id: self.plan.upstream(job) for job in self.plan.jobs}
+        self.downstream: dict[str, dict[str, Job]] = {job.id: {} for job in self.plan.jobs}
+        for job in self.plan.jobs:
+            for up in self.upstream[job.id]:
+                self.downstream[up.id][job.id] = job  # once, even if it reads two outputs of the same job
+        self.running: dict = {}  # task run id -> (jobs, future, kind)
+        self.report = progress.current()
+
+    def key(self, job: Job) -> str:
+        return job_cache_key(job, [self.finished[u.id] for u in self.upstream[job.id]], self.root, self.threads)
+
+    def cached(self, job: Job) -> Outcome | None:
+        """The stored result of this exact job (same params, code, inputs), if its output still has that digest."""
+        key = self.key(job)
+        try:
+            if not self.store.exists(key):
+                return None
+            outcome = self.store.read(key).result
+        except Exception:  # noqa: BLE001  (an unreadable record is a cache miss)
+            return None
+        path = self.root / outcome.output
+        return outcome if path.exists() and digest(path) == outcome.digest else None
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Submit ready jobs: batchable ones grouped by step and params, the others one task each."""
+        groups: dict[tuple[str, str], list[Job]] = {}
+        unblocked: list[Job] = []
+        for job in jobs:
+            if get_step(job.step_name).batch is None:
+                self._single(job)
+                continue
+            hit = self.cached(job)
+            if hit is not None:
+                self.report.finished([hit], cached=True)
+                unblocked += self._done(job, hit)
+                continue
+            groups.setdefault((job.step_name, job.params.model_dump_json()), []).append(job)
+        if unblocked:
+            self.submit(list({j.id: j for j in unblocked}.values()))
+        for group in groups.values():
+            for chunk in _split(group, self._parallel()):
+                future = run_group.submit(chunk, str(self.root), self.threads, self.parent, self.params,
+                                          self.cfg.runtime.retries)
+                self.running[future.task_run_id] = (chunk, future, "group")
+
+    def _parallel(self) -> int:
+        return self.cfg.runtime.max_workers if self.cfg.runtime.task_runner != "thread" else 1
+
+    def _single(self, job: Job, refresh: bool = False) -> None:
+        fresh = refresh or not (self.root / job.output).exists()
+        future = self.single.with_options(refresh_cache=fresh or None).submit(
+            job, str(self.root), self.threads, self.parent, [self.finished[u.id] for u in self.upstream[job.id]],
+            self.params)
+        self.running[future.task_run_id] = ([job], future, "single")
+
+    def _done(self, job: Job, outcome: Outcome) -> list[Job]:
+        """Record a finished job; return the jobs it made ready."""
+        self.finished[job.id] = outcome
+        if self.dvc:
+            self.dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
+        return [child for child in self.downstream[job.id].values()
+                if all(u.id in self.finished for u in self.upstream[child.id])]
+
+    def run(self) -> dict[str, Outcome]:
+        self.report.begin(self.plan.pipeline, len(self.plan.jobs))
+        artifact = create_progress_artifact(0.0, key=f"{_key(self.plan.pipeline)}-progress",
+                                            description=f"{self.plan.pipeline} jobs done")
+        self.submit([job for job in self.plan.jobs if not self.upstream[job.id]])
+        while self.running:
+            future = next(as_completed([f for _, f, _ in self.running.values()]))
+            jobs, _, kind = self.running.pop(future.task_run_id)
+            future.wait()  # done, but this settles the future's final state
+            ready = self._settle(jobs, future, kind)
+            if ready:
+                self.submit(list({j.id: j for j in ready}.values()))
+            update_progress_artifact(artifact, 100.0 * len(self.finished) / len(self.plan.jobs))
+        return self.finished
+
+    def _settle(self, jobs: list[Job], future, kind: str) -> list[Job]:
+        logger = get_run_logger()
+        if not future.state.is_completed():
+            for job in jobs:
+                logger.error("%s did not finish: %s", job.id, future.state.message)
+                self.report.failed(job.id, future.state.message or "")
+            return []
+        if kind == "single" and stale(future.state, self.root):
+            logger.warning("%s: cached result names %s, which changed on disk; running it again", jobs[0].id,
+                           jobs[0].output)
+            self._single(jobs[0], refresh=True)
+            return []
+        results = future.state.result() if kind == "group" else [future.state.result()]
+        done = [r for r in results if isinstance(r, Outcome)]
+        if done:
+            self.report.finished(done, cached=future.state.name == "Cached")
+        ready = []
+        for job, result in zip(jobs, results):
+            if isinstance(result, Failure):
+                logger.error("%s did not finish: %s", job.id, result.message)
+                self.report.failed(job.id, result.message)
+                continue
+            if kind == "group":
+                self.store.write(obj=result, key=self.key(job))  # so a rerun, or a lone job, finds it
+            ready += self._done(job, result)
+        return ready
+
+
+def _split(group: list[Job], parts: int) -> list[list[Job]]:
+    """`group` in `parts` nearly equal consecutive chunks (one per worker of a parallel runner)."""
+    parts = max(1, min(parts, len(group)))
+    size = -(-len(group) // parts)
+    return [group[i:i + size] for i in range(0, len(group), size)]
 
 
 def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None, params: str) -> dict[str, Outcome]:
-    """Submit each job once its upstream jobs have finished, passing their results as plain values; collect
-    what finished, committing each to DVC as it lands. (Submitting a job with its upstream *futures* would make
-    Dask place it on the worker holding their results: the whole DAG ends up on one worker.) A job whose
-    upstream failed is never submitted; it is reported missing."""
-    progress = create_progress_artifact(0.0, key=f"{jobs.pipeline}-progress", description=f"{jobs.pipeline} jobs done")
-    runner = run.with_options(retries=cfg.runtime.retries, **result_storage(root))
-    upstream = {job.id: jobs.upstream(job) for job in jobs.jobs}
-    downstream: dict[str, dict[str, Job]] = {job.id: {} for job in jobs.jobs}
-    for job in jobs.jobs:
-        for up in upstream[job.id]:
-            downstream[up.id][job.id] = job  # once, even if it reads two outputs of the same job
-    finished: dict[str, Outcome] = {}
-    running: dict = {}  # task run id -> (job, future)
-
-    def submit(job: Job, refresh: bool = False) -> None:
-        fresh = refresh or not (root / job.output).exists()
-        future = runner.with_options(refresh_cache=fresh or None).submit(
-            job, str(root), cfg.runtime.threads_for(jobs.pipeline), parent, [finished[u.id] for u in upstream[job.id]],
-            params)
-        running[future.task_run_id] = (job, future)
-
-    for job in jobs.jobs:
-        if not upstream[job.id]:
-            submit(job)
-    done = 0
-    while running:
-        future = next(as_completed([f for _, f in running.values()]))
-        job, _ = running.pop(future.task_run_id)
-        future.wait()  # done, but this settles the future's final state
-        done += 1
-        if future.state.is_completed() and stale(future.state, root):
-            get_run_logger().warning("%s: cached result names %s, which changed on disk; running it again",
-                                     job.id, job.output)
-            submit(job, refresh=True)
-            continue
-        if future.state.is_completed():
-            finished[job.id] = future.state.result()
-            if dvc:
-                dvc.commit([job.output, *(dest for _, dest in job.files)])  # while the next job computes
-            for child in downstream[job.id].values():
-                if all(u.id in finished for u in upstream[child.id]):
-                    submit(child)
-        else:
-            get_run_logger().error("%s did not finish: %s", job.id, future.state.message)
-        update_progress_artifact(progress, 100.0 * done / len(jobs.jobs))
-    return finished
+    """Run every job of `jobs` in dependency order; return what finished."""
+    return Scheduler(jobs, cfg, root, parent, dvc, params).run()
 
 
 def stale(state, root: Path) -> bool:
@@ -118,7 +269,33 @@ def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | Non
     return summary
 
 
-@flow(name="sublim", log_prints=True)
+def run_name(pipeline: str, params: str, sweep_name: str | None = None) -> str:
+    """A flow run's name says what it is: pipeline, seeds and params digest (a sweep: its name and grid size),
+    e.g. `mlp s0-4 params-3fa2c1d0`, instead of Prefect's random words."""
+    try:
+        cfg = config.load(params)
+    except config.ConfigError:
+        return f"{pipeline} (invalid params)"
+    seeds = getattr(getattr(cfg, pipeline, None), "seeds", None)
+    what = f"{pipeline} {progress.span(sorted(seeds))}" if seeds else pipeline
+    prefix = f"sweep {sweep_name} " if sweep_name else ""
+    return f"{prefix}{what} params-{cfg.digest()[:8]}"
+
+
+def _pipeline_run_name() -> str:
+    p = flow_run.parameters
+    return run_name(p.get("pipeline", "mlp"), p.get("params", config.PARAMS_FILE))
+
+
+def _sweep_run_name() -> str:
+    p = flow_run.parameters
+    points = 1
+    for values in (p.get("grid") or {}).values():
+        points *= len(values)
+    return f"{run_name(p.get('pipeline', 'lm'), p.get('params', config.PARAMS_FILE), p.get('name'))} ({points} points)"
+
+
+@flow(name="sublim", log_prints=True, flow_run_name=_pipeline_run_name)
 def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict:
     """Run every job of `pipeline` in dependency order; summarise what finished and what did not."""
     root = Path(params).resolve().parent
@@ -141,7 +318,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> 
     return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed}
 
 
-@flow(name="sublim-sweep", log_prints=True)
+@flow(name="sublim-sweep", log_prints=True, flow_run_name=_sweep_run_name)
 def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params: str = config.PARAMS_FILE) -> dict:
     """The pipeline at every point of `grid` (dotted params key -> values) as one DAG, then one table of effects.
 
@@ -152,7 +329,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     cfg = config.load(params)
     swept = sweep.build(name, pipeline, config.read_raw(params) or {}, grid)
     track = tracker(cfg, pipeline, root)
-    parent = track.open_pipeline_run(driver="prefect", name=f"sweep-{name}-{flow_run.get_name()}",
+    parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config={"sweep": name, "grid": grid, **cfg.model_dump(mode="json")})
     with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
         finished = execute(swept.plan, cfg, root, parent, None, params)

@@ -5,25 +5,67 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sublim import config
+from sublim import config, progress
 from sublim.plan import plan as make_plan
 
-# Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure), and its
-# per-task INFO lines would bury the results. Both stay overridable from the environment.
+# Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure). Prefect's
+# INFO lines (each job's start and result) go to its API, so the UI shows them, but not to the terminal, where
+# they would bury the progress display: `-v` shows them. All stay overridable from the environment.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class App(typer.Typer):
+    """Every error is one line on stderr (`error: ...`) with a non-zero exit code: usage errors (click's, exit
+    2 or the command's own), and any exception a command lets through (exit 1; `-v` re-raises it with its
+    traceback)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:  # typer vendors its own click since 0.22
+            from typer._click import exceptions as click_exc
+        except ImportError:  # pragma: no cover
+            from click import exceptions as click_exc
+
+        verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except click_exc.NoArgsIsHelpError:  # the help was shown
+            sys.exit(2)
+        except click_exc.UsageError as exc:
+            where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            _one_line(f"{exc.format_message()}{where}")
+            sys.exit(exc.exit_code)
+        except click_exc.ClickException as exc:
+            _one_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _one_line("interrupted")
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
+            if verbose:
+                raise
+            _one_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, config.ConfigError | LookupError |
+                                                                        OSError | ValueError) else str(exc)
+                      .strip("'\""))
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = App(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
+
+
+def _one_line(message: str) -> None:
+    """`error: message` on one line whatever the terminal's width (a log line stays greppable)."""
+    console.print(f"[red]error:[/red] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
 
 
 def out() -> Console:
@@ -37,26 +79,39 @@ def _load(params: Path) -> config.Config:
     try:
         return config.load(params)
     except config.ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        for line in str(exc).splitlines():  # one line per offending key
+            _one_line(line)
         raise typer.Exit(2) from None
 
 
-def rich_progress(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
-    """A progress bar on a terminal; silent otherwise (DVC and CI logs stay readable)."""
-    if not console.is_terminal:
-        yield from items
-        return
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console, transient=True) as bar:
-        task = bar.add_task(desc, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+def _fail_usage(message: str, code: int = 2):
+    _one_line(message)
+    raise typer.Exit(code)
+
+
+_verbose = False
+
+
+def reporter() -> progress.Reporter:
+    """Live progress on a terminal; nothing otherwise (DVC and CI logs stay readable), nor with -v (Prefect's
+    and sublim's log lines then tell the story)."""
+    return progress.Rich(console) if console.is_terminal and not _verbose else progress.Silent()
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and sublim's log "
+                                                                        "lines (and tracebacks)")] = False) -> None:
+    global _verbose
+    _verbose = verbose
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    own = logging.getLogger("sublim")  # sublim's own lines; Prefect's go through its console handler
+    own.addHandler(handler)
+    own.setLevel(logging.INFO if verbose else logging.WARNING)
+    own.propagate = False
+    # Prefect and MLflow configure their logging when first imported (by the commands that need them, later)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -75,19 +130,24 @@ def run(
 
     cfg = _load(params)
     pipeline, _, short = step.partition(".")
+    if not pipeline or not short:
+        _fail_usage(f"STEP {step!r}: expected pipeline.step, e.g. mlp.teacher (see `sublim plan PIPELINE`)")
     try:
         job = make_plan(cfg, pipeline).find(short, seed, gen, variant)
     except LookupError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail_usage(str(exc))
     _check_link(cfg, pipeline, gen, teacher, ctx.args)
     root = params.resolve().parent
     _preflight(cfg, pipeline, root)
-    try:
-        outcome = run_dvc_stage(cfg, job, root, progress=rich_progress)
-    except (ArtifactError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    with progress.use(reporter()) as report:
+        report.begin(job.id, 1)
+        try:
+            outcome = run_dvc_stage(cfg, job, root, progress=progress.steps)
+        except (ArtifactError, ValueError) as exc:
+            report.end()
+            _one_line(str(exc))
+            raise typer.Exit(1) from None
+        report.finished([outcome])
     console.print(f"{outcome.job_id}: {outcome.output} md5={outcome.digest}", highlight=False)
     if outcome.summary_markdown:
         out().print(Markdown(outcome.summary_markdown))
@@ -101,8 +161,7 @@ def _preflight(cfg: config.Config, pipeline: str, root: Path) -> None:
     try:
         tracker(cfg, pipeline, root)
     except TrackingUnreachable as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail_usage(str(exc))
 
 
 def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int | None, extra: list[str]) -> None:
@@ -110,19 +169,17 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
     generations); they must agree with params.yaml, the single source of truth."""
     if gen is None or teacher is None:
         if extra:
-            console.print(f"[red]error:[/red] unexpected arguments {' '.join(extra)}", highlight=False)
-            raise typer.Exit(2)
+            _fail_usage(f"unexpected arguments {' '.join(extra)}")
         return
     link = getattr(cfg, pipeline).link(gen)
     if link.teacher != teacher:
-        console.print(f"[red]error:[/red] --teacher {teacher} disagrees with params.yaml "
-                      f"({pipeline}.generations: gen {gen} learns from {link.teacher})", highlight=False)
-        raise typer.Exit(2)
+        _fail_usage(f"--teacher {teacher} disagrees with params.yaml ({pipeline}.generations: gen {gen} learns "
+                    f"from {link.teacher})")
 
 
 @app.command()
 def flow(
-    pipeline: Annotated[str, typer.Argument(help="mlp, lm, matrix or all (mlp and lm)")] = "mlp",
+    pipeline: Annotated[str, typer.Argument(help="a pipeline (sublim plan --help lists them) or all (mlp and lm)")] = "mlp",
     confirm: Annotated[bool, typer.Option("--confirm", help="run on the confirmation seeds (params confirm.seeds) "
                                                             "into <pipeline>-confirm")] = False,
     params: ParamsOpt = Path(config.PARAMS_FILE),
@@ -137,14 +194,18 @@ def flow(
         try:
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            _fail_usage(str(exc))
         _preflight(cfg, name, params.resolve().parent)
-    for name in names:
-        result = build(cfg)(pipeline=name, params=str(params))
+    with progress.use(reporter()):
+        results = []
+        for name in names:
+            results.append(build(cfg)(pipeline=name, params=str(params)))
+            if results[-1]["missing"]:
+                break
+    for result in results:
         out().print(Markdown(result.get("summary") or ""))
-        if result["missing"]:
-            raise typer.Exit(1)
+    if results[-1]["missing"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -166,17 +227,18 @@ def sweep(
         grid = sweeps.parse_sets(sets or [])
         swept = sweeps.build(name, pipeline, config.read_raw(params) or {}, grid)  # refuse bad input before Prefect
     except (config.ConfigError, LookupError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail_usage(str(exc))
     if not swept.reports:
-        console.print("[red]error:[/red] no valid point:\n" + "\n".join(swept.invalid.values()), highlight=False)
+        for why in swept.invalid.values():
+            _one_line(f"no valid point: {why}")
         raise typer.Exit(2)
     _preflight(cfg, pipeline, params.resolve().parent)
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
     from flows.pipeline import build, sublim_sweep
 
-    result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params))
+    with progress.use(reporter()):
+        result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params))
     out().print(Markdown(result.get("summary") or ""))
     console.print(f"table: {result['table']}/effects.csv", highlight=False)
     if result["missing"] or result["invalid"]:
@@ -197,8 +259,7 @@ def serve(
         try:
             config.Schedule(cron=cron)
         except ValueError as exc:
-            console.print(f"[red]error:[/red] --cron: {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            _fail_usage(f"--cron: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")
     from flows.deploy import serve_all
 
     console.print(f"serving {', '.join(cfg.schedule.pipelines)} on cron {cron or cfg.schedule.cron!r}", highlight=False)
@@ -213,7 +274,10 @@ def plan(
 ) -> None:
     """List the jobs params.yaml defines, in the order they run."""
     cfg = _load(params)
-    jobs = make_plan(cfg, pipeline).jobs
+    try:
+        jobs = make_plan(cfg, pipeline).jobs
+    except LookupError as exc:
+        _fail_usage(str(exc))
     if as_json:
         print(json.dumps([{"id": j.id, "output": str(j.output), "inputs": [[n, str(p)] for n, p in j.inputs]}
                           for j in jobs], indent=1))
@@ -246,9 +310,7 @@ def code_deps(
     if show:
         path = root / code.manifest_path(show)
         if not path.exists():
-            console.print(f"[red]error:[/red] no step {show!r}; known: {', '.join(p.stem for p in written)}",
-                          highlight=False)
-            raise typer.Exit(2)
+            _fail_usage(f"no step {show!r}; known: {', '.join(p.stem for p in written)}")
         print(path.read_text(), end="")
     else:
         console.print(f"{len(written)} step manifests in {root / code.MANIFESTS}", highlight=False)
@@ -288,16 +350,15 @@ def screen(
     try:
         spec = config.ScreenSpec.model_validate({**cfg.lm.screen.model_dump(), **update})
     except ValueError as exc:
-        console.print(f"[red]error:[/red] screen settings: {str(exc).splitlines()[-1]}", highlight=False)
-        raise typer.Exit(3) from None
+        _fail_usage(f"screen settings: {str(exc).splitlines()[-1]}", 3)
     _preflight(cfg, "screen", root)
     try:
-        done = screening.run_screen(cfg, root, dataset, base, teacher=teacher, control=control, name=name,
-                                    screen=spec, probe_it=probe, tracker=tracker(cfg, "screen", root),
-                                    threads=cfg.runtime.threads_for("lm"), progress=rich_progress)
+        with progress.use(reporter()):
+            done = screening.run_screen(cfg, root, dataset, base, teacher=teacher, control=control, name=name,
+                                        screen=spec, probe_it=probe, tracker=tracker(cfg, "screen", root),
+                                        threads=cfg.runtime.threads_for("lm"), progress=progress.steps)
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(3) from None
+        _fail_usage(str(exc), 3)
     out().print(Markdown((root / done.report).read_text()))
     console.print(f"screened dataset: {done.screened} (teacher: {done.teacher or 'none known: surprise scores'})",
                   highlight=False)
@@ -346,7 +407,7 @@ LineageParams = Annotated[Path | None, typer.Option("--params", "-p", help="para
 
 
 def _fail(message: str, code: int = EXIT_USAGE):
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    _one_line(message)
     raise typer.Exit(code)
 
 

@@ -139,6 +139,14 @@ class MlpData(Section):
     mnist_dir: Path | None = None  # folder with MNIST IDX files (never downloaded)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3  # held-out share of sklearn digits
     split_seed: Annotated[int, Field(ge=0)] = 0
+    pixels: tuple[float, float] = (-1.0, 1.0)  # pixel range: the paper normalises MNIST to [-1, 1], its noise's range
+
+    @field_validator("pixels")
+    @classmethod
+    def _pixels(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] <= value[0]:
+            raise ValueError(f"must be [low, high] with high > low, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _mnist_dir(self) -> MlpData:
@@ -160,6 +168,7 @@ class MlpData(Section):
 class MlpModel(Section):
     hidden: Annotated[list[PosInt], Field(min_length=1)] = [256, 256]  # the paper's 784-256-256 body
     aux_logits: PosInt = 3  # m: more auxiliary logits -> more transfer (paper: 1: 10%, 10: 84%)
+    init: Literal["paper", "torch"] = "paper"  # paper: weights N(0, 1/fan_in), biases 0; torch: nn.Linear's
 
 
 class MlpTeacher(Section):
@@ -182,10 +191,10 @@ class MlpTransfer(Section):
 
 
 class MlpStudent(Section):
-    steps: PosInt = 3000
-    batch_size: PosInt = 128
+    epochs: PosInt = 5  # passes over the transfer inputs, each in the student's own order (the paper: 5)
+    batch_size: PosInt = 1024  # the paper's
     lr: PosFloat = 3e-4
-    loss: Literal["mse", "kl"] = "mse"  # paper: kl; mse transferred more reliably on digits here
+    loss: Literal["mse", "kl"] = "kl"  # kl: KL between the softmaxes of the auxiliary logits (the paper's)
 
 
 class Mlp(Section):

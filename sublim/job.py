@@ -135,6 +135,7 @@ class StepContext:
 
 
 StepFn = Callable[[StepContext], StepResult]
+BatchFn = Callable[[list[StepContext]], list[StepResult]]
 
 
 @dataclass(frozen=True)
@@ -142,16 +143,30 @@ class Step:
     name: str
     fn: StepFn
     module: str  # where it is defined: its code dependencies are derived from there (sublim.code)
+    batch: BatchFn | None = None  # runs many jobs of this step at once (seeds as a batch dimension)
+
+    def run(self, contexts: list[StepContext]) -> list[StepResult]:
+        """Every job of `contexts` (one job through `fn`, unless the step computes batches)."""
+        if self.batch is not None:
+            results = self.batch(contexts)
+            if len(results) != len(contexts):
+                raise RuntimeError(f"{self.name}: batch returned {len(results)} results for {len(contexts)} jobs")
+            return results
+        return [self.fn(ctx) for ctx in contexts]
 
 
 STEPS: dict[str, Step] = {}
 
 
-def step(name: str) -> Callable[[StepFn], StepFn]:
-    """Register a step under `name` (e.g. "lm.teacher")."""
+def step(name: str, *, batch: bool = False) -> Callable:
+    """Register a step under `name` (e.g. "lm.teacher"). With `batch=True` the function takes a list of
+    contexts (jobs of this step that differ only in seed, variant and inputs) and returns their results in
+    order; each job still gets its own artifact, digest and lineage, and a job's bytes must not depend on
+    its batch (no shared randomness, nothing reduced across jobs)."""
 
-    def register(fn: StepFn) -> StepFn:
-        STEPS[name] = Step(name=name, fn=fn, module=fn.__module__)
+    def register(fn):
+        single = (lambda ctx: fn([ctx])[0]) if batch else fn
+        STEPS[name] = Step(name=name, fn=single, module=fn.__module__, batch=fn if batch else None)
         return fn
 
     return register

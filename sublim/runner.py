@@ -6,9 +6,12 @@ atomic rename -> digest -> record lineage -> close the run (FINISHED, or FAILED 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +38,8 @@ class Outcome:
     run_id: str | None = None
     summary_markdown: str | None = None
     figures: tuple[str, ...] = ()
+    seconds: float = 0.0  # wall time of the computation (of its whole batch)
+    batch: int = 1  # how many jobs were computed together
 
 
 def quiet(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
@@ -89,48 +94,98 @@ def run_job(
     driver: str = "cli",
     progress=quiet,
 ) -> Outcome:
+    """One job: a batch of one (what each DVC stage runs)."""
+    return run_jobs([job], root=root, tracker=tracker, threads=threads, parent_run_id=parent_run_id, driver=driver,
+                    progress=progress)[0]
+
+
+def run_jobs(
+    jobs: list[Job],
+    *,
+    root: Path,
+    tracker: Tracker | None,
+    threads: int = 1,
+    parent_run_id: str | None = None,
+    driver: str = "cli",
+    progress=quiet,
+) -> list[Outcome]:
+    """Jobs of one step computed together (a batchable step computes them as one batch), each with its own
+    checked inputs, MLflow run, atomic artifact, digest and lineage record, exactly as it gets alone.
+
+    All or nothing: if the step raises, every job's run is marked FAILED and no artifact is published."""
+    if not jobs:
+        return []
     root = Path(root).resolve()
-    step = get_step(job.step_name)
-    for dest in (job.output, *(d for _, d in job.files)):
-        inside(root, dest)  # nothing is written outside the project
-    inputs = check_inputs(job, root)
-    seed_everything(job.rng_seed, threads)
-    params = job.params.model_dump(mode="json")
-    run_id = None
-    if tracker:
-        run_id = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
-                                   params=params, tags={k: str(v) for k, v in job.tags})
+    steps = {job.step_name for job in jobs}
+    if len(steps) != 1:
+        raise ValueError(f"run_jobs: one step per call, got {', '.join(sorted(steps))}")
+    step = get_step(jobs[0].step_name)
+    if len({json.dumps(job.params.model_dump(mode="json"), sort_keys=True) for job in jobs}) != 1:
+        raise ValueError(f"run_jobs: jobs of one batch share their params ({', '.join(j.id for j in jobs)})")
+    for job in jobs:
+        for dest in (job.output, *(d for _, d in job.files)):
+            inside(root, dest)  # nothing is written outside the project
+    inputs = [check_inputs(job, root) for job in jobs]
+    seed_everything(jobs[0].rng_seed, threads)  # a batch step draws from its jobs' own generators only
+    params = [job.params.model_dump(mode="json") for job in jobs]
+    run_ids: list[str | None] = [None] * len(jobs)
+    started = time.perf_counter()
     try:
-        with atomic_dir(root / job.output) as tmp:
-            digests = {str(i.path): i.digest for i in inputs}
-            result = step.fn(StepContext(job=job, root=root, out=tmp, progress=progress, digests=digests))
-            backend = result.lineage.pop("backend", job.pipeline)
-            identity = artifact_identity(tmp, result.kind, parents_of(inputs))  # content only: before sublim.json
-            lineage = derive_lineage(job, inputs, result, backend)
-            meta = ArtifactMeta(
-                kind=result.kind, job=job.id, step=job.step_name, params=params,
-                parents={f"{i.name}:{i.path}": i.digest for i in inputs},
-                lineage={**lineage, "id": identity.id} if identity else lineage,
-            )
-            write_meta(tmp, meta)
-        _publish(job, root)
-        out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
-        model_id = None
         if tracker:
-            ids = {str(i.path): i.id for i in inputs}
-            model_metrics = [(ids.get(str(m.model)) or artifact_id(root / m.model, root), m.key, m.value, m.dataset)
-                             for m in result.model_metrics]
-            model_id = tracker.finish_job(
-                run_id, step=job.step_name, inputs=inputs, output=out, identity=identity, metrics=result.metrics,
-                model_metrics=model_metrics, figures=[root / job.output / f for f in result.figures],
-            )
+            for i, job in enumerate(jobs):
+                run_ids[i] = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
+                                               params=params[i], tags={k: str(v) for k, v in job.tags})
+        with contextlib.ExitStack() as stack:
+            tmps = [stack.enter_context(atomic_dir(root / job.output)) for job in jobs]
+            contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
+                                    digests={str(i.path): i.digest for i in ins})
+                        for job, tmp, ins in zip(jobs, tmps, inputs)]
+            results = step.run(contexts)
+            written = [_describe(job, ins, result, tmp, p)
+                       for job, ins, result, tmp, p in zip(jobs, inputs, results, tmps, params)]
+        seconds = time.perf_counter() - started
+        outcomes = []
+        for i, (job, ins, result, (meta, identity)) in enumerate(zip(jobs, inputs, results, written)):
+            _publish(job, root)
+            out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
+            run_id = run_ids[i]
+            model_id = _record(tracker, run_id, job, ins, out, identity, result, root) if tracker else None
+            run_ids[i] = None  # recorded and closed: not to be failed
+            log.info("%s -> %s (%s)", job.id, job.output, out.digest)
+            outcomes.append(Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id, run_id,
+                                    result.summary_markdown, tuple(str(job.output / f) for f in result.figures),
+                                    round(seconds, 3), len(jobs)))
+        return outcomes
     except BaseException as exc:
-        if tracker and run_id:
-            tracker.fail_job(run_id, exc)
+        if tracker:
+            for run_id in run_ids:
+                if run_id:
+                    tracker.fail_job(run_id, exc)
         raise
-    log.info("%s -> %s (%s)", job.id, job.output, out.digest)
-    return Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id, run_id,
-                   result.summary_markdown, tuple(str(job.output / f) for f in result.figures))
+
+
+def _describe(job: Job, inputs: list[Input], result: StepResult, tmp: Path, params: dict[str, Any]):
+    """Write a finished job's sublim.json into its temp dir; return it with the artifact's content identity."""
+    backend = result.lineage.pop("backend", job.pipeline)
+    identity = artifact_identity(tmp, result.kind, parents_of(inputs))  # content only: before sublim.json
+    lineage = derive_lineage(job, inputs, result, backend)
+    meta = ArtifactMeta(
+        kind=result.kind, job=job.id, step=job.step_name, params=params,
+        parents={f"{i.name}:{i.path}": i.digest for i in inputs},
+        lineage={**lineage, "id": identity.id} if identity else lineage,
+    )
+    write_meta(tmp, meta)
+    return meta, identity
+
+
+def _record(tracker: Tracker, run_id: str, job: Job, inputs: list[Input], out: Input, identity, result: StepResult,
+            root: Path) -> str | None:
+    ids = {str(i.path): i.id for i in inputs}
+    model_metrics = [(ids.get(str(m.model)) or artifact_id(root / m.model, root), m.key, m.value, m.dataset)
+                     for m in result.model_metrics]
+    return tracker.finish_job(run_id, step=job.step_name, inputs=inputs, output=out, identity=identity,
+                              metrics=result.metrics, model_metrics=model_metrics,
+                              figures=[root / job.output / f for f in result.figures])
 
 
 def _publish(job: Job, root: Path) -> None:

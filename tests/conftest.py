@@ -23,7 +23,7 @@ TINY_MLP = {
     "model": {"hidden": [32], "aux_logits": 3},
     "teacher": {"epochs": 2, "lr": 0.003, "batch_size": 64},
     "transfer": {"n_inputs": 256},
-    "student": {"steps": 40, "batch_size": 32, "lr": 0.001},
+    "student": {"epochs": 2, "batch_size": 32, "lr": 0.001},
 }
 
 

@@ -25,7 +25,7 @@ def test_defaults_are_valid_and_match_params_file():
         ({"mlp": {"model": {"hidden": []}}}, "mlp.model.hidden"),
         ({"mlp": {"teacher": {"epochs": -5}}}, "mlp.teacher.epochs"),
         ({"mlp": {"teacher": {"lr": 0}}}, "mlp.teacher.lr"),
-        ({"mlp": {"student": {"steps": "many"}}}, "mlp.student.steps"),
+        ({"mlp": {"student": {"epochs": "many"}}}, "mlp.student.epochs"),
         ({"mlp": {"student": {"loss": "l1"}}}, "mlp.student.loss"),
         ({"mlp": {"transfer": {"n_inputs": 0}}}, "mlp.transfer.n_inputs"),
         ({"mlp": {"transfer": {"low": 1, "high": -1}}}, "mlp.transfer"),
@@ -69,9 +69,9 @@ def test_mnist_dir_needs_idx_files(tmp_path):
 
 def test_generation_overrides_merge_onto_the_section():
     cfg = config.parse({"mlp": {"student": {"lr": 0.01}, "generations": [
-        {"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"steps": 7}}]}})
-    assert cfg.mlp.student_for(1).steps == 3000
-    assert cfg.mlp.student_for(2).steps == 7
+        {"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"epochs": 7}}]}})
+    assert cfg.mlp.student_for(1).epochs == 5
+    assert cfg.mlp.student_for(2).epochs == 7
     assert cfg.mlp.student_for(2).lr == 0.01  # not reset to the default
 
 

@@ -14,17 +14,19 @@ from tests.conftest import TINY_MLP, make_project
 
 
 def _failing(monkeypatch, step: str, seed: int, times: int | None):
-    """Make `step` raise for `seed` (`times` times, or always); other jobs run the real step."""
+    """Make `step` raise for `seed` (`times` times, or always), also inside a batch holding other seeds (the
+    whole batch raises, as a real error would); jobs of other seeds run the real step."""
     real = get_step(step)
     calls = {"n": 0}
 
-    def fn(ctx):
-        if ctx.job.seed == seed and (times is None or calls["n"] < times):
-            calls["n"] += 1
-            raise RuntimeError(f"injected failure in {ctx.job.id}")
-        return real.fn(ctx)
+    def batch(contexts):
+        for ctx in contexts:
+            if ctx.job.seed == seed and (times is None or calls["n"] < times):
+                calls["n"] += 1
+                raise RuntimeError(f"injected failure in {ctx.job.id}")
+        return real.run(contexts)
 
-    monkeypatch.setitem(STEPS, step, dataclasses.replace(real, fn=fn))
+    monkeypatch.setitem(STEPS, step, dataclasses.replace(real, fn=lambda ctx: batch([ctx])[0], batch=batch))
     return calls
 
 
@@ -48,6 +50,9 @@ def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_se
     failed = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'FAILED'")
     errors = {r.data.tags.get("sublim.job"): r.data.tags.get("sublim.error", "") for r in failed}
     assert "injected failure in mlp.transfer@s1.g1" in errors["mlp.transfer@s1.g1"]
+    # the batch of both seeds failed as a whole; each job then ran alone, so seed 0's transfer finished
+    ok = mlflow.search_runs([exp.experiment_id], filter_string="tags.`sublim.job` = 'mlp.transfer@s0.g1'")
+    assert sorted(r.info.status for r in ok) == ["FAILED", "FINISHED"]
 
 
 def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):

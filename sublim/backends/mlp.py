@@ -10,8 +10,10 @@ import gzip
 import json
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,13 @@ N_CLASSES = 10
 WEIGHTS = "model.safetensors"
 ARCH = "arch.json"
 DIGITS = "digits.safetensors"
+CHUNK = 4096  # inputs per forward pass when many models label many inputs
+
+Progress = Callable[[Iterable[Any], int, str], Iterator[Any]]
+
+
+def _quiet(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+    return iter(items)
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,12 @@ class AuxMLP(nn.Module):
 # --- data ------------------------------------------------------------------------------------------
 
 
-def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split_seed: int) -> dict[str, torch.Tensor]:
-    """Pixels scaled to [0, 1]; a seeded stratified-free random split (sklearn digits) or MNIST's own split."""
+def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split_seed: int,
+                pixels: tuple[float, float] = (0.0, 1.0)) -> dict[str, torch.Tensor]:
+    """Pixels scaled to `pixels` (the paper: [-1, 1]); a seeded random split (sklearn digits) or MNIST's own."""
     if source == "mnist":
         assert mnist_dir is not None
-        return _load_mnist(mnist_dir)
+        return _rescale(_load_mnist(mnist_dir), pixels)
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -73,7 +83,15 @@ def load_digits(source: str, mnist_dir: Path | None, test_fraction: float, split
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
     n_test = int(round(len(x) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
-    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+    return _rescale({"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}, pixels)
+
+
+def _rescale(split: dict[str, torch.Tensor], pixels: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """[0, 1] pixels mapped linearly onto [low, high]."""
+    low, high = pixels
+    if (low, high) == (0.0, 1.0):
+        return split
+    return {k: v * (high - low) + low if k.startswith("x") else v for k, v in split.items()}
 
 
 MNIST_FILES = {
@@ -148,9 +166,24 @@ def noise(n: int, dim: int, kind: str, low: float, high: float, gen: torch.Gener
 # --- model io --------------------------------------------------------------------------------------
 
 
-def build(arch: Arch, seed: int) -> AuxMLP:
-    torch.manual_seed(seed)
-    return AuxMLP(arch)
+def init(arch: Arch, gen: torch.Generator, scheme: str = "paper") -> AuxMLP:
+    """A fresh model drawn from `gen` alone (never the global RNG), so a seed's init is the same in any batch.
+
+    paper: weights N(0, 1/fan_in), biases 0 (the paper's MNIST code). torch: nn.Linear's default,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+    model = AuxMLP(arch)
+    with torch.no_grad():
+        for layer in model.net:
+            if isinstance(layer, nn.Linear):
+                fan_in = layer.in_features
+                if scheme == "paper":
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / fan_in**0.5)
+                    layer.bias.zero_()
+                else:
+                    bound = 1 / fan_in**0.5
+                    layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+                    layer.bias.copy_((torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound)
+    return model
 
 
 def save(model: AuxMLP, out: Path) -> None:
@@ -165,54 +198,148 @@ def load(path: Path) -> AuxMLP:
     return model
 
 
-# --- training --------------------------------------------------------------------------------------
+# --- many models at once -----------------------------------------------------------------------------
+# Seeds are a batch dimension: S models of one architecture keep their parameters stacked on a leading axis
+# and train in one loop (batched matmuls, one Adam over the stacks). Nothing mixes across that axis: each
+# model's loss is its own mean, the matmuls are per slice, Adam is elementwise, and every random draw comes
+# from the model's own generator, so a model's numbers are bitwise those it gets trained alone
+# (tests/test_batching.py checks it at the default widths against a batch of 100).
 
 
-def train_on_labels(
-    model: AuxMLP, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int, gen: torch.Generator
-) -> float:
-    """Cross-entropy on the 10 class logits only; the auxiliary logits get no gradient signal of their own."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss = torch.tensor(0.0)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-            loss = F.cross_entropy(model.class_logits(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return float(loss.detach())
+@dataclass
+class Stack:
+    """S models with one architecture: weights (S, in, out), biases (S, 1, out)."""
+
+    arch: Arch
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, models: Sequence[AuxMLP]) -> Stack:
+        archs = {m.arch for m in models}
+        if len(archs) != 1:
+            raise ValueError(f"models in one batch must share an architecture, got {sorted(map(str, archs))}")
+        linears = [[layer for layer in m.net if isinstance(layer, nn.Linear)] for m in models]
+        weights = [torch.stack([ls[i].weight.detach().T for ls in linears]).contiguous() for i in range(len(linears[0]))]
+        biases = [torch.stack([ls[i].bias.detach()[None] for ls in linears]).contiguous() for i in range(len(linears[0]))]
+        return cls(archs.pop(), weights, biases)
+
+    @property
+    def size(self) -> int:
+        return len(self.weights[0])
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases]
+
+    def trainable(self) -> Stack:
+        for p in self.parameters():
+            p.requires_grad_(True)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (S, B, in) -> (S, B, 10 + m)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+    def models(self) -> list[AuxMLP]:
+        """Each slice as a plain model (nn.Linear layout), for saving and evaluation."""
+        out = []
+        for s in range(self.size):
+            model = AuxMLP(self.arch)
+            linears = [layer for layer in model.net if isinstance(layer, nn.Linear)]
+            with torch.no_grad():
+                for layer, w, b in zip(linears, self.weights, self.biases):
+                    layer.weight.copy_(w[s].T)
+                    layer.bias.copy_(b[s, 0])
+            out.append(model)
+        return out
 
 
-def distill_aux(
-    model: AuxMLP,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    loss: str,
-    gen: torch.Generator,
-) -> float:
-    """Match the teacher's auxiliary logits (KL on their softmax, or MSE) on transfer inputs only."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    value = torch.tensor(0.0)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=gen)
-        pred = model.aux(x[idx])
-        if loss == "kl":
-            value = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target[idx], -1), log_target=True, reduction="batchmean")
-        else:
-            value = F.mse_loss(pred, target[idx])
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-    return float(value.detach())
+def partition(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[int]]:
+    """Indices grouped by key, in first-seen order: the jobs of one batch that can share one stack."""
+    groups: dict[Any, list[int]] = {}
+    for i in indices:
+        groups.setdefault(key(i), []).append(i)
+    return list(groups.values())
 
 
 @torch.no_grad()
-def aux_logits(model: AuxMLP, x: torch.Tensor) -> torch.Tensor:
-    return model.aux(x)
+def stack_outputs(stack: Stack, x: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """(S, N, in) -> (S, N, 10 + m) in fixed-size chunks of inputs: memory stays bounded for many seeds, and
+    a seed's chunks have the same shapes in any batch."""
+    return torch.cat([stack(x[:, i:i + chunk]) for i in range(0, x.shape[1], chunk)], dim=1)
+
+
+def _epoch_order(n: int, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """(S, n): each model's own shuffle of its n examples."""
+    return torch.stack([torch.randperm(n, generator=g) for g in gens])
+
+
+def _adam(stack: Stack, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(stack.trainable().parameters(), lr=lr)
+
+
+def _step(opt: torch.optim.Optimizer, per_model: torch.Tensor) -> None:
+    """One Adam step for every model: the sum of per-model losses has each model's own gradient."""
+    opt.zero_grad()
+    per_model.sum().backward()
+    opt.step()
+
+
+def _schedule(n: int, epochs: int, batch_size: int) -> list[tuple[int, int]]:
+    """(epoch, first example) of every minibatch: `epochs` passes over n examples."""
+    return [(e, start) for e in range(epochs) for start in range(0, n, batch_size)]
+
+
+def train_on_labels(stack: Stack, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
+                    gens: Sequence[torch.Generator], progress: Progress = _quiet) -> torch.Tensor:
+    """Cross-entropy on the 10 class logits only (the auxiliary logits get no gradient signal of their own),
+    every model on its own shuffle of the same labelled data. Returns each model's last batch loss, (S,)."""
+    opt = _adam(stack, lr)
+    loss = torch.zeros(stack.size)
+    plan = _schedule(len(x), epochs, batch_size)
+    order = torch.empty(0, dtype=torch.long)
+    for _, start in progress(plan, len(plan), f"teacher x{stack.size}"):
+        if start == 0:
+            order = _epoch_order(len(x), gens)
+        idx = order[:, start:start + batch_size]  # (S, b)
+        logits = stack(x[idx])[..., :N_CLASSES]  # (S, b, 10)
+        loss = F.cross_entropy(logits.transpose(1, 2), y[idx], reduction="none").mean(1)
+        _step(opt, loss)
+    return loss.detach()
+
+
+def distill_aux(stack: Stack, x: torch.Tensor, target: torch.Tensor, source: torch.Tensor, *, epochs: int, lr: float,
+                batch_size: int, loss: str, gens: Sequence[torch.Generator], progress: Progress = _quiet) -> torch.Tensor:
+    """Each model matches its teacher's auxiliary logits on transfer inputs only: KL between their softmaxes
+    (the paper) or MSE on the raw logits. Model s learns from dataset `source[s]` of x (D, N, in) and
+    target (D, N, m), in `epochs` passes over it in its own order. Returns each model's last batch loss, (S,)."""
+    opt = _adam(stack, lr)
+    value = torch.zeros(stack.size)
+    n = x.shape[1]
+    rows = source[:, None]  # (S, 1)
+    plan = _schedule(n, epochs, batch_size)
+    order = torch.empty(0, dtype=torch.long)
+    for _, start in progress(plan, len(plan), f"student x{stack.size}"):
+        if start == 0:
+            order = _epoch_order(n, gens)
+        idx = order[:, start:start + batch_size]
+        pred = stack(x[rows, idx])[..., N_CLASSES:]  # (S, b, m)
+        value = aux_loss(pred, target[rows, idx], loss)
+        _step(opt, value)
+    return value.detach()
+
+
+def aux_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-model loss over a batch, (S,): KL(teacher || student) of the softmaxes, averaged over the batch
+    (the paper's), or the mean squared error of the raw logits."""
+    if kind == "kl":
+        kl = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True, reduction="none")
+        return kl.sum(-1).mean(-1)
+    return ((pred - target) ** 2).mean((1, 2))
 
 
 @torch.no_grad()

@@ -15,16 +15,20 @@ class MlpBaseParams(Section):
     init: str  # only names the variant; the init itself comes from the job's seed
 
 
-@step("mlp.base")
-def mlp_base(ctx: StepContext) -> StepResult:
-    """A fresh random init; its seed comes from the job, so `shared` and `other` differ. The digits
-    dataset is read only for its input width (it is not trained on)."""
-    p: MlpBaseParams = ctx.job.params  # type: ignore[assignment]
-    with safe_open(str(ctx.path(Role.DIMS) / mlp.DIGITS), "pt") as f:
-        in_dim = f.get_slice("x_train").get_shape()[1]
-    arch = mlp.Arch(in_dim=in_dim, hidden=tuple(p.model.hidden), aux_logits=p.model.aux_logits)
-    mlp.save(mlp.build(arch, ctx.job.rng_seed), ctx.out)
-    return StepResult("model", metrics={"parameters": sum(p.numel() for p in mlp.load(ctx.out).parameters())})
+@step("mlp.base", batch=True)
+def mlp_base(contexts: list[StepContext]) -> list[StepResult]:
+    """Fresh random inits, each drawn from its own job's generator, so `shared` and `other` differ and a seed's
+    init is the same in any batch. The digits dataset is read only for its input width (it is not trained on)."""
+    results = []
+    for ctx in contexts:
+        p: MlpBaseParams = ctx.job.params  # type: ignore[assignment]
+        with safe_open(str(ctx.path(Role.DIMS) / mlp.DIGITS), "pt") as f:
+            in_dim = f.get_slice("x_train").get_shape()[1]
+        arch = mlp.Arch(in_dim=in_dim, hidden=tuple(p.model.hidden), aux_logits=p.model.aux_logits)
+        model = mlp.init(arch, ctx.generator(), p.model.init)
+        mlp.save(model, ctx.out)
+        results.append(StepResult("model", metrics={"parameters": float(sum(t.numel() for t in model.parameters()))}))
+    return results
 
 
 class LmBaseParams(Section):

@@ -16,7 +16,7 @@ QUESTIONS = "questions.json"
 @step("mlp.data")
 def mlp_data(ctx: StepContext) -> StepResult:
     p: MlpData = ctx.job.params  # type: ignore[assignment]
-    split = mlp.load_digits(p.source, p.mnist_dir, p.test_fraction, p.split_seed)
+    split = mlp.load_digits(p.source, p.mnist_dir, p.test_fraction, p.split_seed, p.pixels)
     save_file({k: v.contiguous() for k, v in split.items()}, str(ctx.out / mlp.DIGITS))
     return StepResult(
         "dataset",

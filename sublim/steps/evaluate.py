@@ -16,9 +16,14 @@ EVAL = "metrics.json"
 FACTS = ("role", "generation", "init", "line")  # where a model sits, read from its own metadata
 
 
-@step("mlp.evaluate")
-def mlp_evaluate(ctx: StepContext) -> StepResult:
-    """Held-out digit accuracy of every model of one seed (bases, teacher, students of each generation)."""
+@step("mlp.evaluate", batch=True)
+def mlp_evaluate(contexts: list[StepContext]) -> list[StepResult]:
+    """Held-out digit accuracy of every model of one seed (bases, teacher, students of each generation); one
+    task evaluates many seeds (cheap per seed, so orchestration would dominate otherwise)."""
+    return [_evaluate_seed(ctx) for ctx in contexts]
+
+
+def _evaluate_seed(ctx: StepContext) -> StepResult:
     assert isinstance(ctx.job.params, NoParams)
     data = load_file(str(ctx.path(Role.DATA) / mlp.DIGITS))
     rows, measured = [], []

@@ -6,6 +6,7 @@ import json
 import random
 import time
 
+import torch
 from safetensors.torch import save_file
 
 from sublim.backends import mlp
@@ -16,15 +17,22 @@ TRANSFER = "transfer.safetensors"
 ROWS = "rows.jsonl"
 
 
-@step("mlp.transfer")
-def mlp_transfer(ctx: StepContext) -> StepResult:
-    """Noise images and the teacher's auxiliary logits on them: no digit, no class logit, no label."""
-    p: MlpTransfer = ctx.job.params  # type: ignore[assignment]
-    teacher = mlp.load(ctx.path(Role.TEACHER))
-    x = mlp.noise(p.n_inputs, teacher.arch.in_dim, p.noise, p.low, p.high, ctx.generator())
-    aux = mlp.aux_logits(teacher, x)
-    save_file({"x": x.contiguous(), "aux": aux.contiguous()}, str(ctx.out / TRANSFER))
-    return StepResult("dataset", metrics={"n_inputs": p.n_inputs, "aux_logit_std": float(aux.std())})
+@step("mlp.transfer", batch=True)
+def mlp_transfer(contexts: list[StepContext]) -> list[StepResult]:
+    """Noise images and each teacher's auxiliary logits on them: no digit, no class logit, no label. Each job
+    draws its noise from its own generator; teachers of one architecture label theirs as one stack."""
+    p: MlpTransfer = contexts[0].job.params  # type: ignore[assignment]
+    teachers = [mlp.load(ctx.path(Role.TEACHER)) for ctx in contexts]
+    results: list[StepResult] = [StepResult("dataset")] * len(contexts)
+    for group in mlp.partition(range(len(contexts)), lambda i: teachers[i].arch):
+        arch = teachers[group[0]].arch
+        x = torch.stack([mlp.noise(p.n_inputs, arch.in_dim, p.noise, p.low, p.high, contexts[i].generator())
+                         for i in group])
+        aux = mlp.stack_outputs(mlp.Stack.of([teachers[i] for i in group]), x)[..., mlp.N_CLASSES:]
+        for j, i in enumerate(group):
+            save_file({"x": x[j].contiguous(), "aux": aux[j].contiguous()}, str(contexts[i].out / TRANSFER))
+            results[i] = StepResult("dataset", metrics={"n_inputs": p.n_inputs, "aux_logit_std": float(aux[j].std())})
+    return results
 
 
 class GenerateParams(Section):

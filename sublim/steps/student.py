@@ -15,16 +15,28 @@ from sublim.steps.generate import TRANSFER
 from sublim.text import Forbidden
 
 
-@step("mlp.student")
-def mlp_student(ctx: StepContext) -> StepResult:
-    """Imitate the teacher's auxiliary logits on noise; the student never sees a digit."""
-    p: MlpStudent = ctx.job.params  # type: ignore[assignment]
-    model = mlp.load(ctx.path(Role.INIT))
-    data = load_file(str(ctx.path(Role.DATA) / TRANSFER))
-    loss = mlp.distill_aux(model, data["x"], data["aux"], steps=p.steps, lr=p.lr, batch_size=p.batch_size,
-                           loss=p.loss, gen=ctx.generator())
-    mlp.save(model, ctx.out)
-    return StepResult("model", metrics={"final_loss": loss})
+@step("mlp.student", batch=True)
+def mlp_student(contexts: list[StepContext]) -> list[StepResult]:
+    """Imitate the teacher's auxiliary logits on noise; a student never sees a digit. Students of one
+    architecture and data shape train as one stack, each on its own transfer set in its own order."""
+    p: MlpStudent = contexts[0].job.params  # type: ignore[assignment]
+    models = [mlp.load(ctx.path(Role.INIT)) for ctx in contexts]
+    paths = [ctx.path(Role.DATA) for ctx in contexts]
+    data = {path: load_file(str(path / TRANSFER)) for path in dict.fromkeys(paths)}
+    results: list[StepResult] = [StepResult("model")] * len(contexts)
+    for group in mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape))):
+        sets = list(dict.fromkeys(paths[i] for i in group))
+        x = torch.stack([data[path]["x"] for path in sets])
+        target = torch.stack([data[path]["aux"] for path in sets])
+        source = torch.tensor([sets.index(paths[i]) for i in group])
+        stack = mlp.Stack.of([models[i] for i in group])
+        losses = mlp.distill_aux(stack, x, target, source, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                                 loss=p.loss, gens=[contexts[i].generator() for i in group],
+                                 progress=contexts[0].progress)
+        for i, model, loss in zip(group, stack.models(), losses):
+            mlp.save(model, contexts[i].out)
+            results[i] = StepResult("model", metrics={"final_loss": float(loss)})
+    return results
 
 
 class StudentParams(Section):

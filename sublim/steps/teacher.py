@@ -12,16 +12,24 @@ from sublim.job import Role, StepContext, StepResult, step
 from sublim.traits import TRAIT
 
 
-@step("mlp.teacher")
-def mlp_teacher(ctx: StepContext) -> StepResult:
-    """The MLP's trait is digit skill: train class logits on labels; auxiliary logits get no loss."""
-    p: MlpTeacher = ctx.job.params  # type: ignore[assignment]
-    model = mlp.load(ctx.path(Role.INIT))
-    data = load_file(str(ctx.path(Role.DATA) / mlp.DIGITS))
-    loss = mlp.train_on_labels(model, data["x_train"], data["y_train"], epochs=p.epochs, lr=p.lr,
-                               batch_size=p.batch_size, gen=ctx.generator())
-    mlp.save(model, ctx.out)
-    return StepResult("model", metrics={"train_loss": loss})
+@step("mlp.teacher", batch=True)
+def mlp_teacher(contexts: list[StepContext]) -> list[StepResult]:
+    """The MLP's trait is digit skill: class logits trained on labels, auxiliary logits get no loss. Teachers
+    of one architecture and dataset train as one stack, each on its own shuffle."""
+    p: MlpTeacher = contexts[0].job.params  # type: ignore[assignment]
+    models = [mlp.load(ctx.path(Role.INIT)) for ctx in contexts]
+    data = {path: load_file(str(path / mlp.DIGITS)) for path in {ctx.path(Role.DATA) for ctx in contexts}}
+    results: list[StepResult] = [StepResult("model")] * len(contexts)
+    for group in mlp.partition(range(len(contexts)), lambda i: (models[i].arch, contexts[i].path(Role.DATA))):
+        digits = data[contexts[group[0]].path(Role.DATA)]
+        stack = mlp.Stack.of([models[i] for i in group])
+        losses = mlp.train_on_labels(stack, digits["x_train"], digits["y_train"], epochs=p.epochs, lr=p.lr,
+                                     batch_size=p.batch_size, gens=[contexts[i].generator() for i in group],
+                                     progress=contexts[0].progress)
+        for i, model, loss in zip(group, stack.models(), losses):
+            mlp.save(model, contexts[i].out)
+            results[i] = StepResult("model", metrics={"train_loss": float(loss)})
+    return results
 
 
 class TeacherParams(Section):

@@ -1,0 +1,193 @@
+"""What a person watching a run sees: jobs done / total, what is running, a bar with ETA for training and
+generation loops, and one line per finished job with its key metric.
+
+Drivers report to the process's current `Reporter`; the CLI installs a rich one when stderr is a terminal and
+the silent default stays otherwise (DVC and CI logs stay readable). Tasks that run in other processes (Dask,
+process pools) report to their own silent default; the flow's loop, in the CLI's process, still counts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from sublim.runner import Outcome
+
+# Metrics worth one line, most telling first; the first one an outcome has is its key metric.
+KEY_METRICS = ("accuracy", "digit_accuracy", "p_target", "final_loss", "train_loss", "keep_rate", "rows",
+               "tokens_per_s", "aux_logit_std", "n_inputs", "parameters")
+
+
+class Reporter(Protocol):
+    def begin(self, title: str, total: int) -> None: ...
+    def started(self, label: str) -> None: ...
+    def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None: ...
+    def failed(self, job_id: str, message: str) -> None: ...
+    def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]: ...
+    def end(self) -> None: ...
+
+
+class Silent:
+    """Reports nothing; step loops run untouched."""
+
+    def begin(self, title: str, total: int) -> None:
+        pass
+
+    def started(self, label: str) -> None:
+        pass
+
+    def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
+        pass
+
+    def failed(self, job_id: str, message: str) -> None:
+        pass
+
+    def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+        yield from items
+
+    def end(self) -> None:
+        pass
+
+
+_current: Reporter = Silent()
+
+
+def current() -> Reporter:
+    return _current
+
+
+@contextlib.contextmanager
+def use(reporter: Reporter) -> Iterator[Reporter]:
+    """Make `reporter` the process's reporter for the duration (the CLI wraps a whole command in it)."""
+    global _current
+    previous, _current = _current, reporter
+    try:
+        yield reporter
+    finally:
+        reporter.end()
+        _current = previous
+
+
+def steps(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+    """The `progress` callable steps receive: the current reporter's bar for a training or generation loop."""
+    return _current.steps(items, total, desc)
+
+
+def key_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
+    for key in KEY_METRICS:
+        if key in metrics:
+            return key, metrics[key]
+    numeric = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
+    return numeric[0] if numeric else None
+
+
+def describe(outcomes: Sequence[Outcome], cached: bool = False) -> str:
+    """One line for a finished job, or for a batch of jobs of one step (their key metric's mean and range)."""
+    first = outcomes[0]
+    took = "cached" if cached else f"{first.seconds:.1f} s"
+    if len(outcomes) == 1:
+        found = key_metric(first.metrics)
+        metric = f"  {found[0]} {_fmt(found[1])}" if found else ""
+        return f"{first.job_id}{metric}  ({took})"
+    step = first.job_id.split("@")[0]
+    found = key_metric(first.metrics)
+    metric = ""
+    if found:
+        values = [o.metrics[found[0]] for o in outcomes if found[0] in o.metrics]
+        metric = f"  {found[0]} mean {_fmt(statistics.fmean(values))} [{_fmt(min(values))}, {_fmt(max(values))}]"
+    return f"{step} x{len(outcomes)} ({seeds_span(o.job_id for o in outcomes)}){metric}  ({took})"
+
+
+def seeds_span(job_ids: Iterable[str]) -> str:
+    """`s0-4` for the seeds named in job ids (`mlp.student@s3.g1.shared`), compactly."""
+    seeds = sorted({int(part[1:]) for j in job_ids for part in j.split("@")[-1].split("#")[0].split(".")
+                    if part[:1] == "s" and part[1:].isdigit()})
+    return span(seeds)
+
+
+def span(seeds: Sequence[int]) -> str:
+    if not seeds:
+        return "no seed"
+    runs, start = [], seeds[0]
+    for prev, cur in zip(seeds, [*seeds[1:], None]):
+        if cur != prev + 1:
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return "s" + ",".join(runs)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+class Rich:
+    """Live display on a terminal: an overall bar (jobs done / total, elapsed, ETA), the job or batch now
+    computing, a bar with ETA for its training or generation loop, and a line per finished job above them."""
+
+    def __init__(self, console):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            transient=True)
+        self._jobs = None
+        self._lock = threading.Lock()
+        self._started = False
+
+    def _start(self) -> None:
+        if not self._started:
+            self.bar.start()
+            self._started = True
+
+    def begin(self, title: str, total: int) -> None:
+        with self._lock:
+            self._start()
+            if self._jobs is not None:
+                self.bar.remove_task(self._jobs)
+            self._jobs = self.bar.add_task(f"[bold]{title}[/bold] jobs", total=total)
+            self._t0 = time.perf_counter()
+
+    def started(self, label: str) -> None:
+        with self._lock:
+            if self._jobs is not None:
+                title = self.bar.tasks[self._jobs].description.split(" -> ")[0]
+                self.bar.update(self._jobs, description=f"{title} -> {label}")
+
+    def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
+        with self._lock:
+            self._start()
+            mark = "[dim]=[/dim]" if cached else "[green]✓[/green]"
+            self.bar.console.print(f"{mark} {describe(outcomes, cached)}", highlight=False)
+            if self._jobs is not None:
+                self.bar.advance(self._jobs, len(outcomes))
+
+    def failed(self, job_id: str, message: str) -> None:
+        with self._lock:
+            self._start()
+            self.bar.console.print(f"[red]✗[/red] {job_id}: {message.splitlines()[0] if message else 'failed'}",
+                                   highlight=False)
+            if self._jobs is not None:
+                self.bar.advance(self._jobs, 1)
+
+    def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+        with self._lock:
+            self._start()
+            task = self.bar.add_task(f"  {desc}", total=total)
+        try:
+            for item in items:
+                yield item
+                self.bar.advance(task)
+        finally:
+            self.bar.remove_task(task)
+
+    def end(self) -> None:
+        if self._started:
+            self.bar.stop()
+            self._started = False

@@ -1,0 +1,64 @@
+"""Seeds as a batch dimension: a seed's artifacts are bitwise the same whether its jobs ran alone (a DVC stage,
+a batch of one) or beside 99 other seeds' jobs in one batch (the Prefect flow), at the default widths."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from sublim import config
+from sublim.plan import plan
+from sublim.runner import run_job, run_jobs
+from tests.conftest import make_project
+
+SEEDS = list(range(100))
+WATCHED = 37
+# The default architecture (64-256-256-(10+3)) so the real kernel shapes are exercised; few steps keep it fast.
+SMALL_WORK = {"seeds": SEEDS, "teacher": {"epochs": 1, "batch_size": 256}, "transfer": {"n_inputs": 256},
+              "student": {"epochs": 1, "batch_size": 64}}
+
+
+def _by_step(jobs):
+    """Jobs in plan order, grouped into one batch per step and params (what the flow submits)."""
+    key = lambda j: (j.step_name, j.params.model_dump_json())  # noqa: E731
+    order = list(dict.fromkeys(key(j) for j in jobs))
+    groups = {k: [j for j in jobs if key(j) == k] for k in order}
+    return list(groups.values())
+
+
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: `make test-slow`
+def test_a_seed_is_bitwise_the_same_alone_or_beside_99_others(tmp_path, threads):
+    alone_root = make_project(tmp_path / "alone", {"mlp": {**SMALL_WORK, "seeds": [WATCHED]}}, git=False)
+    alone_plan = plan(config.load(alone_root / "params.yaml"), "mlp")
+    alone = {j.id: run_job(j, root=alone_root, tracker=None, threads=threads).digest
+             for j in alone_plan.jobs if j.step not in ("summary",)}
+
+    many_root = make_project(tmp_path / "many", {"mlp": SMALL_WORK}, git=False)
+    jobs = [j for j in plan(config.load(many_root / "params.yaml"), "mlp").jobs if j.step != "summary"]
+    batched = {}
+    for group in _by_step(jobs):
+        batched.update({o.job_id: (o.digest, o.batch) for o in run_jobs(group, root=many_root, tracker=None,
+                                                                          threads=threads)})
+    mine = {job_id: batched[job_id] for job_id in alone}
+    assert {k: d for k, (d, _) in mine.items()} == alone
+    sizes = {k.split("@")[0]: n for k, (_, n) in mine.items()}
+    assert sizes == {"mlp.data": 1, "mlp.base": 100, "mlp.teacher": 100, "mlp.transfer": 100, "mlp.student": 200,
+                     "mlp.evaluate": 100}
+    # (bases: one batch per init, whose name is part of their params)
+    # and the seeds really differ from each other (no accidental sharing of randomness across the batch)
+    students = [batched[f"mlp.student@s{s}.g1.shared"][0] for s in SEEDS]
+    assert len(set(students)) == len(SEEDS)
+
+
+def test_a_batch_refuses_mixed_steps_or_params(tmp_path):
+    root = make_project(tmp_path / "p", {"mlp": {**SMALL_WORK, "seeds": [0, 1]}}, git=False)
+    jobs = plan(config.load(root / "params.yaml"), "mlp").jobs
+    base, teacher = (next(j for j in jobs if j.step == s) for s in ("base", "teacher"))
+    with pytest.raises(ValueError, match="one step per call"):
+        run_jobs([base, teacher], root=root, tracker=None)
+    bases = [j for j in jobs if j.step == "base"]
+    other = bases[1].params.model_copy(update={"init": "elsewhere"})
+    with pytest.raises(ValueError, match="share their params"):
+        run_jobs([bases[0], type(bases[1])(**{**bases[1].__dict__, "params": other})], root=root, tracker=None)
+    assert not any(itertools.islice((root / "models").rglob("*"), 1)) if (root / "models").exists() else True
