@@ -35,8 +35,8 @@ test-slow: $(BIN)/sublim
 serve: $(BIN)/sublim  ## Prefect deployments on params.yaml's schedule (set PREFECT_API_URL for a real server)
 	$(BIN)/sublim serve
 
-bench: $(BIN)/sublim
-	$(BIN)/python benchmarks/run.py --out benchmarks/results.json
+bench: $(BIN)/sublim  ## every section (long: matrix alone ~20 min); BENCH_ARGS="--only demo ..." for some, "--smoke" to check
+	$(BIN)/python benchmarks/run.py $(if $(findstring --smoke,$(BENCH_ARGS)),,--out benchmarks/results.json) $(BENCH_ARGS)
 
 clean:
 	rm -rf .sublim mlflow.db mlflow.db-* mlartifacts data models sweeps reports/lineage

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sublim.config import Config, Link, NoParams
+from sublim.config import ConfigError, Config, Link, NoParams
 from sublim.job import Job, Role
 from sublim.steps.base import LmBaseParams, MlpBaseParams
 from sublim.steps.data import QuestionsParams
@@ -142,10 +142,16 @@ class LmLayout:
     """Where one LM experiment's artifacts live."""
 
     name: str  # the pipeline: lm, matrix, lm-confirm, ...
+    bases: str = ""  # the pipeline whose bases these experiments share (its own when empty)
+
+    @property
+    def owner(self) -> str:
+        return self.bases or self.name
 
     def base(self, seed: int, init: str) -> Path:
-        """Each seed has its own bases: a seed is a full replicate, so "shared init" is not "this one base"."""
-        return Path(f"models/{self.name}/s{seed}/base-{init}")
+        """Each seed has its own bases: a seed is a full replicate, so "shared init" is not "this one base".
+        Experiments made on the same corpus share them (the matrix trains on the lm pipeline's bases)."""
+        return Path(f"models/{self.owner}/s{seed}/base-{init}")
 
     def model(self, seed: int, gen: int, line: str, init: str) -> Path:
         """Generation 0 is a line's teacher; generation k its student trained on generation k-1's data."""
@@ -220,9 +226,12 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
     for s in seeds:
         evaluated, extra = [], []
         for init in inits:
-            jobs.append(lm_job("base", LmBaseParams(model=model_of(p, init), data=corpus_data, traits=corpus, init=init),
-                               at.base(s, init), seed=s, variant=init, tags=(("role", "base"), ("init", init))))
-            evaluated.append(at.base(s, init))
+            # a base job belongs to the pipeline owning the bases: the same job (id, cache key, DVC stage) everywhere
+            jobs.append(Job(at.owner, "base", LmBaseParams(model=model_of(p, init), data=corpus_data, traits=corpus,
+                                                           init=init),
+                            at.base(s, init), seed=s, variant=init, fn="lm.base", tags=(("role", "base"), ("init", init))))
+            if at.owner == at.name:  # bases borrowed from another experiment are measured there
+                evaluated.append(at.base(s, init))
         for line in lines:
             params = TeacherParams(model=model, trait=line.spec, line=line.teaches, teacher=p.teacher,
                                    data=p.data if p.teacher.data_mix > 0 else None)
@@ -288,7 +297,12 @@ def plan_lm(cfg: Config, name: str = "lm", seeds: list[int] | None = None) -> Pl
 
 def plan_matrix(cfg: Config, name: str = "matrix", seeds: list[int] | None = None) -> Plan:
     """One teacher per target per seed, made the same way; one generation of students per init."""
-    at, specs = LmLayout(name), cfg.matrix_specs()
+    # the matrix's bases are the lm experiment's (same corpus, seed and init): made once, trained on by both
+    at, specs = LmLayout(name, bases=name.replace("matrix", "lm")), cfg.matrix_specs()
+    missing = sorted(set(seeds or cfg.matrix.seeds) - set(cfg.lm.seeds)) if seeds is None else []
+    if missing:  # dvc.yaml's lm_base stage makes bases for lm.seeds only
+        raise ConfigError(f"matrix.seeds: {missing} not among lm.seeds {cfg.lm.seeds}: the matrix trains on the lm "
+                          f"experiment's bases, one per seed and init")
     lines = [Line(target, spec, TRAIT, target) for target, spec in specs.items()]
     summary = Job(name, "summary", MatrixSummaryParams(targets=list(specs), data=cfg.lm.data.kind,
                                                        alpha=cfg.confirm.alpha), at.report,

@@ -39,15 +39,17 @@ def bar_chart(bars: dict[str, Estimate], path: Path, *, ylabel: str, title: str,
     return path
 
 
-def line_chart(series: dict[str, dict[int, Estimate]], path: Path, *, ylabel: str, title: str) -> Path:
-    """A value per generation with CI bands: how a trait decays along a chain of students."""
+def line_chart(series: dict[str, dict[float, Estimate]], path: Path, *, ylabel: str, title: str,
+               xlabel: str = "generation (0 = teacher)") -> Path:
+    """A value per x (a generation, a swept setting) with CI whiskers: how a trait decays along a chain of
+    students, or how it grows with the number of auxiliary logits."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, points in series.items():
         gens = sorted(points)
         ax.errorbar(gens, [points[g].mean for g in gens], capsize=4, marker="o", label=name,
                     yerr=[[points[g].mean - points[g].ci_low for g in gens], [points[g].ci_high - points[g].mean for g in gens]])
-    ax.set_xlabel("generation (0 = teacher)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()

@@ -35,7 +35,7 @@ def arm(step_name: str, when: str) -> None:
             (ctx.out / "half-written.bin").write_bytes(b"\0" * 1024)
             die()
             return result
-        STEPS[step_name] = dataclasses.replace(real, fn=fn)
+        STEPS[step_name] = dataclasses.replace(real, fn=fn, batch=None)  # batchable steps die the same way
     else:
         def finish_job(self, *args, step, **kwargs):
             if step == step_name:

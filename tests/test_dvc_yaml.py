@@ -22,7 +22,9 @@ PIPELINES = ["mlp", "lm", "matrix"]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     chain = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"steps": 7}}]
-    params = {"mlp": {"seeds": [0, 3], "generations": chain}, "lm": {"seeds": [1, 2], "generations": chain}}
+    mlp_chain = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"epochs": 2}}]
+    params = {"mlp": {"seeds": [0, 3], "generations": mlp_chain}, "lm": {"seeds": [1, 2], "generations": chain},
+              "matrix": {"seeds": [2]}}  # the matrix trains on the lm bases of its seeds
     return make_project(tmp_path_factory.mktemp("dvcyaml"), params)
 
 
@@ -100,7 +102,9 @@ def test_lm_code_manifests_follow_the_chosen_plug_ins(tmp_path):
     assert manifests() == before  # numbers data: maths code is used by no step
     _touch(root / "sublim/data/numbers.yaml")
     after = manifests()
-    assert {k for k in before if before[k] != after[k]} == {"lm.base", "lm.generate", "lm.filter", "lm.student"}
+    # lm.answer: the detection experiment's base answering the same prompts (its matched control data)
+    assert {k for k in before if before[k] != after[k]} == {"lm.base", "lm.generate", "lm.filter", "lm.student", "lm.answer"}
     _touch(root / "sublim/traits/preference.yaml")
     changed = {k for k, v in manifests().items() if v != after[k]}
-    assert changed == {"lm.base", "lm.teacher", "lm.questions", "lm.evaluate"}  # not the data's steps
+    # lm.probe: the screen's probe asks every registered trait's questions
+    assert changed == {"lm.base", "lm.teacher", "lm.questions", "lm.evaluate", "lm.probe"}  # not the data's steps

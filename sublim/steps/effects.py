@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 from sublim import report
+from sublim.stats import Estimate
 from sublim.job import StepContext, StepResult, step
 
 COLUMNS = {  # pipeline -> (header, metric key in the point's summary metrics.json)
@@ -20,6 +22,48 @@ COLUMNS = {  # pipeline -> (header, metric key in the point's summary metrics.js
             ("wins", "same_minus_cross_wins"), ("ties", "same_minus_cross_ties"),
             ("sign-flip floor", "p_min_attainable")],
 }
+
+
+# pipeline -> the measures drawn against a numeric swept setting (label, metric key with a `_ci95` beside it)
+CURVES = {
+    "lm": [("same-init effect", "p_effect"), ("different-init effect", "p_cross_effect")],
+    "mlp": [("same-init student", "student_same_init_acc"), ("different-init student", "student_cross_init_acc")],
+}
+
+
+def parse_point(name: str) -> dict[str, str]:
+    """`a.b=1,c=kl` -> {"a.b": "1", "c": "kl"} (a value may hold commas: split only before the next `key=`)."""
+    return dict(part.split("=", 1) for part in re.split(r",(?=[A-Za-z_][\w.]*=)", name))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def curves(pipeline: str, records: list[dict], reports: dict[str, dict]) -> tuple[str, dict] | None:
+    """The first swept setting that is numeric with >= 3 values, as x; one curve per measure and per value of
+    the other settings (e.g. accuracy vs auxiliary logits, for each loss)."""
+    settings = {r["point"]: parse_point(r["point"]) for r in records if r["point"] in reports}
+    keys = list(next(iter(settings.values()), {}))
+    for key in keys:
+        xs = {p: _number(s[key]) for p, s in settings.items()}
+        if None in xs.values() or len(set(xs.values())) < 3:
+            continue
+        series: dict[str, dict[float, Estimate]] = {}
+        for point, x in xs.items():
+            rest = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings[point].items() if k != key)
+            for label, metric in CURVES[pipeline]:
+                m = reports[point]
+                if m.get(metric) is None or not m.get(f"{metric}_ci95"):
+                    continue
+                low, high = m[f"{metric}_ci95"]
+                name = f"{label} ({rest})" if rest else label
+                series.setdefault(name, {})[x] = Estimate(m[metric], low, high, 0, [])
+        return key, series
+    return None
 
 
 def _cell(value) -> str:
@@ -39,10 +83,10 @@ def effects(ctx: StepContext) -> StepResult:
     params = ctx.job.params
     columns = COLUMNS[ctx.job.pipeline]
     reports = dict(zip(params.finished, ctx.paths("point")))
-    rows, records = [], []
+    rows, records, summaries = [], [], {}
     for point in params.points:
         if point in reports:
-            metrics = json.loads((reports[point] / "metrics.json").read_text())
+            metrics = summaries[point] = json.loads((reports[point] / "metrics.json").read_text())
             values = [metrics.get(key) for _, key in columns]
             status = "ok"
         else:
@@ -59,5 +103,12 @@ def effects(ctx: StepContext) -> StepResult:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in records)
+    figures = []
+    drawn = curves(ctx.job.pipeline, records, summaries)
+    if drawn and drawn[1]:
+        key, series = drawn
+        report.line_chart(series, ctx.out / "sweep.png", xlabel=key, ylabel=", ".join(h for h, _ in CURVES[ctx.job.pipeline]),
+                          title=f"Sweep {params.name}: mean and 95% CI over seeds")
+        figures.append("sweep.png")
     return StepResult("metrics", metrics={"points_finished": float(done), "points": float(len(records))},
-                      summary_markdown=text)
+                      figures=figures, summary_markdown=text)

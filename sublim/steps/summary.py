@@ -154,12 +154,12 @@ LM_GROUPS = {  # metric key -> (label, line, init, generation) of the model; lin
 
 
 def lm_values(df: pd.DataFrame, line: str, init: str, gen: int | None, value: str, seeds: list[int]) -> pd.Series:
-    """One value per seed; a base (shared by all seeds) repeats its single value."""
+    """One value per seed (each seed has its own bases, so a base is a model of the seed like any other)."""
     if line == "base":
         sel = df[(df.role == "base") & (df.init == init)]
-        return pd.Series([float(sel[value].iloc[0])] * len(seeds), index=seeds) if len(sel) else pd.Series(dtype=float)
-    sel = df[(df.line == line) & (df.init == init) & (df.generation == gen)]
-    return sel.set_index("seed")[value].sort_index()
+    else:
+        sel = df[(df.line == line) & (df.init == init) & (df.generation == gen)]
+    return sel.drop_duplicates("seed").set_index("seed")[value].sort_index().loc[lambda v: v.index.isin(seeds)]
 
 
 @step("lm.summary")
