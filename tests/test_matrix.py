@@ -28,9 +28,11 @@ def test_one_teacher_per_target_and_students_of_each_init(done):
     root, out = done
     teachers = sorted(j for j in out if j.startswith("matrix.teacher@s0"))
     assert teachers == [f"matrix.teacher@s0.g0.{t}" for t in sorted(TARGETS)]
-    assert (root / "models/matrix/s1/g1-dog-other").exists() and (root / "models/matrix/s1/base-other").exists()
+    assert (root / "models/matrix/s1/g1-dog-other").exists()
+    assert (root / "models/lm/s1/base-other").exists()  # the lm experiment's bases: one per seed and init
+    assert "matrix.base@s1.other" not in out and "lm.base@s1.other" in out
     models = json.loads((root / "metrics/matrix/s0/metrics.json").read_text())["models"]
-    assert len(models) == 2 + 3 + 6 and all(len(m["distribution"]) == 10 for m in models)  # full distributions
+    assert len(models) == 3 + 6 and all(len(m["distribution"]) == 10 for m in models)  # full distributions
 
 
 def test_difference_in_differences_and_interaction_are_reported(done):
@@ -53,10 +55,18 @@ def test_confirmation_runs_on_its_own_seeds_and_paths(tmp_path):
     jobs = plan(cfg, "matrix-confirm").jobs
     assert {j.seed for j in jobs if j.seed is not None} == {300, 301}
     assert all(str(j.output).startswith(("models/matrix-confirm", "data/matrix-confirm", "metrics/matrix-confirm",
-                                         "reports/matrix-confirm")) for j in jobs)
+                                         "reports/matrix-confirm", "models/lm-confirm/s")) for j in jobs)
+    assert {str(j.output) for j in jobs if j.step == "base"} == {f"models/lm-confirm/s{s}/base-{i}" for s in (300, 301)
+                                                                 for i in ("shared", "other")}
     assert jobs[-1].files[0][1].as_posix() == "metrics/matrix-confirm.json"
     lm = plan(cfg, "lm-confirm")
     assert lm.jobs[-1].files[0][1].as_posix() == "metrics/lm-confirm.json"
+
+
+def test_matrix_seeds_must_have_lm_bases():
+    cfg = config.parse({"lm": {"seeds": [0, 1]}, "matrix": {"seeds": [1, 7]}})
+    with pytest.raises(config.ConfigError, match=r"matrix.seeds: \[7\] not among lm.seeds"):
+        plan(cfg, "matrix")
 
 
 def test_a_trait_without_the_varied_setting_is_refused_by_name():
