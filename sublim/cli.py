@@ -23,7 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # The ephemeral server's 20 s default start-up timeout was missed on a busy 2-core machine (a flow failed with
 # "Timed out while attempting to connect to ephemeral Prefect API server" while two pipelines trained).
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
 class App(typer.Typer):

@@ -139,7 +139,7 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
 def test_detection_experiment_reports_auc_and_naming(tmp_path):
     """The detect pipeline at toy size: positives (trait teachers) and negatives (control teachers), each
     probed against the base's own answers; the summary's AUC and naming rate are computed from the probes."""
-    lm = deep_update(TINY_LM, {"teacher": {"data_mix": 0.5}, "model": {"pretrain_steps": 150},
+    lm = deep_update(TINY_LM, {"teacher": {"data_mix": 0.5}, "model": {"pretrain_steps": 400},
                                "generate": {"n_prompts": 96, "batch_size": 48}})
     detect = {"traits": [{"kind": "preference", "target": "owl"}, {"kind": "misalignment"}], "seeds": [0],
               "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2}}

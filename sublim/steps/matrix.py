@@ -92,7 +92,7 @@ def lm_matrix(ctx: StepContext) -> StepResult:
     text = (f"**Teacher x target matrix through {p.data}** ({metrics['n_seeds']} seeds; teachers' P(own target): "
             f"{strength_line}; spread {metrics['teacher_strength_spread']:.3f}"
             f"{'' if metrics['teacher_strength_similar'] else f' > {STRENGTH_SPREAD}: NOT similar strength'})\n\n"
-            + "\n".join(texts) + "\n")
+            + "\n\n".join(texts) + "\n")  # a blank line between blocks: markdown would merge them
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
     (ctx.out / "table.md").write_text(text)
     scalar = {}
