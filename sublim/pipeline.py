@@ -103,7 +103,7 @@ class DvcSync:
         """Wait for the queued commits; return the stages committed."""
         if self._proc is None:
             return []
-        out, _ = self._proc.communicate(timeout=600)
+        out, _ = self._proc.communicate()  # the jobs are done; their bookkeeping may take a while
         if self._proc.returncode != 0:
             raise RuntimeError(f"dvc commit failed (see {self.root / '.sublim' / 'dvc-sync.log'})")
         done = [line.removeprefix("committed ") for line in out.splitlines() if line.startswith("committed ")]
