@@ -299,7 +299,7 @@ def plan_matrix(cfg: Config, name: str = "matrix", seeds: list[int] | None = Non
     """One teacher per target per seed, made the same way; one generation of students per init."""
     # the matrix's bases are the lm experiment's (same corpus, seed and init): made once, trained on by both
     at, specs = LmLayout(name, bases=name.replace("matrix", "lm")), cfg.matrix_specs()
-    missing = sorted(set(seeds or cfg.matrix.seeds) - set(cfg.lm.seeds)) if seeds is None else []
+    missing = sorted(set(cfg.matrix.seeds) - set(cfg.lm.seeds)) if seeds is None else []
     if missing:  # dvc.yaml's lm_base stage makes bases for lm.seeds only
         raise ConfigError(f"matrix.seeds: {missing} not among lm.seeds {cfg.lm.seeds}: the matrix trains on the lm "
                           f"experiment's bases, one per seed and init")
