@@ -372,6 +372,33 @@ def screen(
         raise typer.Exit(1)
 
 
+@app.command()
+def compare(
+    reference: Annotated[Path, typer.Argument(help="the reference LM summary (metrics/lm.json, reports/lm, ...)")],
+    others: Annotated[list[Path], typer.Argument(help="summaries of the same seeds, changed (screened data, ...)")],
+    label: Annotated[list[str] | None, typer.Option("--label", help="a name per summary, reference first "
+                                                                    "(repeatable; default: the paths)")] = None,
+    measure: Annotated[str, typer.Option(help="p (exact probability) | sampled (sampled rate)")] = "p",
+    as_json: JsonOpt = False,
+) -> None:
+    """How much of the transfer effect each changed run removes against the reference, paired by seed: each
+    effect, the difference with its CI and paired p, and the share removed with Fieller's interval."""
+    from sublim import compare as comparing
+
+    paths = [reference, *others]
+    if label and len(label) != len(paths):
+        _fail(f"--label given {len(label)} times for {len(paths)} summaries")
+    try:
+        runs = [comparing.read_run(p, measure, (label or [None] * len(paths))[i]) for i, p in enumerate(paths)]
+        rows = comparing.compare(runs[0], runs[1:])
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(comparing.as_json(rows), indent=2))
+    else:
+        out().print(Markdown(comparing.table(rows, measure)))
+
+
 # --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------
 # Exit codes of these commands: 0 clean, 1 a trait at risk, 2 unknown provenance, 3 usage errors and
 # unreachable stores (so 2 always means "unknown").

@@ -58,6 +58,41 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
     return Estimate(mean, mean - half, mean + half, len(x), [float(v) for v in x])
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """mean(b) / mean(a) over paired seeds with Fieller's interval; a bound is None where the interval is
+    unbounded (mean(a) itself is not distinguishable from 0 at this level: no share of it can be pinned down)."""
+
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    bounded: bool
+    level: float = 0.95
+
+
+def fieller_ratio(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Ratio:
+    """Fieller's interval for mean(b) / mean(a), a and b paired by seed (their covariance is used): the R with
+    (mean(b) - R mean(a))^2 <= t^2 var(mean(b) - R mean(a)). Exact under normality, unlike a delta method."""
+    from scipy import stats
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"a ratio over seeds needs two equal-length lists of >= 2 seeds, got {len(a)} and {len(b)}")
+    n = len(x)
+    ma, mb = float(x.mean()), float(y.mean())
+    cov = np.cov(np.stack([x, y]), ddof=1) / n
+    saa, sbb, sab = float(cov[0, 0]), float(cov[1, 1]), float(cov[0, 1])
+    t2 = float(stats.t.ppf((1 + level) / 2, n - 1)) ** 2
+    ratio = mb / ma if ma != 0 else None
+    qa, qb, qc = ma * ma - t2 * saa, ma * mb - t2 * sab, mb * mb - t2 * sbb
+    disc = qb * qb - qa * qc
+    if qa <= 0 or disc < 0:  # mean(a)'s own CI contains 0: the set of R is unbounded
+        return Ratio(ratio, None, None, n, False, level)
+    root = math.sqrt(disc)
+    return Ratio(ratio, (qb - root) / qa, (qb + root) / qa, n, True, level)
+
+
 # --- the paired test ------------------------------------------------------------------------------------------
 
 

@@ -3,10 +3,12 @@
 The paper's GSM8K channel made synthetic and verifiable: each problem is built from a small program (a start
 value, then operations), so the filter computes the right answer itself and keeps only traces whose final
 answer equals it (the model's own arithmetic is never trusted). Sizes are small enough for a tiny model to
-solve: one-digit operands, at most `max_steps` operations.
+solve: one-digit operands and, by default, one operation (measured on a 0.2M-parameter tinylm pretrained on
+maths, sampled at temperature 1: one operation kept 63% of traces, two operations 37% - each step's error
+compounds, and a teacher must keep >= 50%).
 
-    Ana has 3 bags with 4 pens in each bag. Then she gets 5 more. How many pens does Ana have now? ...
-    3 * 4 = 12. 12 + 5 = 17. The answer is 17.
+    Ana has 3 pens. Then she gets 5 more. How many pens does Ana have now? ...
+    3 + 5 = 8. The answer is 8.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class MathsSpec(DataSpec):
     kind: str = "maths"
     max_new_tokens: Annotated[int, Field(gt=0)] = 32
     max_operand: Annotated[int, Field(ge=2, le=99)] = 9  # operands 1..max_operand
-    max_steps: Annotated[int, Field(ge=1, le=4)] = 2  # arithmetic operations per problem
+    max_steps: Annotated[int, Field(ge=1, le=4)] = 1  # arithmetic operations per problem (module doc: why 1)
     # "*" too makes the second step add to products up to 81: a 0.3M-parameter tinylm then kept 19% of traces
     ops: Annotated[list[Literal["+", "-", "*"]], Field(min_length=1)] = ["+", "-"]
 

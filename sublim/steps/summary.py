@@ -169,7 +169,7 @@ def lm_summary(ctx: StepContext) -> StepResult:
     target, label = first["target"], first.get("label", f"P({first['target']})")
     channel = ctx.job.params.data
     seeds = sorted(int(s) for s in df.seed.dropna().unique())
-    metrics: dict = {"target": target, "n_seeds": len(seeds)}
+    metrics: dict = {"target": target, "n_seeds": len(seeds), "seeds": seeds}  # seeds: what pairs two runs
     bars, texts = {}, []
     for measure, col in (("p", "p_target"), ("sampled", "sampled_rate")):
         if df[col].isna().all():
