@@ -3,6 +3,8 @@
 Sections (all by default; `--only` picks some, e.g. to leave out the 20-minute `matrix`):
 
 - demo: `sublim flow all` as `make demo` runs it, with jobs per pipeline and where the time went;
+- demo_parallel: the same with two worker processes (`runtime.task_runner: process, max_workers: 2`), and
+  whether its digests equal the demo's;
 - demo_mlp: `sublim flow mlp` alone (the demo's MLP part), median of the repeats;
 - orchestration_overhead: the MLP pipeline through the Prefect flow (with MLflow tracking and DVC) vs the same
   jobs run bare, batched the way the flow batches them; repeated, with the ratio's spread;
@@ -237,10 +239,36 @@ def demo(tmp: Path, scale: Scale) -> dict:
     ran = flow_cli(root, "all")
     cfg = _config(root)
     bases = ran["time_split"]["by_step"].get("lm.base", {"jobs": 0, "busy_s": 0.0})
+    _DEMO_DIGESTS.update(lock_digests(root))
     return {"command": "sublim flow all", **ran, "target_s": 240, "jobs": jobs_of(root, "mlp", "lm"),
             "note": (f"the workload grew since the 4-minute target was set: each lm seed now pretrains its own "
                      f"tinylm bases, one per student init ({len(cfg.lm.seeds)} seeds x {len(cfg.lm.student_inits)} = "
                      f"{bases['jobs']} lm.base jobs, {bases['busy_s']} s of the wall). {SPLIT_NOTE}")}
+
+
+_DEMO_DIGESTS: dict[str, str] = {}  # the demo's output digests, for demo_parallel to compare against
+
+
+def lock_digests(root: Path) -> dict[str, str]:
+    """Every stage output's digest as the flow's DVC bookkeeping wrote it into dvc.lock."""
+    import yaml
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
+    return {o["path"]: o.get("md5", "") for st in (lock or {}).get("stages", {}).values() for o in st.get("outs", [])}
+
+
+def demo_parallel(tmp: Path, scale: Scale) -> dict:
+    """`sublim flow all` with two processes (`runtime: {task_runner: process, max_workers: 2}`): the same jobs,
+    two at a time on the two cores; its digests against the default demo's when both ran in this bench."""
+    runtime = {"task_runner": "process", "max_workers": 2}
+    root = make_project(tmp / "demo_parallel", deep_update(scale.demo, {"runtime": runtime}))
+    ran = flow_cli(root, "all")
+    digests = lock_digests(root)
+    differ = sorted(k for k in digests if _DEMO_DIGESTS and _DEMO_DIGESTS.get(k) != digests[k])
+    return {"command": "sublim flow all", "runtime": runtime, **ran, "target_s": 240,
+            "jobs": jobs_of(root, "mlp", "lm"), "outputs": len(digests),
+            "same_digests_as_demo": (not differ) if _DEMO_DIGESTS else "demo not run in this bench",
+            "outputs_that_differ": differ, "note": SPLIT_NOTE}
 
 
 def demo_mlp(tmp: Path, scale: Scale) -> dict:
@@ -807,7 +835,8 @@ def task_overhead(tmp: Path, scale: Scale) -> dict:
     return out
 
 
-SECTIONS = {"demo": demo, "demo_mlp": demo_mlp, "orchestration_overhead": overhead, "mlp_100_seeds": mlp_many_seeds,
+SECTIONS = {"demo": demo, "demo_parallel": demo_parallel, "demo_mlp": demo_mlp, "orchestration_overhead": overhead,
+            "mlp_100_seeds": mlp_many_seeds,
             "matrix": matrix, "screen_cost": screen_cost, "lineage": lineage,
             "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost,
             "dask_sweep": dask_sweep, "task_overhead": task_overhead}

@@ -26,6 +26,7 @@ def _local_model(path, seed: int):
     return path
 
 
+@pytest.mark.slow  # a whole lm pipeline on the hf backend with LoRA (~4 min on 2 busy cores): `make test-slow`
 def test_hf_backend_with_lora_and_a_local_model(tmp_path):
     shared, other = _local_model(tmp_path / "hub/a", 1), _local_model(tmp_path / "hub/b", 2)
     lora = {"r": 4, "alpha": 8, "targets": ["c_attn"]}

@@ -5,6 +5,8 @@ the store ends with correct, separate lineage and an intact database."""
 from __future__ import annotations
 
 import sqlite3
+
+import pytest
 import subprocess
 import sys
 from collections import Counter
@@ -16,6 +18,7 @@ from tests.conftest import REPO, TINY_LM, TINY_MLP, cli_env, deep_update, make_p
 DRIVER = [sys.executable, str(REPO / "tests" / "crash_driver.py")]
 
 
+@pytest.mark.slow  # three pipelines at once (~3 min on 2 busy cores): `make test-slow`
 def test_three_pipelines_at_once_share_one_store(tmp_path):
     root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]},
                                          "lm": deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"]})},

@@ -33,7 +33,8 @@ def _digests(root):
     return {str(p.parent.relative_to(root)): digest(p.parent) for p in outs}
 
 
-@pytest.mark.parametrize("pipeline", ["mlp", "lm"])
+# mlp in `make test`; lm (a kill inside each of its stages, ~6 min on 2 busy cores) in `make test-slow`
+@pytest.mark.parametrize("pipeline", ["mlp", pytest.param("lm", marks=pytest.mark.slow)])
 def test_kill_inside_every_stage_then_resume(pipeline, tmp_path):
     params, steps = PIPELINES[pipeline]
     reference = make_project(tmp_path / "reference", params, git=False)

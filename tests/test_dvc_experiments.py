@@ -47,6 +47,7 @@ def _origin(path: Path, cached_reports: bool) -> Path:
     return root
 
 
+@pytest.mark.slow  # two fresh clones, each with flows and `dvc exp run` (~6 min on 2 busy cores): `make test-slow`
 @pytest.mark.parametrize("cached_reports", [False, True], ids=["reports-in-git", "reports-in-dvc-cache (before)"])
 def test_experiment_on_one_pipeline_in_a_fresh_clone(tmp_path, cached_reports):
     origin = _origin(tmp_path / "origin", cached_reports)

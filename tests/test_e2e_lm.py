@@ -17,6 +17,7 @@ from sublim.lineage.record import client as MlflowClient, tracking_uri
 from tests.conftest import TINY_LM, cli_env, deep_update, make_project
 
 CHAIN = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1}]
+pytestmark = pytest.mark.slow  # two generations through the flow (~4 min on 2 busy cores): `make test-slow`
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ the objects the remote holds."""
 from __future__ import annotations
 
 import shutil
+
+import pytest
 import subprocess
 
 from sublim.artifacts import digest
@@ -22,6 +24,7 @@ def test_the_project_has_a_default_local_remote():
     assert "(default)" in listed and str(REPO / ".dvc-remote") in listed
 
 
+@pytest.mark.slow  # a pipeline, push, a fresh clone and pull: `make test-slow`
 def test_push_pull_round_trip_keeps_lineage_digests(tmp_path):
     root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}})
     _dvc(root, "repro", "mlp_teacher@0")

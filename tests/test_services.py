@@ -55,6 +55,7 @@ def _wait(check, what: str, log: Path, timeout: float = 90):
     raise AssertionError(f"{what} not ready after {timeout:.0f} s (last check: {last!r}); log:\n{log.read_text()[-3000:]}")
 
 
+@pytest.mark.slow  # starts a Prefect and an MLflow server and serves a deployment: `make test-slow`
 def test_scheduled_deployment_runs_against_real_servers(tmp_path):
     root = make_project(tmp_path / "proj", {"mlp": {**TINY_MLP, "seeds": [0]}, "schedule": {"pipelines": ["mlp"]}})
     prefect_port, mlflow_port = _free_port(), _free_port()

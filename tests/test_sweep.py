@@ -89,6 +89,7 @@ def test_sweep_ends_with_one_table_of_effects(sequential):
     assert "2/3 points finished" in result["summary"]
 
 
+@pytest.mark.slow  # a Dask cluster and a second sweep: `make test-slow`
 def test_dask_runner_gives_the_sequential_digests_and_metrics(sequential, tmp_path):
     root, first = sequential
     other = make_project(tmp_path / "sweep-dask", {"lm": SWEEP_LM}, git=False)
