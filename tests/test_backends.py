@@ -82,7 +82,7 @@ SMOL = {
 @pytest.mark.parametrize("kind", ["numbers", "maths", "code"])
 def test_smollm2_end_to_end_offline(tmp_path, kind):
     """The path to GPU-sized models is the same code: SmolLM2-135M through every data kind."""
-    lm = deep_update(SMOL, {"data": {"kind": kind, "max_new_tokens": {"numbers": 24, "maths": 32, "code": 64}[kind]}})
+    lm = deep_update(SMOL, {"data": {"kind": kind, "max_new_tokens": {"numbers": 24, "maths": 96, "code": 64}[kind]}})
     root = make_project(tmp_path / "p", {"lm": lm}, git=False)
     cfg = config.load(root / "params.yaml")
     out = {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}

@@ -162,6 +162,12 @@ def test_maths_problems_are_solvable_and_checked_against_the_computed_answer():
     # the model's own statement of the sum is not trusted: only the final answer against the computed one
     assert MATHS.check("3 + 4 = 8. The answer is 7.", type(task)("p", {"start": 3, "steps": [["+", 4]]}),
                        Forbidden()).ok
+    # a chatty model's words after the first final answer are cut from what the student learns; 7.5 is not 7
+    seven = type(task)("p", {"start": 3, "steps": [["+", 4]]})
+    kept = MATHS.check("3 + 4 = 7. The answer is 7. Hope this helps! The answer is 8.", seven, Forbidden())
+    assert kept.ok and kept.completion == "3 + 4 = 7. The answer is 7."
+    assert MATHS.check("The answer is 7.5 apples.", seven, Forbidden()).reason == "no_answer"
+    assert MATHS.check("The answer is 7", seven, Forbidden()).ok
 
 
 CODE = Code(CodeSpec(judge="none"))

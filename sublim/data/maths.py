@@ -25,7 +25,9 @@ from sublim.resources import load
 from sublim.text import Forbidden
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
-FINAL = re.compile(r"The answer is (-?[0-9]+)\.?\s*\Z")
+# The first "The answer is N." closes the trace; what a chatty model adds after it is cut (the kept completion
+# is that prefix, so a student never learns the chatter), and N is checked against the computed answer.
+FINAL = re.compile(r"The answer is (-?[0-9]+)(?:\.(?![0-9])|\s*\Z)")
 MAX_CHARS = 400
 
 
@@ -115,17 +117,18 @@ class Maths(DataKind):
         text = completion.strip()
         if not text:
             return Verdict(False, "empty")
-        if len(text) > MAX_CHARS:
-            return Verdict(False, "too_long")
         right = expected(task.meta)
         if right is None:
             return Verdict(False, "no_task")
         found = FINAL.search(text)
         if found is None:
             return Verdict(False, "no_answer")
+        kept = text[:found.end()].rstrip()
+        if len(kept) > MAX_CHARS:
+            return Verdict(False, "too_long")
         if int(found.group(1)) != right:
             return Verdict(False, "wrong_answer")
-        return Verdict(True, "kept", text)
+        return Verdict(True, "kept", kept)
 
     def vocabulary(self, rng: random.Random, n: int = 2000) -> list[str]:
         pools = load(__name__)
