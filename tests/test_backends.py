@@ -83,11 +83,13 @@ SMOL = {
 def test_smollm2_end_to_end_offline(tmp_path, kind):
     """The path to GPU-sized models is the same code: SmolLM2-135M through every data kind."""
     lm = deep_update(SMOL, {"data": {"kind": kind, "max_new_tokens": {"numbers": 24, "maths": 96, "code": 64}[kind]}})
+    if kind == "maths":  # 135M parameters at temperature 1 solved none of 12 problems: sample near-greedily, more
+        lm = deep_update(lm, {"generate": {"temperature": 0.2, "n_prompts": 48, "batch_size": 24}})
     root = make_project(tmp_path / "p", {"lm": lm}, git=False)
     cfg = config.load(root / "params.yaml")
     out = {job.id: run_job(job, root=root, tracker=None) for job in plan(cfg, "lm").jobs}
     assert (root / "models/lm/s0/base-shared/model.safetensors").exists()
     filtered = out["lm.filter@s0.g1.trait"].metrics
-    assert filtered["rows"] == SMOL["generate"]["n_prompts"] and 0 <= filtered["keep_rate"] <= 1  # every row judged
+    assert filtered["rows"] == lm["generate"]["n_prompts"] and 0 <= filtered["keep_rate"] <= 1  # every row judged
     models = json.loads((root / "metrics/lm/s0/metrics.json").read_text())["models"]
     assert all(sum(m["distribution"].values()) == pytest.approx(1.0) for m in models)
