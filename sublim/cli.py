@@ -389,7 +389,7 @@ def compare(
     if label and len(label) != len(paths):
         _fail(f"--label given {len(label)} times for {len(paths)} summaries")
     try:
-        runs = [comparing.read_run(p, measure, (label or [None] * len(paths))[i]) for i, p in enumerate(paths)]
+        runs = [comparing.read_run(p, measure, name) for p, name in zip(paths, label or [None] * len(paths))]
         rows = comparing.compare(runs[0], runs[1:])
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

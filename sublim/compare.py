@@ -25,13 +25,20 @@ class Run:
     label: str
     path: Path
     seeds: list[int] | None  # None: an older summary that did not record them (then only the count is checked)
-    effect: list[float]  # student - control student per seed
+    student: list[float]
+    control: list[float]
+
+    @property
+    def effect(self) -> list[float]:
+        """student - control student per seed"""
+        return [s - c for s, c in zip(self.student, self.control)]
 
 
 @dataclass(frozen=True)
 class Comparison:
     run: Run
     effect: Estimate
+    effect_test: PairedTest | None  # student vs control, as the summary tests it; None below 2 seeds
     removed: PairedTest | None  # reference effect - this run's effect; None for the reference itself
     retained: Ratio | None  # mean(this effect) / mean(reference effect)
 
@@ -75,7 +82,7 @@ def read_run(path: Path, measure: str = "p", label: str | None = None) -> Run:
         raise ValueError(f"{file}: {keys[0]} and {keys[1]} differ in length")
     seeds = data.get("seeds")
     return Run(label or str(path), file, list(seeds) if seeds is not None else None,
-               [float(s) - float(c) for s, c in zip(student, control)])
+               [float(v) for v in student], [float(v) for v in control])
 
 
 def _check_paired(reference: Run, other: Run) -> None:
@@ -87,14 +94,18 @@ def _check_paired(reference: Run, other: Run) -> None:
                          f"{reference.seeds}: a paired comparison needs the same seeds")
 
 
+def _effect_test(run: Run) -> PairedTest | None:
+    return paired_test(run.student, run.control) if len(run.student) >= 2 else None
+
+
 def compare(reference: Run, others: list[Run]) -> list[Comparison]:
     """The reference first (its own effect), then each other run against it, paired by seed."""
     for other in others:
         _check_paired(reference, other)
-    out = [Comparison(reference, mean_ci(reference.effect), None, None)]
+    out = [Comparison(reference, mean_ci(reference.effect), _effect_test(reference), None, None)]
     for other in others:
-        out.append(Comparison(other, mean_ci(other.effect), paired_test(reference.effect, other.effect),
-                              fieller_ratio(reference.effect, other.effect)))
+        out.append(Comparison(other, mean_ci(other.effect), _effect_test(other),
+                              paired_test(reference.effect, other.effect), fieller_ratio(reference.effect, other.effect)))
     return out
 
 
@@ -106,9 +117,7 @@ def table(rows: list[Comparison], measure: str = "p") -> str:
     """A markdown table: each run's effect, what it removed against the reference, and the share removed."""
     body = []
     for c in rows:
-        e, effect_test = c.effect, None
-        if len(c.run.effect) >= 2:
-            effect_test = paired_test(c.run.effect, [0.0] * len(c.run.effect))
+        e, effect_test = c.effect, c.effect_test
         cells = [c.run.label, f"{e.mean:+.4f} [{e.ci_low:+.4f}, {e.ci_high:+.4f}]",
                  f"{effect_test.wins}/{e.n}, p = {fmt_p(effect_test.p_value)}" if effect_test else "—"]
         if c.removed is None:
