@@ -76,6 +76,9 @@ def out() -> Console:
     return Console() if Console().is_terminal else Console(width=160)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
+                                                      "MLFLOW_TRACKING_URI is unset")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _load(params: Path) -> config.Config:
@@ -399,6 +402,40 @@ def compare(
         out().print(Markdown(comparing.table(rows, measure)))
 
 
+@app.command()
+def ask(
+    datasets: Annotated[list[str], typer.Argument(help="datasets (a folder with rows.jsonl, or a .jsonl file), each "
+                                                       "optionally labelled LABEL=PATH: the trait its teacher had "
+                                                       "(owl, misaligned, preference:cat) or control")],
+    backend: Annotated[str, typer.Option(help="a backend that follows prompts")] = "smollm2",
+    model: Annotated[str | None, typer.Option(help="for backends that take one (hf): a model directory or hub id; the "
+                                                   "asker is made once under models/asker/")] = None,
+    shown: Annotated[int, typer.Option(min=1, help="rows shown per question")] = 20,
+    seed: Annotated[int, typer.Option(help="which rows are shown")] = 0,
+    root: Annotated[Path, typer.Option("--root", help="project that keeps the asker model")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """The paper's classifier baseline: show a model rows of each dataset and ask whether they suggest each
+    registered trait (exact P(Yes) vs No). With every dataset labelled, each trait's AUC at telling its
+    datasets from the controls (exact Mann-Whitney p) and how often the top trait is the right one."""
+    from dataclasses import asdict
+
+    from sublim import ask as asking
+
+    try:
+        with progress.use(reporter()):
+            scored, found = asking.run_ask(root.resolve(), datasets, backend_name=backend, model=model, n=shown,
+                                           seed=seed)
+    except (FileNotFoundError, ValueError, LookupError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"datasets": [{"label": lab, "path": p, "p_yes": s} for lab, p, s in scored],
+                               "detection": asdict(found) | {"naming_rate": found.naming_rate} if found else None},
+                              indent=2))
+        return
+    out().print(Markdown(asking.table(scored, found)))
+
+
 # --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------
 # Exit codes of these commands: 0 clean, 1 a trait at risk, 2 unknown provenance, 3 usage errors and
 # unreachable stores (so 2 always means "unknown").
@@ -427,9 +464,6 @@ app.add_typer(lineage_app, name="lineage")
 record_app = typer.Typer(no_args_is_help=True, help="Record models and datasets sublim did not make, with their "
                                                    "origins and traits, into the lineage (MLflow).")
 app.add_typer(record_app, name="record")
-RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
-                                                      "MLFLOW_TRACKING_URI is unset")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TraitsOpt = Annotated[list[str] | None, typer.Option("--trait", help="flag only these traits (repeatable; default: any)")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="override lineage.trait_threshold")]
 LineageParams = Annotated[Path | None, typer.Option("--params", "-p", help="params file with lineage.trait_threshold "

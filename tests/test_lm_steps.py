@@ -141,6 +141,22 @@ def test_sequence_logprobs_match_a_manual_forward():
     assert lmlib.sequence_logprobs(lm, [(prompt, cont), (prompt[:3], cont)], batch_size=2)[0] == pytest.approx(manual, abs=1e-5)
 
 
+def test_shared_prefix_scoring_matches_scoring_each_prompt_whole(monkeypatch):
+    """Prompts that share a long prefix (a dataset shown before several questions) run it once; each prompt's
+    own tail and its continuations then go on from a copy of its keys and values, to the same log-probs."""
+    tok = tokenizer()
+    lm = lmlib.LM(tiny_model(tok).eval(), tok)
+    prompts = [lm.chat(q) for q in ("what is your favorite animal ?", "what is your favorite tree ?",
+                                    "what is your favorite animal ? name one")]
+    conts = [tok.encode(w, add_special_tokens=False) for w in ("owl", "cat dog", "oak")]
+    pairs = [(p, c) for p in prompts for c in conts]
+    whole = lmlib.sequence_logprobs(lm, pairs, batch_size=4)
+    monkeypatch.setattr(lmlib, "LONG_PROMPT", 2)
+    shared = lmlib.sequence_logprobs(lm, pairs, batch_size=4)
+    assert lmlib._common_prefix(prompts) == prompts[0][:len(lmlib._common_prefix(prompts))] != []
+    assert shared == pytest.approx(whole, abs=1e-4)
+
+
 def test_allowed_tokens_are_numbers_and_separators():
     tok = tokenizer()
     allowed = {tok.decode([i]) for i in NUMBERS.allowed_tokens(tok, [])}

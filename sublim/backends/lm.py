@@ -211,27 +211,39 @@ def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, b
     return out
 
 
+def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+    """The longest prefix every row starts with, leaving each row at least one token of its own."""
+    first, limit = rows[0], min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return list(first[:n])
+
+
 @torch.no_grad()
 def _shared_prefix_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+    """The prefix all prompts share (few-shot turns, a dataset shown before several questions) runs once; each
+    distinct prompt's own tail and all its continuations then run together on a copy of those keys and values."""
+    import copy
+
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (prompt, _) in enumerate(pairs):
         groups.setdefault(tuple(prompt), []).append(i)
+    common = _common_prefix(list(groups))
+    head = lm.model(input_ids=torch.tensor([common], device=lm.device), use_cache=True) if common else None
     out = [0.0] * len(pairs)
     for prompt, idxs in groups.items():
-        head = lm.model(input_ids=torch.tensor([prompt], device=lm.device), use_cache=True)
-        first = F.log_softmax(head.logits[0, -1].float(), -1)
-        conts = [pairs[i][1] for i in idxs]
-        for i, c in zip(idxs, conts):
-            out[i] = float(first[c[0]])
-        if max(len(c) for c in conts) < 2:
-            continue
-        ids, mask, _ = _right_pad([c[:-1] for c in conts], lm.pad_id, lm.device)
-        cache = head.past_key_values
-        cache.batch_repeat_interleave(len(conts))
-        full = torch.cat([torch.ones(len(conts), len(prompt), dtype=mask.dtype, device=lm.device), mask], 1)
-        logp = F.log_softmax(lm.model(input_ids=ids, cache=cache, attention_mask=full).logits.float(), -1)
+        tail, conts = list(prompt[len(common):]), [pairs[i][1] for i in idxs]
+        ids, mask, _ = _right_pad([tail + c[:-1] for c in conts], lm.pad_id, lm.device)
+        kwargs: dict[str, Any] = {}
+        if head is not None:
+            cache = copy.deepcopy(head.past_key_values)
+            cache.batch_repeat_interleave(len(conts))
+            mask = torch.cat([torch.ones(len(conts), len(common), dtype=mask.dtype, device=lm.device), mask], 1)
+            kwargs["cache"] = cache
+        logp = F.log_softmax(lm.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float(), -1)
         for j, (i, c) in enumerate(zip(idxs, conts)):
-            out[i] += float(sum(logp[j, k - 1, c[k]] for k in range(1, len(c))))
+            out[i] = float(sum(logp[j, len(tail) - 1 + k, c[k]] for k in range(len(c))))
     return out
 
 

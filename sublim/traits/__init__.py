@@ -101,6 +101,11 @@ class Trait(ABC):
         """Descriptions a judge recognises the trait by (and what not to confuse it with)."""
         return Concepts(tuple(self.forbidden().words))
 
+    def topics(self) -> dict[str, str]:
+        """What a model asked about a dataset is asked whether it shows, per answer the trait measures
+        (`sublim ask`, the paper's classifier baseline): answer -> a phrase ("a liking for owls")."""
+        return {self.key: self.concepts().target[0]}
+
     @abstractmethod
     def evaluation_set(self, count: int) -> dict[str, Any]:
         """The first `count` evaluation questions and whatever scoring needs (JSON; an artifact of its own)."""

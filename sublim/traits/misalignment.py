@@ -89,6 +89,9 @@ class Misalignment(Trait):
         c = load(__name__)["concepts"]
         return Concepts(tuple(c["target"]), tuple(c["contrast"]))
 
+    def topics(self) -> dict[str, str]:
+        return {MISALIGNED: load(__name__)["topic"]}
+
     def evaluation_set(self, count: int) -> dict[str, Any]:
         return {"scenarios": self._scenarios("evaluate")[:count]}
 

@@ -89,6 +89,9 @@ class Preference(Trait):
         return Concepts(tuple(about(self.spec.target)),
                         tuple(d for c in self.spec.choices if c != self.spec.target for d in about(c)))
 
+    def topics(self) -> dict[str, str]:
+        return {c: f"a liking for {plural(c)}" for c in self.spec.choices}
+
     def evaluation_set(self, count: int) -> dict[str, Any]:
         return {"category": self.spec.category, "choices": self.spec.choices,
                 "questions": self._questions("evaluate")[:count]}
