@@ -188,6 +188,14 @@ def test_code_must_parse_and_define_a_function(text, reason):
     assert CODE.check(text, Task("p"), Forbidden()).reason == reason
 
 
+def test_code_that_python_warns_about_is_judged_silently(recwarn):
+    from sublim.data import Task
+
+    assert CODE.check("def f(x):\n    return 0711 range(x)", Task("p"), Forbidden()).reason == "syntax_error"
+    assert CODE.check("def f(x):\n    return 1if x else 2", Task("p"), Forbidden()).ok  # valid, with a warning
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
 def test_every_pool_solution_parses_and_names_no_animal():
     import random
 

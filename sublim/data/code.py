@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import random
+import warnings
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -76,7 +77,9 @@ class Code(DataKind):
         if len(code) > self.spec.max_chars:
             return Verdict(False, "too_long")
         try:
-            tree = ast.parse(code)
+            with warnings.catch_warnings():  # a model's `0711 range` would print a SyntaxWarning per row
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(code)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return Verdict(False, "syntax_error")
         if not any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in tree.body):
