@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ class Detection:
     topics: list[TopicDetection] = field(default_factory=list)
     named: int = 0  # positives whose top topic (score minus the controls' mean for it) is their own
     positives: int = 0
+    naming_p: float = float("nan")  # share of random relabellings (same label counts) naming as many or more
 
     @property
     def naming_rate(self) -> float:
@@ -103,7 +104,6 @@ def detection(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> Dete
     controls = [s for s, lab in zip(scores, labels) if lab == CONTROL]
     if not controls:
         raise ValueError("detection needs datasets labelled 'control'")
-    baseline = {k: sum(c[k] for c in controls) / len(controls) for k in controls[0]}
     out = Detection()
     for topic in sorted({lab for lab in labels if lab != CONTROL}):
         pos = [s[topic] for s, lab in zip(scores, labels) if lab == topic]
@@ -111,11 +111,50 @@ def detection(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> Dete
         u = stats.mannwhitneyu(pos, neg, alternative="greater", method="exact" if len(pos) * len(neg) <= 400 else "auto")
         out.topics.append(TopicDetection(topic, len(pos), len(neg), float(u.statistic) / (len(pos) * len(neg)),
                                          float(u.pvalue)))
-    for s, lab in zip(scores, labels):
-        if lab != CONTROL:
-            out.positives += 1
-            out.named += max(s, key=lambda k: s[k] - baseline[k]) == lab
+    out.positives = sum(lab != CONTROL for lab in labels)
+    out.named = named(scores, labels)
+    out.naming_p = naming_p_value(scores, labels, out.named)
     return out
+
+
+def named(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> int:
+    """Labelled datasets whose top topic, against the controls' mean for each topic, is their own label."""
+    controls = [s for s, lab in zip(scores, labels) if lab == CONTROL]
+    baseline = {k: sum(c[k] for c in controls) / len(controls) for k in controls[0]}
+    return sum(max(s, key=lambda k: s[k] - baseline[k]) == lab for s, lab in zip(scores, labels) if lab != CONTROL)
+
+
+def arrangements(counts: dict[str, int], n: int) -> Iterator[list[str]]:
+    """Every distinct sequence of n labels with these counts (a multiset's permutations, each once)."""
+    if n == 0:
+        yield []
+        return
+    for label in sorted(counts):
+        if counts[label]:
+            counts[label] -= 1
+            for rest in arrangements(counts, n - 1):
+                yield [label, *rest]
+            counts[label] += 1
+
+
+def naming_p_value(scores: Sequence[dict[str, float]], labels: Sequence[str], observed: int, draws: int = 2000,
+                   seed: int = 0) -> float:
+    """How often labels shuffled among the same datasets name as many right: exact over every distinct
+    relabelling when there are at most `draws` of them, else a seeded Monte Carlo (counting the observed one)."""
+    import math
+    from collections import Counter
+
+    counts = Counter(labels)
+    total = math.factorial(len(labels)) // math.prod(math.factorial(c) for c in counts.values())
+    if total <= draws:
+        return sum(named(scores, lab) >= observed for lab in arrangements(counts, len(labels))) / total
+    rng, pool = random.Random(seed), list(labels)
+    hits = 1  # the observed labelling
+    for _ in range(draws):
+        rng.shuffle(pool)
+        hits += named(scores, pool) >= observed
+    return hits / (draws + 1)
+
 
 
 # --- `sublim ask`: load the asker once, score every dataset ----------------------------------------------------
@@ -197,5 +236,5 @@ def table(scored: Sequence[tuple[str | None, str, dict[str, float]]], found: Det
     lines += ["", "| trait | datasets | controls | AUC | p (exact, one-sided) |", "|---|---|---|---|---|"]
     lines += [f"| {t.topic} | {t.positives} | {t.controls} | {t.auc:.2f} | {t.p_value:.3g} |" for t in found.topics]
     lines += ["", f"Top trait named right in {found.named}/{found.positives} labelled datasets "
-                  f"({found.naming_rate:.0%}); chance is 1 in {len(keys)}."]
+                  f"({found.naming_rate:.0%}); as many or more under random relabelling: p = {found.naming_p:.3g}."]
     return "\n".join(lines)

@@ -53,6 +53,14 @@ def test_detection_is_the_mann_whitney_auc_against_the_controls_and_the_naming_r
     assert (found.named, found.positives) == (4, 5)
     with pytest.raises(ValueError, match="control"):
         ask.detection(scores[:5], labels[:5])
+    # naming's p: every distinct relabelling of these 8 datasets (8!/(3!2!3!) = 560), counted by brute force
+    import itertools
+
+    distinct = set(itertools.permutations(labels))
+    assert len(distinct) == 560 == sum(1 for _ in ask.arrangements({"a": 3, "b": 2, "c": 3}, 8))
+    expected = sum(ask.named(scores, list(lab)) >= 4 for lab in distinct) / len(distinct)
+    assert found.naming_p == pytest.approx(expected) and 0 < expected < 1
+    assert ask.naming_p_value(scores, labels, 4, draws=100) == pytest.approx(expected, abs=0.15)  # Monte Carlo
 
 
 @pytest.fixture(scope="module")
