@@ -12,7 +12,6 @@ telling its datasets from the controls, with the exact Mann-Whitney p, and how o
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -156,19 +155,19 @@ def naming_p_value(scores: Sequence[dict[str, float]], labels: Sequence[str], ob
     return hits / (draws + 1)
 
 
-
 # --- `sublim ask`: load the asker once, score every dataset ----------------------------------------------------
 
 
 def read_rows(path: Path) -> list[dict]:
     """A dataset folder (rows.jsonl inside) or a .jsonl file; rows need `prompt` and `completion`."""
-    source = path / "rows.jsonl" if path.is_dir() else path
-    if not source.is_file():
-        raise FileNotFoundError(f"{path}: a dataset is a rows.jsonl file or a folder holding one")
-    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-    bad = next((i for i, r in enumerate(rows) if not {"prompt", "completion"} <= set(r)), None)
+    from sublim.steps.filter import read_rows as lines, rows_file
+
+    source = rows_file(path)
+    rows = [row for row, line in lines(source) if line.strip()]
+    bad = next((i for i, r in enumerate(rows) if r is None or not {"prompt", "completion"} <= set(r)), None)
     if not rows or bad is not None:
-        raise ValueError(f"{source}: " + ("no rows" if not rows else f"row {bad + 1} lacks prompt or completion"))
+        raise ValueError(f"{source}: " + ("no rows" if not rows else f"row {bad + 1} is not a JSON object with "
+                                                                     "prompt and completion"))
     return rows
 
 

@@ -253,6 +253,7 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
     import shutil
 
     from sublim.artifacts import ArtifactMeta, atomic_dir, inside, write_meta
+    from sublim.steps.filter import ROWS, rows_file
 
     path = Path(path)
     full = path if path.is_absolute() else root / path
@@ -266,10 +267,7 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
         pass
     with atomic_dir(root / where) as tmp:
         if kind == "dataset":
-            source = full / "rows.jsonl" if full.is_dir() else full
-            if not source.is_file():
-                raise FileNotFoundError(f"{path}: a dataset is a rows.jsonl file or a folder holding one")
-            shutil.copyfile(source, tmp / "rows.jsonl")
+            shutil.copyfile(rows_file(full), tmp / ROWS)
         else:
             if not (full / "config.json").is_file():
                 raise FileNotFoundError(f"{path}: not a model directory (no config.json)")

@@ -32,6 +32,14 @@ class FilterParams(Section):
     concepts: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (target, contrast) for the judge
 
 
+def rows_file(path: Path) -> Path:
+    """The JSONL file a dataset given by the user stands for: a folder's rows.jsonl, or the file itself."""
+    source = path / ROWS if path.is_dir() else path
+    if not source.is_file():
+        raise FileNotFoundError(f"{path}: a dataset is a {ROWS} file or a folder holding one")
+    return source
+
+
 def read_rows(path: Path) -> Iterator[tuple[dict | None, str]]:
     """Yield (row, raw line) for each line of a JSONL file; row is None when the line is not a JSON object."""
     with open(path, "rb") as fh:
