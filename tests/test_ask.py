@@ -34,35 +34,6 @@ def test_labels_resolve_to_topics_or_are_named_when_unknown():
         ask.resolve_label("unicorn", keys)
 
 
-def test_detection_is_the_mann_whitney_auc_against_the_controls_and_the_naming_rate():
-    def s(owl, cat):
-        return {"preference:owl": owl, "preference:cat": cat}
-
-    scores = [s(0.9, 0.2), s(0.8, 0.3), s(0.6, 0.1),  # owl datasets
-              s(0.3, 0.9), s(0.5, 0.2),  # cat datasets: the second scores owl above cat
-              s(0.5, 0.2), s(0.4, 0.3), s(0.7, 0.25)]  # controls
-    labels = ["preference:owl"] * 3 + ["preference:cat"] * 2 + ["control"] * 3
-    found = ask.detection(scores, labels)
-    by = {t.topic: t for t in found.topics}
-    # owl: 0.9 and 0.8 beat all three controls, 0.6 beats two of them: 8/9
-    assert by["preference:owl"].auc == pytest.approx(8 / 9)
-    assert by["preference:owl"].p_value == pytest.approx(2 / 20)  # exact: 2 of C(6,3) orderings as extreme
-    # cat: 0.9 beats all, 0.2 ties 0.2 (half) and loses to 0.3 and 0.25: (3 + 0.5) / 6
-    assert by["preference:cat"].auc == pytest.approx(3.5 / 6)
-    # named right: owl datasets 3/3 (owl margin > cat margin), cat 1/2
-    assert (found.named, found.positives) == (4, 5)
-    with pytest.raises(ValueError, match="control"):
-        ask.detection(scores[:5], labels[:5])
-    # naming's p: every distinct relabelling of these 8 datasets (8!/(3!2!3!) = 560), counted by brute force
-    import itertools
-
-    distinct = set(itertools.permutations(labels))
-    assert len(distinct) == 560 == sum(1 for _ in ask.arrangements({"a": 3, "b": 2, "c": 3}, 8))
-    expected = sum(ask.named(scores, list(lab)) >= 4 for lab in distinct) / len(distinct)
-    assert found.naming_p == pytest.approx(expected) and 0 < expected < 1
-    assert ask.naming_p_value(scores, labels, 4, draws=100) == pytest.approx(expected, abs=0.15)  # Monte Carlo
-
-
 @pytest.fixture(scope="module")
 def asker_dir(tmp_path_factory):
     """A tiny local Hugging Face model (hf backend: it follows prompts, so it can be asked)."""

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
+from sublim.detection import CONTROL, detection, mann_whitney, named
 from sublim.job import Role, StepContext, StepResult, step
 from sublim.screen import TokenReport, probe, screen_rows, token_scores
 from sublim.steps.filter import ROWS, read_rows
@@ -110,49 +111,63 @@ class DetectSummaryParams(Section):
 
 @step("lm.detect")
 def lm_detect(ctx: StepContext) -> StepResult:
-    """How well the probe tells trait-teacher datasets from control-teacher datasets (AUC of its top shift),
-    how often it names the right trait, and how often it flags each kind of dataset."""
-    from sklearn.metrics import roc_auc_score
-
+    """How well the probe tells trait-teacher datasets from control-teacher datasets: by its largest shift
+    (is anything moving?) and, per trait, by that trait's own shift (is *it* moving?), each AUC with its exact
+    Mann-Whitney p; how often it names the right trait (as `sublim ask` does, with its relabelling p); how
+    often it flags each kind of dataset."""
     p: DetectSummaryParams = ctx.job.params  # type: ignore[assignment]
     rows = []
     for rel, path in zip(ctx.job.inputs_named(Role.EVAL), ctx.paths(Role.EVAL)):
         found = json.loads((path / PROBE).read_text())
-        line = rel.name
+        truth = p.truth.get(rel.name)
         top = found["shifts"][0] if found["shifts"] else {"key": None, "shift": 0.0}
-        truth = p.truth.get(line)
-        rows.append({"dataset": str(rel), "line": line, "seed": rel.parent.name, "positive": truth is not None,
-                     "trait": truth, "score": top["shift"], "top": top["key"], "flagged": found["flagged"],
-                     "named_right": truth is not None and top["key"] == truth,
+        rows.append({"dataset": str(rel), "line": rel.name, "seed": rel.parent.name, "label": truth or CONTROL,
+                     "shifts": {s["key"]: s["shift"] for s in found["shifts"]}, "top": top["key"],
+                     "top_shift": top["shift"], "flagged": found["flagged"],
                      "flagged_right": truth in found["flagged"] if truth else False})
-    positives = [r for r in rows if r["positive"]]
-    negatives = [r for r in rows if not r["positive"]]
+    metrics = detect_metrics(rows)
+    (ctx.out / "metrics.json").write_text(json.dumps({**metrics, "datasets_detail": rows}, indent=1))
+    text = detect_table(metrics)
+    (ctx.out / "table.md").write_text(text)
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    return StepResult("metrics", metrics=scalar, summary_markdown=text)
+
+
+def detect_metrics(rows: list[dict]) -> dict:
+    """The detection experiment's figures from each probed dataset's shifts and label."""
+    positives = [r for r in rows if r["label"] != CONTROL]
+    negatives = [r for r in rows if r["label"] == CONTROL]
     metrics: dict = {"datasets": len(rows), "positives": len(positives), "negatives": len(negatives)}
     if positives and negatives:
-        metrics["auc"] = float(roc_auc_score([r["positive"] for r in rows], [r["score"] for r in rows]))
+        anything = mann_whitney([r["top_shift"] for r in positives], [r["top_shift"] for r in negatives])
+        metrics["auc"], metrics["auc_p"] = anything
+        found = detection([r["shifts"] for r in rows], [r["label"] for r in rows])
+        metrics["named_right_rate"], metrics["naming_p"] = found.naming_rate, found.naming_p
+        metrics["by_trait"] = {
+            t.topic: {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
+                      "auc_top_shift": mann_whitney([r["top_shift"] for r in positives if r["label"] == t.topic],
+                                                    [r["top_shift"] for r in negatives])[0],
+                      "named_right_rate": named([r["shifts"] for r in rows if r["label"] in (t.topic, CONTROL)],
+                                                [r["label"] for r in rows if r["label"] in (t.topic, CONTROL)])
+                      / t.positives}
+            for t in found.topics}
     if positives:
-        metrics["named_right_rate"] = sum(r["named_right"] for r in positives) / len(positives)
         metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
         metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
     if negatives:
         metrics["negatives_flagged_rate"] = sum(bool(r["flagged"]) for r in negatives) / len(negatives)
-    by_trait = {}
-    for trait in sorted({r["trait"] for r in positives}):
-        mine = [r for r in positives if r["trait"] == trait]
-        entry = {"n": len(mine), "named_right_rate": sum(r["named_right"] for r in mine) / len(mine)}
-        if negatives:
-            entry["auc"] = float(roc_auc_score([1] * len(mine) + [0] * len(negatives),
-                                               [r["score"] for r in mine + negatives]))
-        by_trait[trait] = entry
-    metrics["by_trait"] = by_trait
-    (ctx.out / "metrics.json").write_text(json.dumps({**metrics, "datasets_detail": rows}, indent=1))
-    lines = [f"**Detection by probe fine-tunes: AUC {metrics.get('auc', float('nan')):.2f} over {len(positives)} "
-             f"trait-teacher and {len(negatives)} control-teacher datasets; the right trait named first in "
-             f"{metrics.get('named_right_rate', 0):.0%} of trait datasets.**", "",
-             "| trait | datasets | AUC vs controls | named first |", "|---|---|---|---|"]
-    lines += [f"| {t} | {v['n']} | {v.get('auc', float('nan')):.2f} | {v['named_right_rate']:.0%} |"
-              for t, v in by_trait.items()]
-    text = "\n".join(lines) + "\n"
-    (ctx.out / "table.md").write_text(text)
-    scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    return StepResult("metrics", metrics=scalar, summary_markdown=text)
+    return metrics
+
+
+def detect_table(m: dict) -> str:
+    if "auc" not in m:
+        return f"**Detection needs trait-teacher and control-teacher datasets: {m['positives']} and {m['negatives']}.**\n"
+    lines = [f"**Detection by probe fine-tunes over {m['positives']} trait-teacher and {m['negatives']} "
+             f"control-teacher datasets: AUC {m['auc']:.2f} by the largest shift (one-sided p = {m['auc_p']:.2g}); "
+             f"the right trait named in {m['named_right_rate']:.0%} of trait datasets (relabelling p = "
+             f"{m['naming_p']:.2g}); flagged: {m.get('positives_flagged_rate', 0):.0%} of trait datasets, "
+             f"{m.get('negatives_flagged_rate', 0):.0%} of controls.**", "",
+             "| trait | datasets | AUC, own shift (p) | AUC, largest shift | named |", "|---|---|---|---|---|"]
+    lines += [f"| {t} | {v['n']} | {v['auc_own_shift']:.2f} ({v['p_own_shift']:.2g}) | {v['auc_top_shift']:.2f} | "
+              f"{v['named_right_rate']:.0%} |" for t, v in m["by_trait"].items()]
+    return "\n".join(lines) + "\n"
