@@ -225,6 +225,8 @@ class NodeStore:
             existing = self.lineage.refetch(record.identity.id) or existing
         if existing is None:
             tags = {**{k: str(v) for k, v in record.facts.items() if v not in (None, "")}, **record.tags(at)}
+            if describe:  # the description goes in with the other tags: one write fewer per new node
+                tags[NOTE] = self.describe(tags)
             model = self.client.create_logged_model(
                 self.experiment(experiment), name=safe_name(record.name), source_run_id=run_id, tags=tags,
                 model_type=model_type or record.identity.kind)

@@ -443,6 +443,7 @@ class Tracker:
         self.root = Path(root).resolve()
         self.experiment = experiment
         self.register = register
+        self._registered: set[str] = set()  # registered model names known to exist
         self.uri = uri or tracking_uri(self.root)
         if self.uri.startswith(("http://", "https://")):
             _probe(self.uri)
@@ -612,10 +613,12 @@ class Tracker:
 
         role = meta.lineage.get("role", "model")
         name = f"{self.experiment}-{role}"
-        try:
-            self.client.create_registered_model(name, description=f"sublim {role} models of {self.experiment}")
-        except MlflowException:
-            self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
+        if name not in self._registered:  # once per tracker: a registered model is never deleted by sublim
+            try:
+                self.client.create_registered_model(name, description=f"sublim {role} models of {self.experiment}")
+            except MlflowException:
+                self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
+            self._registered.add(name)
         gen = meta.lineage.get("generation")
         tags = {f"{T}digest": digest, f"{T}path": str(path), f"{T}generation": str(gen),
                 f"{T}seed": str(meta.lineage.get("seed")), f"{T}id": model.tags.get(N.ID, "")}
