@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
+from pathlib import Path
 
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
 from sublim.detection import CONTROL, detection, mann_whitney, named
@@ -116,21 +118,28 @@ def lm_detect(ctx: StepContext) -> StepResult:
     Mann-Whitney p; how often it names the right trait (as `sublim ask` does, with its relabelling p); how
     often it flags each kind of dataset."""
     p: DetectSummaryParams = ctx.job.params  # type: ignore[assignment]
-    rows = []
-    for rel, path in zip(ctx.job.inputs_named(Role.EVAL), ctx.paths(Role.EVAL)):
-        found = json.loads((path / PROBE).read_text())
-        truth = p.truth.get(rel.name)
-        top = found["shifts"][0] if found["shifts"] else {"key": None, "shift": 0.0}
-        rows.append({"dataset": str(rel), "line": rel.name, "seed": rel.parent.name, "label": truth or CONTROL,
-                     "shifts": {s["key"]: s["shift"] for s in found["shifts"]}, "top": top["key"],
-                     "top_shift": top["shift"], "flagged": found["flagged"],
-                     "flagged_right": truth in found["flagged"] if truth else False})
+    rows = detect_rows(zip(ctx.job.inputs_named(Role.EVAL), ctx.paths(Role.EVAL)), p.truth)
     metrics = detect_metrics(rows)
     (ctx.out / "metrics.json").write_text(json.dumps({**metrics, "datasets_detail": rows}, indent=1))
     text = detect_table(metrics)
     (ctx.out / "table.md").write_text(text)
     scalar = {k: v for k, v in metrics.items() if isinstance(v, float)}
     return StepResult("metrics", metrics=scalar, summary_markdown=text)
+
+
+def detect_rows(probes: Iterable[tuple[Path, Path]], truth: dict[str, str | None]) -> list[dict]:
+    """One row per probed dataset from its probe.json: (its path in the project, where it is now) pairs; a
+    probe's line (its folder name) is looked up in `truth` (None or absent: a control teacher's dataset)."""
+    rows = []
+    for rel, path in probes:
+        found = json.loads((Path(path) / PROBE).read_text())
+        label = truth.get(Path(rel).name) or CONTROL
+        top = found["shifts"][0] if found["shifts"] else {"key": None, "shift": 0.0}
+        rows.append({"dataset": str(rel), "line": Path(rel).name, "seed": Path(rel).parent.name, "label": label,
+                     "shifts": {s["key"]: s["shift"] for s in found["shifts"]}, "top": top["key"],
+                     "top_shift": top["shift"], "flagged": found["flagged"],
+                     "flagged_right": label in found["flagged"]})
+    return rows
 
 
 def detect_metrics(rows: list[dict]) -> dict:
