@@ -325,7 +325,8 @@ class ProbeSpec(Section):
     batch_size: Annotated[int, Field(gt=0)] = 32
     objective: Literal["sft", "distill"] = "sft"  # distill needs the generating teacher (lineage or --teacher)
     threshold: Annotated[float, Field(ge=0)] = 0.005  # a panel answer is flagged when it moved more than this...
-    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05  # ...and its one-sided paired p is below this
+    # ...and its one-sided paired p, Holm-adjusted over the whole panel, is below this
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait
 
 

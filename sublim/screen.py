@@ -26,6 +26,7 @@ from typing import Any
 
 from sublim.backends import Row, Schedule
 from sublim.config import ProbeSpec, ScreenSpec
+from sublim.stats import holm
 
 Score = list[float]
 
@@ -161,8 +162,6 @@ def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control
           traits: Sequence[Any], ev: Any, *, seed: int = 0, teacher: Any | None = None,
           control_teacher: Any | None = None) -> list[PanelShift]:
     """Probe the data against the control over `spec.seeds` replicates; a paired test per panel answer."""
-    from scipy import stats
-
     evalsets = [t.evaluation_set(min(spec.questions, t.n_questions)) for t in traits]
     diffs: dict[str, list[float]] = {}
     for k in range(spec.seeds):
@@ -171,7 +170,16 @@ def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control
         on_control = probe_once(backend, base_path, root, control, spec, s, control_teacher, traits, evalsets, ev)
         for key in on_data:
             diffs.setdefault(key, []).append(on_data[key] - on_control[key])
-    out = []
+    return panel_shifts(diffs, spec.threshold, spec.alpha)
+
+
+def panel_shifts(diffs: dict[str, list[float]], threshold: float, alpha: float) -> list[PanelShift]:
+    """Each panel answer's shift (data probe minus control probe, per probe seed): mean, t CI, one-sided paired
+    p; flagged when the shift exceeds `threshold` and its p, Holm-adjusted over the whole panel, is below
+    `alpha` — with a dozen answers, one at p < alpha is the rule, not a finding."""
+    from scipy import stats
+
+    tested = {}
     for key, d in diffs.items():
         mean = sum(d) / len(d)
         sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
@@ -180,8 +188,10 @@ def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control
             p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
         else:  # no spread: no t-test (a p of 0 would flatter); the shift alone is reported
             half, p = 0.0, None
-        flagged = mean > spec.threshold and p is not None and p < spec.alpha
-        out.append(PanelShift(key, mean, (mean - half, mean + half), p, d, flagged))
+        tested[key] = (mean, half, p)
+    family = holm({k: p for k, (_, _, p) in tested.items()}, alpha=alpha)
+    out = [PanelShift(key, mean, (mean - half, mean + half), p, diffs[key], mean > threshold and rejected)
+           for (key, (mean, half, p)), rejected in zip(tested.items(), family.reject)]
     return sorted(out, key=lambda x: -x.shift)
 
 

@@ -155,3 +155,17 @@ def test_detection_experiment_reports_auc_and_naming(tmp_path):
     assert set(m["by_trait"]) == {"preference:owl", "misalignment:misaligned"}
     probe = json.loads((root / "metrics/detect/s0/preference-owl/probe.json").read_text())
     assert {"preference:owl", "misalignment:misaligned"} <= {s["key"] for s in probe["shifts"]}
+
+
+def test_probe_flags_only_what_survives_holm_over_the_panel():
+    """A dozen panel answers each at raw p ~ 0.03 flag nothing (one such answer is expected by chance);
+    a shift far beyond the replicate noise is flagged; a large but noisy one, or a tiny but steady one, is not."""
+    from sublim.screen import panel_shifts
+
+    noise = {f"preference:a{i}": [0.010, 0.002, 0.012, 0.004] for i in range(11)}  # each one-sided p ~ 0.02-0.05
+    raw = panel_shifts(noise, threshold=0.005, alpha=0.05)
+    assert all(s.p_value < 0.05 for s in raw) and not any(s.flagged for s in raw)
+    steady = {**noise, "preference:owl": [0.050, 0.051, 0.049, 0.050], "preference:cat": [0.2, -0.1, 0.3, -0.2],
+              "misalignment:misaligned": [0.001, 0.0011, 0.0009, 0.001]}
+    flagged = {s.key for s in panel_shifts(steady, threshold=0.005, alpha=0.05) if s.flagged}
+    assert flagged == {"preference:owl"}

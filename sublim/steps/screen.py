@@ -170,7 +170,8 @@ def detect_metrics(rows: list[dict]) -> dict:
 
 def detect_table(m: dict) -> str:
     if "auc" not in m:
-        return f"**Detection needs trait-teacher and control-teacher datasets: {m['positives']} and {m['negatives']}.**\n"
+        return (f"**Detection needs trait-teacher and control-teacher datasets: {m['positives']} and "
+                f"{m['negatives']}.**\n")
     lines = [f"**Detection by probe fine-tunes over {m['positives']} trait-teacher and {m['negatives']} "
              f"control-teacher datasets: AUC {m['auc']:.2f} by the largest shift (one-sided p = {m['auc_p']:.2g}); "
              f"the right trait named in {m['named_right_rate']:.0%} of trait datasets (relabelling p = "
