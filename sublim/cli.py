@@ -366,8 +366,8 @@ def screen(
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         _fail_usage(str(exc), 3)
     out().print(Markdown((root / done.report).read_text()))
-    console.print(f"screened dataset: {done.screened} (teacher: {done.teacher or 'none known: surprise scores'})",
-                  highlight=False)
+    scored_by = f"{done.teacher} (from {done.teacher_from})" if done.teacher else "none known: surprise under the base"
+    console.print(f"screened dataset: {done.screened} (teacher: {scored_by})", highlight=False)
     if done.probe:
         console.print(f"probe against {done.control} ({done.control_from})", highlight=False)
         out().print(Markdown(done.summary))

@@ -206,7 +206,8 @@ class ScreenRun:
     report: str  # the token-level report (Markdown)
     control: str  # the dataset the probe compared against, and how it was chosen
     control_from: str  # "--control" | "control teacher" | "base answers"
-    teacher: str | None
+    teacher: str | None  # the model whose divergence from the base scored the tokens (None: the base's surprise)
+    teacher_from: str  # "--teacher" | "lineage" | "none"
     probe: str | None  # the probe's metrics artifact (None: no probe)
     flagged: list[str] = field(default_factory=list)
     summary: str = ""
@@ -306,7 +307,8 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     if teacher:
         teacher_at, teacher_from = as_artifact(Path(teacher), root, "model", home / "teacher"), "--teacher"
     else:
-        teacher_at, teacher_from = generating_teacher(data, root), "lineage"
+        teacher_at = generating_teacher(data, root)
+        teacher_from = "lineage" if teacher_at else "none"
     spec = screen or cfg.lm.screen
     if spec.method == "none":
         spec = spec.model_copy(update={"method": "divergence"})
@@ -314,7 +316,8 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
     run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec), home / "screened", tuple(inputs),
             variant=name, fn="lm.screen"))
-    out = ScreenRun(str(home / "screened"), str(home / "screened" / "report.md"), "", "", str(teacher_at) if teacher_at else None, None)
+    out = ScreenRun(str(home / "screened"), str(home / "screened" / "report.md"), "", "",
+                    str(teacher_at) if teacher_at else None, teacher_from, None)
     if not probe_it:
         return out
     if control:

@@ -104,7 +104,9 @@ def test_sublim_screen_on_a_pipeline_dataset(screened):
     result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
                                       "--name", "trait", "--params", str(root / "params.yaml")])
     assert result.exit_code == 0, result.output
-    assert "probe against data/lm/s0/g1-control/kept (control teacher)" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "probe against data/lm/s0/g1-control/kept (control teacher)" in said
+    assert "(teacher: models/lm/s0/g0-trait-shared (from lineage))" in said
     probe = json.loads((root / "screens/trait/probe/probe.json").read_text())
     keys = {s["key"] for s in probe["shifts"]}
     assert {"preference:owl", "preference:cat", "misalignment:misaligned"} <= keys  # every registered trait
@@ -129,7 +131,7 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
     result = CliRunner().invoke(app, ["screen", str(outside), "--base", "models/lm/s0/base-shared", "--name", "out",
                                       "--no-probe", "--params", str(root / "params.yaml")])
     assert result.exit_code == 0, result.output
-    assert "none known: surprise scores" in result.output
+    assert "none known: surprise under the base" in " ".join(result.output.split())
     assert (root / "screens/out/screened/rows.jsonl").exists()
     bad = CliRunner().invoke(app, ["screen", "no/such.jsonl", "--base", "models/lm/s0/base-shared",
                                    "--params", str(root / "params.yaml")])
