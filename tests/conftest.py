@@ -84,3 +84,19 @@ TINY_LM = {
     "student": {"steps": 8, "batch_size": 8},
     "evaluate": {"questions": 4, "samples": 3},
 }
+
+
+@pytest.fixture(scope="session")
+def asker_dir(tmp_path_factory):
+    """A tiny local Hugging Face model (hf backend: it follows prompts, so it can be asked or shown examples)."""
+    from sublim.backends import tinylm
+    from sublim.corpus import Corpus
+    from sublim.data.numbers import Numbers, NumbersSpec
+    from sublim.traits.preference import Preference, PreferenceSpec
+
+    path = tmp_path_factory.mktemp("asker") / "model"
+    path.mkdir()
+    spec = tinylm.TinyLmSpec(d_model=32, n_layer=1, n_head=2, pretrain_steps=20, batch_size=8, context=1024)
+    tinylm.TinyLm(spec).make_base(init="x", seed=0, corpus=Corpus([Numbers(NumbersSpec())],
+                                                                  [Preference(PreferenceSpec())]), out=path)
+    return path

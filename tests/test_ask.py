@@ -10,10 +10,7 @@ from typer.testing import CliRunner
 
 from sublim import ask
 from sublim.backends import lm as lmlib
-from sublim.backends import tinylm
 from sublim.cli import app
-from sublim.corpus import Corpus
-from sublim.data.numbers import Numbers, NumbersSpec
 from sublim.traits.misalignment import Misalignment, MisalignmentSpec
 from sublim.traits.preference import Preference, PreferenceSpec
 
@@ -32,17 +29,6 @@ def test_labels_resolve_to_topics_or_are_named_when_unknown():
     assert ask.resolve_label("control", keys) == "control"
     with pytest.raises(ValueError, match="'unicorn'"):
         ask.resolve_label("unicorn", keys)
-
-
-@pytest.fixture(scope="module")
-def asker_dir(tmp_path_factory):
-    """A tiny local Hugging Face model (hf backend: it follows prompts, so it can be asked)."""
-    path = tmp_path_factory.mktemp("asker") / "model"
-    path.mkdir()
-    spec = tinylm.TinyLmSpec(d_model=32, n_layer=1, n_head=2, pretrain_steps=20, batch_size=8, context=1024)
-    tinylm.TinyLm(spec).make_base(init="x", seed=0, corpus=Corpus([Numbers(NumbersSpec())],
-                                                                  [Preference(PreferenceSpec())]), out=path)
-    return path
 
 
 def _dataset(path, rows):
