@@ -63,3 +63,13 @@ def test_detect_summary_scores_each_trait_by_its_own_shift_and_anything_by_the_l
     assert m["flagged_right_rate"] == pytest.approx(2 / 4)
     assert (m["positives_flagged_rate"], m["negatives_flagged_rate"]) == (0.5, 0.5)
     assert 0 < m["naming_p"] <= 1 and "AUC 0.88" in detect_table(m)
+
+
+def test_mann_whitney_p_is_exact_with_ties():
+    """Positives 0.9, 0.2 vs controls 0.3, 0.2, 0.25: U = 3.5. Of the C(5, 2) = 10 splits of these five scores,
+    5 give U >= 3.5 (the tie-blind exact table says 6 of 10)."""
+    from sublim.detection import mann_whitney
+
+    auc, p = mann_whitney([0.9, 0.2], [0.3, 0.2, 0.25])
+    assert auc == pytest.approx(3.5 / 6) and p == pytest.approx(0.5)
+
