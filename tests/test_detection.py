@@ -73,3 +73,16 @@ def test_mann_whitney_p_is_exact_with_ties():
     auc, p = mann_whitney([0.9, 0.2], [0.3, 0.2, 0.25])
     assert auc == pytest.approx(3.5 / 6) and p == pytest.approx(0.5)
 
+
+
+def test_a_probe_without_its_traits_answer_is_named_not_skipped(tmp_path):
+    import json
+
+    from sublim.steps.screen import detect_rows
+
+    probe = tmp_path / "s0" / "preference-owl"
+    probe.mkdir(parents=True)
+    (probe / "probe.json").write_text(json.dumps({"flagged": [], "shifts": [
+        {"key": "preference:cat", "shift": 0.01, "p_value": 0.2, "flagged": False}]}))
+    with pytest.raises(ValueError, match="preference-owl/probe.json: no shift for preference:owl"):
+        detect_rows([(probe, probe)], {"preference-owl": "preference:owl"})

@@ -134,7 +134,10 @@ def detect_rows(probes: Iterable[tuple[Path, Path]], truth: dict[str, str | None
     for rel, path in probes:
         found = json.loads((Path(path) / PROBE).read_text())
         label = truth.get(Path(rel).name) or CONTROL
-        top = found["shifts"][0] if found["shifts"] else {"key": None, "shift": 0.0}
+        if not found["shifts"] or (label != CONTROL and label not in {s["key"] for s in found["shifts"]}):
+            raise ValueError(f"{Path(path) / PROBE}: no shift for {label if found['shifts'] else 'any answer'}; "
+                             "the probe's panel must hold every detection trait")
+        top = found["shifts"][0]
         rows.append({"dataset": str(rel), "line": Path(rel).name, "seed": Path(rel).parent.name, "label": label,
                      "shifts": {s["key"]: s["shift"] for s in found["shifts"]}, "top": top["key"],
                      "top_shift": top["shift"], "flagged": found["flagged"],
