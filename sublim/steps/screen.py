@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
-from sublim.detection import CONTROL, detection, mann_whitney, named
+from sublim.detection import CONTROL, TopicDetection, detection, mann_whitney, named
 from sublim.job import Role, StepContext, StepResult, step
 from sublim.screen import TokenReport, probe, screen_rows, token_scores
 from sublim.steps.filter import ROWS, read_rows
@@ -155,20 +155,24 @@ def detect_metrics(rows: list[dict]) -> dict:
         metrics["auc"], metrics["auc_p"] = anything
         found = detection([r["shifts"] for r in rows], [r["label"] for r in rows])
         metrics["named_right_rate"], metrics["naming_p"] = found.naming_rate, found.naming_p
-        metrics["by_trait"] = {
-            t.topic: {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
-                      "auc_top_shift": mann_whitney([r["top_shift"] for r in positives if r["label"] == t.topic],
-                                                    [r["top_shift"] for r in negatives])[0],
-                      "named_right_rate": named([r["shifts"] for r in rows if r["label"] in (t.topic, CONTROL)],
-                                                [r["label"] for r in rows if r["label"] in (t.topic, CONTROL)])
-                      / t.positives}
-            for t in found.topics}
+        metrics["by_trait"] = {t.topic: _trait_figures(t, rows) for t in found.topics}
     if positives:
         metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
         metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
     if negatives:
         metrics["negatives_flagged_rate"] = sum(bool(r["flagged"]) for r in negatives) / len(negatives)
     return metrics
+
+
+def _trait_figures(t: TopicDetection, rows: list[dict]) -> dict:
+    """One trait's line: its own-shift AUC (from `detection`), the largest-shift AUC and the naming rate of its
+    datasets against the same controls."""
+    mine = [r for r in rows if r["label"] == t.topic]
+    controls = [r for r in rows if r["label"] == CONTROL]
+    return {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
+            "auc_top_shift": mann_whitney([r["top_shift"] for r in mine], [r["top_shift"] for r in controls])[0],
+            "named_right_rate": named([r["shifts"] for r in mine + controls],
+                                      [r["label"] for r in mine + controls]) / t.positives}
 
 
 def detect_table(m: dict) -> str:
