@@ -369,7 +369,7 @@ def screen(
     scored_by = f"{done.teacher} (from {done.teacher_from})" if done.teacher else "none known: surprise under the base"
     console.print(f"screened dataset: {done.screened} (teacher: {scored_by})", highlight=False)
     if done.probe:
-        console.print(f"probe against {done.control} ({done.control_from})", highlight=False)
+        console.print(f"probe against {done.control} ({done.control_from}), {done.probe_objective}", highlight=False)
         out().print(Markdown(done.summary))
     if done.flagged:
         raise typer.Exit(1)

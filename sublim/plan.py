@@ -336,6 +336,9 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
         for line in lines:
             teacher, raw, kept = at.model(s, 0, line.name, SHARED), at.data(s, 1, line.name, "raw"), at.data(s, 1, line.name, "kept")
             control, probed = at.data(s, 1, line.name, "base-answers"), at.eval(s) / line.name
+            probe_in = ((Role.DATA, kept), (Role.CONTROL, control), (Role.INIT, base))
+            if d.probe.objective == "distill":  # each side distilled from its writer: the teacher; the base
+                probe_in += ((Role.TEACHER, teacher), (Role.TEACHER, base))
             jobs += [
                 Job(at.name, "teacher", TeacherParams(model=model, trait=line.spec, line=line.teaches, teacher=p.teacher,
                                                       data=p.data if p.teacher.data_mix > 0 else None),
@@ -350,8 +353,7 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
                     control, ((Role.SOURCE, kept), (Role.TEACHER, base)), seed=s, gen=1, variant=line.name,
                     fn="lm.answer"),
                 Job(at.name, "probe", ProbeParams(model=model, probe=d.probe, panel=controls, evaluate=evaluate),
-                    probed, ((Role.DATA, kept), (Role.CONTROL, control), (Role.INIT, base)), seed=s, gen=1,
-                    variant=line.name, fn="lm.probe", tags=(("line", line.name),)),
+                    probed, probe_in, seed=s, gen=1, variant=line.name, fn="lm.probe", tags=(("line", line.name),)),
             ]
             probes.append(probed)
     jobs.append(Job(at.name, "summary", DetectSummaryParams(truth=truth), at.report, tuple((Role.EVAL, e) for e in probes),

@@ -209,6 +209,7 @@ class ScreenRun:
     teacher: str | None  # the model whose divergence from the base scored the tokens (None: the base's surprise)
     teacher_from: str  # "--teacher" | "lineage" | "none"
     probe: str | None  # the probe's metrics artifact (None: no probe)
+    probe_objective: str = ""  # how the probe trained: sft | distill, or why it fell back to sft
     flagged: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -333,11 +334,17 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
                 variant=name, fn="lm.answer"))
     out.control = str(control_at)
     panel = panel_specs(cfg, TRAITS)
-    probe_spec = spec.probe if (spec.probe.objective == "sft" or teacher_at) else spec.probe.model_copy(
-        update={"objective": "sft"})
-    inputs = [(Role.DATA, data), (Role.CONTROL, control_at), (Role.INIT, base_at)]
-    if probe_spec.objective == "distill":
-        inputs.append((Role.TEACHER, teacher_at))
+    probe_spec, inputs = spec.probe, [(Role.DATA, data), (Role.CONTROL, control_at), (Role.INIT, base_at)]
+    out.probe_objective = probe_spec.objective
+    if probe_spec.objective == "distill":  # each side distilled from the model that wrote it, when both are known
+        writers = {"data": teacher_at,
+                   "control": base_at if out.control_from == "base answers" else generating_teacher(control_at, root)}
+        unknown = [side for side, w in writers.items() if w is None]
+        if unknown:
+            probe_spec = probe_spec.model_copy(update={"objective": "sft"})
+            out.probe_objective = f"sft (distill needs the generator of the {' and the '.join(unknown)}: none known)"
+        else:
+            inputs += [(Role.TEACHER, w) for w in writers.values()]
     done = run(Job("screen", "probe", ProbeParams(model=cfg.lm.model, probe=probe_spec, panel=panel,
                                                   evaluate=cfg.lm.evaluate.model_copy(update={"samples": 0})),
                    home / "probe", tuple(inputs), variant=name, fn="lm.probe"))

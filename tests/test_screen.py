@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from sublim import config
 from sublim.artifacts import read_meta
+from sublim.job import Role
 from sublim.plan import plan
 from sublim.runner import run_job
 from sublim.screen import generating_teacher, screen_rows, threshold_for
@@ -138,18 +139,23 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
     assert bad.exit_code == 3 and "no/such.jsonl: no such dataset" in bad.output
 
 
-def test_detection_experiment_reports_auc_and_naming(tmp_path):
+@pytest.mark.parametrize("objective", ["sft", "distill"])
+def test_detection_experiment_reports_auc_and_naming(tmp_path, objective):
     """The detect pipeline at toy size: positives (trait teachers) and negatives (control teachers), each
-    probed against the base's own answers; the summary's AUC and naming rate are computed from the probes."""
+    probed against the base's own answers; the summary's AUC and naming rate are computed from the probes.
+    A distill probe learns the data from its teacher and the base's answers from the base."""
     lm = deep_update(TINY_LM, {"teacher": {"data_mix": 0.5}, "model": {"pretrain_steps": 400},
                                "generate": {"n_prompts": 96, "batch_size": 48}})
     detect = {"traits": [{"kind": "preference", "target": "owl"}, {"kind": "misalignment"}], "seeds": [0],
-              "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2}}
+              "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2, "objective": objective}}
     root = make_project(tmp_path / "p", {"lm": lm, "detect": detect}, git=False)
     cfg = config.load(root / "params.yaml")
     jobs = plan(cfg, "detect").jobs
     assert {j.variant for j in jobs if j.step == "teacher"} == {"preference-owl", "misalignment-misaligned",
                                                                  "preference-control", "misalignment-control"}
+    owl = next(j for j in jobs if j.step == "probe" and j.variant == "preference-owl")
+    writers = [Path("models/detect/s0/g0-preference-owl-shared"), Path("models/detect/s0/base-shared")]
+    assert owl.inputs_named(Role.TEACHER) == (writers if objective == "distill" else [])
     for job in jobs:
         run_job(job, root=root, tracker=None)
     m = json.loads((root / "metrics/detect.json").read_text())

@@ -87,10 +87,10 @@ def lm_probe(ctx: StepContext) -> StepResult:
     backend = p.model.build()
     data = [row for row, _ in read_rows(ctx.path(Role.DATA) / ROWS) if row]
     control = [row for row, _ in read_rows(ctx.path(Role.CONTROL) / ROWS) if row]
-    teacher = backend.load(ctx.path(Role.TEACHER), ctx.root) if ctx.job.inputs_named(Role.TEACHER) else None
+    teacher, control_teacher = probe_teachers(ctx, p.probe, backend)
     start = time.perf_counter()
     shifts = probe(backend, ctx.path(Role.INIT), ctx.root, data, control, p.probe, [t.build() for t in p.panel],
-                   p.evaluate, seed=ctx.job.rng_seed, teacher=teacher)
+                   p.evaluate, seed=ctx.job.rng_seed, teacher=teacher, control_teacher=control_teacher)
     seconds = time.perf_counter() - start
     flagged = [s.key for s in shifts if s.flagged]
     (ctx.out / PROBE).write_text(json.dumps({"flagged": flagged, "shifts": [asdict(s) for s in shifts]}, indent=1))
@@ -105,6 +105,19 @@ def lm_probe(ctx: StepContext) -> StepResult:
                                           1000 * seconds / max(len(data) + len(control), 1),
                                           **({"top_shift": top.shift} if top else {})},
                       lineage={"probe_flagged": ",".join(flagged) or "none"}, summary_markdown=text)
+
+
+def probe_teachers(ctx: StepContext, spec: ProbeSpec, backend) -> tuple:
+    """A distill probe learns each side from the model that wrote it, as a distilling student would: the data
+    from its teacher (the first teacher input), the control from its own generator (the second: the control
+    teacher, or the base for its own answers). An sft probe reads the sampled tokens only."""
+    if spec.objective == "sft":
+        return None, None
+    teachers = ctx.paths(Role.TEACHER)
+    if len(teachers) != 2:
+        raise ValueError(f"{ctx.job.id}: a distill probe needs two teacher inputs (the data's generator, then the "
+                         f"control's), got {len(teachers)}")
+    return tuple(backend.load(t, ctx.root) for t in teachers)
 
 
 class DetectSummaryParams(Section):
