@@ -122,6 +122,33 @@ def test_sublim_screen_on_a_pipeline_dataset(screened):
     assert screened_meta.parents["source:data/lm/s0/g1-trait/kept"]  # derived from the original
 
 
+def test_a_distill_probe_learns_each_side_from_the_model_that_wrote_it(screened, tmp_path):
+    """The trait data from its teacher, the control teacher's data from the control teacher (both from lineage);
+    data whose generator is unknown cannot be distilled: the probe falls back to sft and says why."""
+    from sublim.cli import app
+
+    root, _, _ = screened
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lm"]["screen"]["probe"].update(objective="distill", threshold=10.0)
+    distill = root / "params-distill.yaml"
+    distill.write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                      "--name", "distill", "--params", str(distill)])
+    assert result.exit_code == 0, result.output
+    assert "(control teacher), distill" in " ".join(result.output.split())
+    parents = read_meta(root / "screens/distill/probe").parents
+    assert {"teacher:models/lm/s0/g0-trait-shared", "teacher:models/lm/s0/g0-control-shared"} <= set(parents)
+    outside = tmp_path / "control.jsonl"  # the control teacher's rows, but from outside: no lineage
+    rows = [r for r, _ in read_rows(root / "data/lm/s0/g1-control/kept/rows.jsonl")]
+    outside.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n" for r in rows))
+    fallback = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                        "--control", str(outside), "--name", "distill-out", "--params", str(distill)])
+    assert fallback.exit_code == 0, fallback.output
+    said = " ".join(fallback.output.split())
+    assert "(--control), sft (distill needs the generator of the control: none known)" in said
+    assert not any(k.startswith("teacher:") for k in read_meta(root / "screens/distill-out/probe").parents)
+
+
 def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened, tmp_path):
     from sublim.cli import app
 
