@@ -108,3 +108,25 @@ def test_lm_code_manifests_follow_the_chosen_plug_ins(tmp_path):
     changed = {k for k, v in manifests().items() if v != after[k]}
     # lm.probe: the screen's probe asks every registered trait's questions
     assert changed == {"lm.base", "lm.teacher", "lm.questions", "lm.evaluate", "lm.probe"}  # not the data's steps
+
+
+def test_a_module_sets_closure_is_remembered_until_one_of_its_files_changes(tmp_path, monkeypatch):
+    """Flows compute ~800 jobs' code closures from a few dozen module sets: remembered, but an edited file (a new
+    import) is walked again."""
+    import os
+
+    from sublim import code
+
+    pkg = tmp_path / "zpkg_closure"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("X = 1\n")
+    (pkg / "b.py").write_text("Y = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = frozenset({"zpkg_closure.a"})
+    assert set(code._cached_closure(modules)) == {"zpkg_closure/__init__.py", "zpkg_closure/a.py"}
+    assert code._cached_closure(modules) is code._cached_closure(modules)  # remembered
+    (pkg / "a.py").write_text("from zpkg_closure import b\n")
+    stat = (pkg / "a.py").stat()
+    os.utime(pkg / "a.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime, even on coarse clocks
+    assert "zpkg_closure/b.py" in code._cached_closure(modules)
