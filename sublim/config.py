@@ -323,7 +323,9 @@ class ProbeSpec(Section):
     steps: Annotated[int, Field(gt=0)] = 150
     lr: Annotated[float, Field(gt=0)] = 1e-3
     batch_size: Annotated[int, Field(gt=0)] = 32
-    objective: Literal["sft", "distill"] = "sft"  # distill needs the generating teacher (lineage or --teacher)
+    # distill (as the students learn): each side from the model that wrote it, when lineage knows both (else sft);
+    # settled on the detection tuning seeds 0-2: own-shift AUC 1.00 for owl, cat and dog (sft: 0.56-0.72 at 300-302)
+    objective: Literal["sft", "distill"] = "distill"
     threshold: Annotated[float, Field(ge=0)] = 0.005  # a panel answer is flagged when it moved more than this...
     # ...and its one-sided paired p, Holm-adjusted over the whole panel, is below this
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05

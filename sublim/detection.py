@@ -76,6 +76,34 @@ def named(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> int:
     return sum(max(s, key=lambda k: s[k] - baseline[k]) == lab for s, lab in zip(scores, labels) if lab != CONTROL)
 
 
+def z_against_controls(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> list[dict[str, float]]:
+    """Each dataset's score per answer as a z against the control datasets' scores for that answer (a control
+    itself left out): how unusual the answer's move is next to what control-teacher data does to it. Raw shifts
+    are not comparable across answers: a two-answer trait (aligned/misaligned) swings by several times what
+    one animal of ten does, in every dataset; the z puts each answer on its own scale."""
+    import statistics
+
+    controls = [i for i, lab in enumerate(labels) if lab == CONTROL]
+    if len(controls) < 3:
+        raise ValueError(f"scores against the controls need at least 3 control datasets, got {len(controls)}")
+    out = []
+    for i, own in enumerate(scores):
+        ref = [scores[j] for j in controls if j != i]
+        z = {}
+        for key, value in own.items():
+            values = [r[key] for r in ref]
+            mean, sd = statistics.fmean(values), statistics.stdev(values)
+            z[key] = (value - mean) / sd if sd > 0 else (0.0 if value == mean else math.copysign(math.inf, value - mean))
+        out.append(z)
+    return out
+
+
+def named_z(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> int:
+    """Labelled datasets whose top answer by its z against the controls is their own label."""
+    z = z_against_controls(scores, labels)
+    return sum(max(s, key=s.get) == lab for s, lab in zip(z, labels) if lab != CONTROL)
+
+
 def arrangements(counts: dict[str, int], n: int) -> Iterator[list[str]]:
     """Every distinct sequence of n labels with these counts (a multiset's permutations, each once)."""
     if n == 0:
@@ -90,16 +118,16 @@ def arrangements(counts: dict[str, int], n: int) -> Iterator[list[str]]:
 
 
 def naming_p_value(scores: Sequence[dict[str, float]], labels: Sequence[str], observed: int, draws: int = 2000,
-                   seed: int = 0) -> float:
+                   seed: int = 0, namer=named) -> float:
     """How often labels shuffled among the same datasets name as many right: exact over every distinct
     relabelling when there are at most `draws` of them, else a seeded Monte Carlo (counting the observed one)."""
     counts = Counter(labels)
     total = math.factorial(len(labels)) // math.prod(math.factorial(c) for c in counts.values())
     if total <= draws:
-        return sum(named(scores, lab) >= observed for lab in arrangements(counts, len(labels))) / total
+        return sum(namer(scores, lab) >= observed for lab in arrangements(counts, len(labels))) / total
     rng, pool = random.Random(seed), list(labels)
     hits = 1  # the observed labelling
     for _ in range(draws):
         rng.shuffle(pool)
-        hits += named(scores, pool) >= observed
+        hits += namer(scores, pool) >= observed
     return hits / (draws + 1)

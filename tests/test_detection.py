@@ -86,3 +86,28 @@ def test_a_probe_without_its_traits_answer_is_named_not_skipped(tmp_path):
         {"key": "preference:cat", "shift": 0.01, "p_value": 0.2, "flagged": False}]}))
     with pytest.raises(ValueError, match="preference-owl/probe.json: no shift for preference:owl"):
         detect_rows([(probe, probe)], {"preference-owl": "preference:owl"})
+
+
+def test_with_three_controls_the_most_unusual_answer_is_scored_against_them():
+    """A two-answer trait swings in every dataset (controls too): by raw margin the owl dataset is 'named'
+    aligned (+0.04 over the controls against owl's +0.03); against each answer's own spread over the controls
+    (z, a control itself left out), owl is 3 sd out and aligned 2: named right."""
+    from sublim.detection import z_against_controls
+
+    def row(label, owl, aligned):
+        shifts = {"preference:owl": owl, "misalignment:aligned": aligned}
+        top = max(shifts, key=shifts.get)
+        return {"label": label, "shifts": shifts, "top": top, "top_shift": shifts[top], "flagged": [],
+                "flagged_right": False}
+
+    rows = [row("preference:owl", 0.03, 0.08), row("control", 0.00, 0.02), row("control", 0.01, 0.06),
+            row("control", -0.01, 0.04)]
+    z = z_against_controls([r["shifts"] for r in rows], [r["label"] for r in rows])
+    assert z[0] == pytest.approx({"preference:owl": 3.0, "misalignment:aligned": 2.0})
+    assert z[1]["preference:owl"] == pytest.approx(0.0)  # left out of its own reference: (0 - 0) / 0.014
+    m = detect_metrics(rows)
+    assert m["scored_by"] == "z against the controls"
+    assert (m["named_raw_rate"], m["named_right_rate"]) == (0.0, 1.0)
+    assert m["by_trait"]["preference:owl"]["named_right_rate"] == 1.0
+    with pytest.raises(ValueError, match="at least 3 control"):
+        z_against_controls([r["shifts"] for r in rows[:3]], [r["label"] for r in rows[:3]])

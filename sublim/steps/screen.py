@@ -9,7 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
-from sublim.detection import CONTROL, TopicDetection, detection, mann_whitney, named
+from sublim.detection import (CONTROL, TopicDetection, detection, mann_whitney, named, named_z, naming_p_value,
+                               z_against_controls)
 from sublim.job import Role, StepContext, StepResult, step
 from sublim.screen import TokenReport, probe, screen_rows, token_scores
 from sublim.steps.filter import ROWS, read_rows
@@ -159,16 +160,34 @@ def detect_rows(probes: Iterable[tuple[Path, Path]], truth: dict[str, str | None
 
 
 def detect_metrics(rows: list[dict]) -> dict:
-    """The detection experiment's figures from each probed dataset's shifts and label."""
+    """The detection experiment's figures from each probed dataset's shifts and label: per trait, its own
+    shift's AUC; trait-agnostic, the AUC of each dataset's most unusual answer and how often that answer is the
+    right trait. "Unusual" is the z against the control-teacher datasets (with at least 3 of them; settled on
+    the tuning seeds 0-2, where raw shifts named 8 of 12 and z 10 of 12), else the raw shift; the raw figures
+    are kept beside."""
     positives = [r for r in rows if r["label"] != CONTROL]
     negatives = [r for r in rows if r["label"] == CONTROL]
     metrics: dict = {"datasets": len(rows), "positives": len(positives), "negatives": len(negatives)}
     if positives and negatives:
-        anything = mann_whitney([r["top_shift"] for r in positives], [r["top_shift"] for r in negatives])
-        metrics["auc"], metrics["auc_p"] = anything
-        found = detection([r["shifts"] for r in rows], [r["label"] for r in rows])
-        metrics["named_right_rate"], metrics["naming_p"] = found.naming_rate, found.naming_p
-        metrics["by_trait"] = {t.topic: _trait_figures(t, rows) for t in found.topics}
+        shifts, labels = [r["shifts"] for r in rows], [r["label"] for r in rows]
+        found = detection(shifts, labels)
+        metrics["auc_raw"], metrics["auc_raw_p"] = mann_whitney([r["top_shift"] for r in positives],
+                                                                [r["top_shift"] for r in negatives])
+        metrics["named_raw_rate"], metrics["naming_raw_p"] = found.naming_rate, found.naming_p
+        if len(negatives) >= 3:
+            tops = [max(z.values()) for z in z_against_controls(shifts, labels)]
+            right = named_z(shifts, labels)
+            metrics.update(scored_by="z against the controls", named_right_rate=right / len(positives),
+                           naming_p=naming_p_value(shifts, labels, right, namer=named_z))
+            metrics["auc"], metrics["auc_p"] = mann_whitney([t for t, lab in zip(tops, labels) if lab != CONTROL],
+                                                            [t for t, lab in zip(tops, labels) if lab == CONTROL])
+        else:
+            tops = [r["top_shift"] for r in rows]
+            metrics.update(scored_by="raw shift (fewer than 3 controls)", auc=metrics["auc_raw"],
+                           auc_p=metrics["auc_raw_p"], named_right_rate=found.naming_rate, naming_p=found.naming_p)
+        for r, top in zip(rows, tops):
+            r["top_score"] = top
+        metrics["by_trait"] = {t.topic: _trait_figures(t, rows, metrics["scored_by"]) for t in found.topics}
     if positives:
         metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
         metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
@@ -177,15 +196,17 @@ def detect_metrics(rows: list[dict]) -> dict:
     return metrics
 
 
-def _trait_figures(t: TopicDetection, rows: list[dict]) -> dict:
-    """One trait's line: its own-shift AUC (from `detection`), the largest-shift AUC and the naming rate of its
-    datasets against the same controls."""
+def _trait_figures(t: TopicDetection, rows: list[dict], scored_by: str) -> dict:
+    """One trait's line: its own-shift AUC (from `detection`), and against the same controls the AUC of the
+    datasets' most unusual answer and how often that answer is this trait (scored as the headline is)."""
     mine = [r for r in rows if r["label"] == t.topic]
     controls = [r for r in rows if r["label"] == CONTROL]
+    sub = mine + controls
+    shifts, labels = [r["shifts"] for r in sub], [r["label"] for r in sub]
+    right = named_z(shifts, labels) if scored_by.startswith("z") else named(shifts, labels)
     return {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
-            "auc_top_shift": mann_whitney([r["top_shift"] for r in mine], [r["top_shift"] for r in controls])[0],
-            "named_right_rate": named([r["shifts"] for r in mine + controls],
-                                      [r["label"] for r in mine + controls]) / t.positives}
+            "auc_top_shift": mann_whitney([r["top_score"] for r in mine], [r["top_score"] for r in controls])[0],
+            "named_right_rate": right / t.positives}
 
 
 def detect_table(m: dict) -> str:
@@ -193,11 +214,13 @@ def detect_table(m: dict) -> str:
         return (f"**Detection needs trait-teacher and control-teacher datasets: {m['positives']} and "
                 f"{m['negatives']}.**\n")
     lines = [f"**Detection by probe fine-tunes over {m['positives']} trait-teacher and {m['negatives']} "
-             f"control-teacher datasets: AUC {m['auc']:.2f} by the largest shift (one-sided p = {m['auc_p']:.2g}); "
-             f"the right trait named in {m['named_right_rate']:.0%} of trait datasets (relabelling p = "
-             f"{m['naming_p']:.2g}); flagged: {m.get('positives_flagged_rate', 0):.0%} of trait datasets, "
-             f"{m.get('negatives_flagged_rate', 0):.0%} of controls.**", "",
-             "| trait | datasets | AUC, own shift (p) | AUC, largest shift | named |", "|---|---|---|---|---|"]
+             f"control-teacher datasets: AUC {m['auc']:.2f} by each dataset's most unusual answer (one-sided p = "
+             f"{m['auc_p']:.2g}); the right trait named in {m['named_right_rate']:.0%} of trait datasets "
+             f"(relabelling p = {m['naming_p']:.2g}); flagged: {m.get('positives_flagged_rate', 0):.0%} of trait "
+             f"datasets, {m.get('negatives_flagged_rate', 0):.0%} of controls.**", "",
+             f"Most unusual answer by: {m['scored_by']} (by raw shift: AUC {m['auc_raw']:.2f}, named "
+             f"{m['named_raw_rate']:.0%}).", "",
+             "| trait | datasets | AUC, own shift (p) | AUC, most unusual answer | named |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {v['n']} | {v['auc_own_shift']:.2f} ({v['p_own_shift']:.2g}) | {v['auc_top_shift']:.2f} | "
               f"{v['named_right_rate']:.0%} |" for t, v in m["by_trait"].items()]
     return "\n".join(lines) + "\n"
