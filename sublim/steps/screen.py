@@ -175,19 +175,18 @@ def detect_metrics(rows: list[dict]) -> dict:
                                                                 [r["top_shift"] for r in negatives])
         metrics["named_raw_rate"], metrics["naming_raw_p"] = found.naming_rate, found.naming_p
         if len(negatives) >= 3:
-            tops = [max(z.values()) for z in z_against_controls(shifts, labels)]
+            namer, tops = named_z, [max(z.values()) for z in z_against_controls(shifts, labels)]
             right = named_z(shifts, labels)
             metrics.update(scored_by="z against the controls", named_right_rate=right / len(positives),
                            naming_p=naming_p_value(shifts, labels, right, namer=named_z))
             metrics["auc"], metrics["auc_p"] = mann_whitney([t for t, lab in zip(tops, labels) if lab != CONTROL],
                                                             [t for t, lab in zip(tops, labels) if lab == CONTROL])
         else:
-            tops = [r["top_shift"] for r in rows]
+            namer, tops = named, [r["top_shift"] for r in rows]
             metrics.update(scored_by="raw shift (fewer than 3 controls)", auc=metrics["auc_raw"],
                            auc_p=metrics["auc_raw_p"], named_right_rate=found.naming_rate, naming_p=found.naming_p)
-        for r, top in zip(rows, tops):
-            r["top_score"] = top
-        metrics["by_trait"] = {t.topic: _trait_figures(t, rows, metrics["scored_by"]) for t in found.topics}
+        scored = list(zip(rows, tops))
+        metrics["by_trait"] = {t.topic: _trait_figures(t, scored, namer) for t in found.topics}
     if positives:
         metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
         metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
@@ -196,17 +195,16 @@ def detect_metrics(rows: list[dict]) -> dict:
     return metrics
 
 
-def _trait_figures(t: TopicDetection, rows: list[dict], scored_by: str) -> dict:
+def _trait_figures(t: TopicDetection, scored: list[tuple[dict, float]], namer) -> dict:
     """One trait's line: its own-shift AUC (from `detection`), and against the same controls the AUC of the
-    datasets' most unusual answer and how often that answer is this trait (scored as the headline is)."""
-    mine = [r for r in rows if r["label"] == t.topic]
-    controls = [r for r in rows if r["label"] == CONTROL]
-    sub = mine + controls
-    shifts, labels = [r["shifts"] for r in sub], [r["label"] for r in sub]
-    right = named_z(shifts, labels) if scored_by.startswith("z") else named(shifts, labels)
+    datasets' most unusual answer (`scored`: each row with that answer's score) and how often that answer is
+    this trait (`namer`: scored as the headline is)."""
+    mine = [(r, top) for r, top in scored if r["label"] == t.topic]
+    controls = [(r, top) for r, top in scored if r["label"] == CONTROL]
+    sub = [r for r, _ in mine + controls]
     return {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
-            "auc_top_shift": mann_whitney([r["top_score"] for r in mine], [r["top_score"] for r in controls])[0],
-            "named_right_rate": right / t.positives}
+            "auc_top_shift": mann_whitney([top for _, top in mine], [top for _, top in controls])[0],
+            "named_right_rate": namer([r["shifts"] for r in sub], [r["label"] for r in sub]) / t.positives}
 
 
 def detect_table(m: dict) -> str:
