@@ -9,8 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
-from sublim.detection import (CONTROL, TopicDetection, detection, mann_whitney, named, named_z, naming_p_value,
-                               z_against_controls)
+from sublim.detection import CONTROL, TopicDetection, detection, mann_whitney, named_top, naming_p_value, robust_z
 from sublim.job import Role, StepContext, StepResult, step
 from sublim.screen import TokenReport, probe, screen_rows, token_scores
 from sublim.steps.filter import ROWS, read_rows
@@ -127,7 +126,7 @@ class DetectSummaryParams(Section):
 
 @step("lm.detect")
 def lm_detect(ctx: StepContext) -> StepResult:
-    """How well the probe tells trait-teacher datasets from control-teacher datasets: by its largest shift
+    """How well the probe tells trait-teacher datasets from control-teacher datasets: by its most unusual answer
     (is anything moving?) and, per trait, by that trait's own shift (is *it* moving?), each AUC with its exact
     Mann-Whitney p; how often it names the right trait (as `sublim ask` does, with its relabelling p); how
     often it flags each kind of dataset."""
@@ -162,9 +161,8 @@ def detect_rows(probes: Iterable[tuple[Path, Path]], truth: dict[str, str | None
 def detect_metrics(rows: list[dict]) -> dict:
     """The detection experiment's figures from each probed dataset's shifts and label: per trait, its own
     shift's AUC; trait-agnostic, the AUC of each dataset's most unusual answer and how often that answer is the
-    right trait. "Unusual" is the z against the control-teacher datasets (with at least 3 of them; settled on
-    the tuning seeds 0-2, where raw shifts named 8 of 12 and z 10 of 12), else the raw shift; the raw figures
-    are kept beside."""
+    right trait. "Unusual": the answer's robust z among all the datasets probed together (settled on the tuning
+    seeds 0-2: AUC 0.83 and 9 of 12 named, against 0.56 and 8 of 12 by raw shift); raw figures kept beside."""
     positives = [r for r in rows if r["label"] != CONTROL]
     negatives = [r for r in rows if r["label"] == CONTROL]
     metrics: dict = {"datasets": len(rows), "positives": len(positives), "negatives": len(negatives)}
@@ -174,19 +172,14 @@ def detect_metrics(rows: list[dict]) -> dict:
         metrics["auc_raw"], metrics["auc_raw_p"] = mann_whitney([r["top_shift"] for r in positives],
                                                                 [r["top_shift"] for r in negatives])
         metrics["named_raw_rate"], metrics["naming_raw_p"] = found.naming_rate, found.naming_p
-        if len(negatives) >= 3:
-            namer, tops = named_z, [max(z.values()) for z in z_against_controls(shifts, labels)]
-            right = named_z(shifts, labels)
-            metrics.update(scored_by="z against the controls", named_right_rate=right / len(positives),
-                           naming_p=naming_p_value(shifts, labels, right, namer=named_z))
-            metrics["auc"], metrics["auc_p"] = mann_whitney([t for t, lab in zip(tops, labels) if lab != CONTROL],
-                                                            [t for t, lab in zip(tops, labels) if lab == CONTROL])
-        else:
-            namer, tops = named, [r["top_shift"] for r in rows]
-            metrics.update(scored_by="raw shift (fewer than 3 controls)", auc=metrics["auc_raw"],
-                           auc_p=metrics["auc_raw_p"], named_right_rate=found.naming_rate, naming_p=found.naming_p)
-        scored = list(zip(rows, tops))
-        metrics["by_trait"] = {t.topic: _trait_figures(t, scored, namer) for t in found.topics}
+        z = robust_z(shifts)
+        tops = [max(s.values()) for s in z]
+        metrics["auc"], metrics["auc_p"] = mann_whitney([t for t, lab in zip(tops, labels) if lab != CONTROL],
+                                                        [t for t, lab in zip(tops, labels) if lab == CONTROL])
+        right = named_top(z, labels)
+        metrics.update(scored_by="robust z among the datasets", named_right_rate=right / len(positives),
+                       naming_p=naming_p_value(z, labels, right, namer=named_top))
+        metrics["by_trait"] = {t.topic: _trait_figures(t, list(zip(z, tops, labels))) for t in found.topics}
     if positives:
         metrics["flagged_right_rate"] = sum(r["flagged_right"] for r in positives) / len(positives)
         metrics["positives_flagged_rate"] = sum(bool(r["flagged"]) for r in positives) / len(positives)
@@ -195,16 +188,14 @@ def detect_metrics(rows: list[dict]) -> dict:
     return metrics
 
 
-def _trait_figures(t: TopicDetection, scored: list[tuple[dict, float]], namer) -> dict:
-    """One trait's line: its own-shift AUC (from `detection`), and against the same controls the AUC of the
-    datasets' most unusual answer (`scored`: each row with that answer's score) and how often that answer is
-    this trait (`namer`: scored as the headline is)."""
-    mine = [(r, top) for r, top in scored if r["label"] == t.topic]
-    controls = [(r, top) for r, top in scored if r["label"] == CONTROL]
-    sub = [r for r, _ in mine + controls]
+def _trait_figures(t: TopicDetection, scored: list[tuple[dict, float, str]]) -> dict:
+    """One trait's line: its own-shift AUC (from `detection`), and against the controls the AUC of its datasets'
+    most unusual answer and how often that answer is this trait (`scored`: each dataset's z, top z, label)."""
+    mine = [(z, top) for z, top, lab in scored if lab == t.topic]
+    controls = [top for _, top, lab in scored if lab == CONTROL]
     return {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
-            "auc_top_shift": mann_whitney([top for _, top in mine], [top for _, top in controls])[0],
-            "named_right_rate": namer([r["shifts"] for r in sub], [r["label"] for r in sub]) / t.positives}
+            "auc_top_shift": mann_whitney([top for _, top in mine], controls)[0],
+            "named_right_rate": named_top([z for z, _ in mine], [t.topic] * len(mine)) / t.positives}
 
 
 def detect_table(m: dict) -> str:
@@ -216,7 +207,7 @@ def detect_table(m: dict) -> str:
              f"{m['auc_p']:.2g}); the right trait named in {m['named_right_rate']:.0%} of trait datasets "
              f"(relabelling p = {m['naming_p']:.2g}); flagged: {m.get('positives_flagged_rate', 0):.0%} of trait "
              f"datasets, {m.get('negatives_flagged_rate', 0):.0%} of controls.**", "",
-             f"Most unusual answer by: {m['scored_by']} (by raw shift: AUC {m['auc_raw']:.2f}, named "
+             f"Most unusual answer by its {m['scored_by']} (by raw shift: AUC {m['auc_raw']:.2f}, named "
              f"{m['named_raw_rate']:.0%}).", "",
              "| trait | datasets | AUC, own shift (p) | AUC, most unusual answer | named |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {v['n']} | {v['auc_own_shift']:.2f} ({v['p_own_shift']:.2g}) | {v['auc_top_shift']:.2f} | "
