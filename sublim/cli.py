@@ -370,6 +370,10 @@ def screen(
     console.print(f"screened dataset: {done.screened} (teacher: {scored_by})", highlight=False)
     if done.probe:
         console.print(f"probe against {done.control} ({done.control_from}), {done.probe_objective}", highlight=False)
+        if done.control_from == "base answers":
+            console.print("note: against the base's own answers a flag says the data moves the base, not that the "
+                          "move is a trait; --control with a control teacher's data makes the test specific",
+                          highlight=False)
         out().print(Markdown(done.summary))
     if done.flagged:
         raise typer.Exit(1)

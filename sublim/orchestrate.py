@@ -20,6 +20,7 @@ def job_cache_key(job: Job, upstream: list[Outcome], root: Path, threads: int) -
     h = hashlib.sha256()
     h.update(job.id.encode())
     h.update(str(job.output).encode())  # a cached result names its output: never reuse it for another path
+    h.update(json.dumps([(str(role), str(path)) for role, path in job.inputs]).encode())  # roles and order count
     h.update(json.dumps(job.params.model_dump(mode="json"), sort_keys=True).encode())
     h.update(f"threads={threads}".encode())  # float sums, and so digests, depend on it
     h.update(code.job_digest(job).encode())

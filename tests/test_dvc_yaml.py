@@ -123,6 +123,7 @@ def test_a_module_sets_closure_is_remembered_until_one_of_its_files_changes(tmp_
     (pkg / "a.py").write_text("X = 1\n")
     (pkg / "b.py").write_text("Y = 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(code, "_CLOSURES", {})  # this test's walks stay out of the process-wide memo
     modules = frozenset({"zpkg_closure.a"})
     assert set(code._cached_closure(modules)) == {"zpkg_closure/__init__.py", "zpkg_closure/a.py"}
     assert code._cached_closure(modules) is code._cached_closure(modules)  # remembered

@@ -194,7 +194,7 @@ def _trait_figures(t: TopicDetection, scored: list[tuple[dict, float, str]]) -> 
     mine = [(z, top) for z, top, lab in scored if lab == t.topic]
     controls = [top for _, top, lab in scored if lab == CONTROL]
     return {"n": t.positives, "auc_own_shift": t.auc, "p_own_shift": t.p_value,
-            "auc_top_shift": mann_whitney([top for _, top in mine], controls)[0],
+            "auc_most_unusual": mann_whitney([top for _, top in mine], controls)[0],
             "named_right_rate": named_top([z for z, _ in mine], [t.topic] * len(mine)) / t.positives}
 
 
@@ -210,6 +210,6 @@ def detect_table(m: dict) -> str:
              f"Most unusual answer by its {m['scored_by']} (by raw shift: AUC {m['auc_raw']:.2f}, named "
              f"{m['named_raw_rate']:.0%}).", "",
              "| trait | datasets | AUC, own shift (p) | AUC, most unusual answer | named |", "|---|---|---|---|---|"]
-    lines += [f"| {t} | {v['n']} | {v['auc_own_shift']:.2f} ({v['p_own_shift']:.2g}) | {v['auc_top_shift']:.2f} | "
+    lines += [f"| {t} | {v['n']} | {v['auc_own_shift']:.2f} ({v['p_own_shift']:.2g}) | {v['auc_most_unusual']:.2f} | "
               f"{v['named_right_rate']:.0%} |" for t, v in m["by_trait"].items()]
     return "\n".join(lines) + "\n"
