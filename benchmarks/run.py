@@ -553,6 +553,7 @@ def screen_cost(tmp: Path, scale: Scale) -> dict:
     teacher = made.find("teacher", seed=0, gen=0, variant="trait").output
     data = made.find("filter", seed=0, gen=1, variant="trait").output
     control = made.find("filter", seed=0, gen=1, variant="control").output
+    control_teacher = made.find("teacher", seed=0, gen=0, variant="control").output
     rows = sum(1 for row, _ in read_rows(root / data / ROWS) if row)
     model = cfg.lm.model
     screens = {
@@ -560,10 +561,13 @@ def screen_cost(tmp: Path, scale: Scale) -> dict:
                        ((Role.SOURCE, data), (Role.INIT, base), (Role.TEACHER, teacher)), "lm.screen"),
         "random": (ScreenParams(model=model, screen=ScreenSpec(method="random")),
                    ((Role.SOURCE, data), (Role.INIT, base)), "lm.screen"),
-        "probe": (ProbeParams(model=model, probe=ProbeSpec(**scale.probe), panel=panel_specs(cfg, TRAITS),
-                              evaluate=cfg.lm.evaluate.model_copy(update={"samples": 0})),
-                  ((Role.DATA, data), (Role.CONTROL, control), (Role.INIT, base)), "lm.probe"),
     }
+    for name, objective in (("probe", "distill"), ("probe_sft", "sft")):  # distill: each side from its writer
+        writers = ((Role.TEACHER, teacher), (Role.TEACHER, control_teacher)) if objective == "distill" else ()
+        screens[name] = (ProbeParams(model=model, probe=ProbeSpec(**{**scale.probe, "objective": objective}),
+                                     panel=panel_specs(cfg, TRAITS),
+                                     evaluate=cfg.lm.evaluate.model_copy(update={"samples": 0})),
+                         ((Role.DATA, data), (Role.CONTROL, control), (Role.INIT, base), *writers), "lm.probe")
     out: dict[str, Any] = {"generated_rows": scale.screen_prompts, "rows": rows, "model": model.model_dump(mode="json")}
     for name, (params, inputs, fn) in screens.items():
         job = Job("bench", "screen", params, Path("screens") / name, inputs, variant=name, fn=fn)
@@ -575,7 +579,8 @@ def screen_cost(tmp: Path, scale: Scale) -> dict:
     probe = ProbeSpec(**scale.probe)
     out["note"] = ("s_per_1000_rows: the step's wall time (loading models included) per 1,000 rows of the screened "
                    "dataset; step_reported: the step's own figure (scoring only; the probe's counts the control's "
-                   f"rows too). The probe's cost is about fixed ({probe.seeds} seeds x 2 fine-tunes of "
+                   f"rows too). probe: the default distill probe (each side distilled from its writer); probe_sft: "
+                   f"sft. The probe's cost is about fixed ({probe.seeds} seeds x 2 fine-tunes of "
                    f"{probe.steps} steps on at most {probe.rows} rows, then the panel), so per row it falls as the "
                    "dataset grows")
     return out
