@@ -73,15 +73,15 @@ def named(scores: Sequence[dict[str, float]], labels: Sequence[str]) -> int:
     """Labelled datasets whose top topic, against the controls' mean for each topic, is their own label."""
     controls = [s for s, lab in zip(scores, labels) if lab == CONTROL]
     baseline = {k: sum(c[k] for c in controls) / len(controls) for k in controls[0]}
-    return sum(max(s, key=lambda k: s[k] - baseline[k]) == lab for s, lab in zip(scores, labels) if lab != CONTROL)
+    return named_top([{k: v - baseline[k] for k, v in s.items()} for s in scores], labels)
 
 
 def robust_z(scores: Sequence[dict[str, float]]) -> list[dict[str, float]]:
     """Each dataset's score per answer as a robust z among all the datasets scored together: (score - median) /
     (1.4826 MAD) over them (1.2533 times the mean absolute deviation when most are equal, so one dataset that
-    moves is still seen; 0 for an answer that does not vary at all). Raw shifts are not comparable across answers (a
-    two-answer trait, aligned/misaligned, swings by several times what one animal of ten does, in every
-    dataset); the z puts each answer on its own scale. It uses no labels, so tests on it stay exact, and the
+    moves is still seen; 0 for an answer that does not vary at all). Raw shifts are not comparable across
+    answers (a two-answer trait, aligned/misaligned, swings by several times what one animal of ten does, in
+    every dataset); the z puts each answer on its own scale. It uses no labels, so tests on it stay exact, and the
     median and MAD stay put when a few datasets (a trait's) move."""
     import numpy as np
 
@@ -89,7 +89,8 @@ def robust_z(scores: Sequence[dict[str, float]]) -> list[dict[str, float]]:
     x = np.array([[s[k] for k in keys] for s in scores], dtype=float)
     centre = np.median(x, axis=0)
     spread = np.abs(x - centre)
-    scale = np.where(np.median(spread, axis=0) > 0, 1.4826 * np.median(spread, axis=0), 1.2533 * spread.mean(axis=0))
+    mad = np.median(spread, axis=0)
+    scale = np.where(mad > 0, 1.4826 * mad, 1.2533 * spread.mean(axis=0))
     z = np.divide(x - centre, scale, out=np.zeros_like(x), where=scale > 0)
     return [dict(zip(keys, row.tolist())) for row in z]
 
