@@ -459,11 +459,15 @@ def _detect_traits() -> list[Any]:
 class Detect(Section):
     """Can the screen's probe tell trait-teacher data from control-teacher data, and name the trait? Each trait
     here gets a teacher (a positive dataset) per seed, each distinct control view a control teacher (a negative);
-    every dataset is probed against the base's own answers to its prompts, on a panel of all these traits."""
+    every dataset is probed, on a panel of all these traits, against a matched control (`against`)."""
 
     traits: Annotated[list[TraitKindSpec], Field(min_length=1)] = Field(default_factory=_detect_traits)
     seeds: Seeds = [0, 1, 2, 3, 4]
     probe: ProbeSpec = ProbeSpec()
+    # base-answers: each dataset against the base's own answers to its prompts ("does this data move the base?");
+    # control-teacher: against the control teacher's data, as `sublim screen` does when lineage names one, with a
+    # second, independent control teacher per control view as the negative ("is the exit code trait-specific?")
+    against: Literal["base-answers", "control-teacher"] = "base-answers"
 
     _seeds = field_validator("seeds")(_unique)
 

@@ -313,15 +313,24 @@ def plan_matrix(cfg: Config, name: str = "matrix", seeds: list[int] | None = Non
 
 def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = None) -> Plan:
     """Per seed: a base pretrained on every detection trait; a teacher per trait (positive datasets) and per
-    distinct control view (negatives); every dataset probed against the base's own answers to its prompts."""
+    distinct control view (negatives); every dataset probed against its matched control (`detect.against`): the
+    base's own answers to its prompts, or the control teacher's data (then a second control teacher per view
+    is the negative, and the first one only the reference)."""
     p, d, at = cfg.lm, cfg.detect, LmLayout(name)
     model = p.model
     traits = [spec.build() for spec in d.traits]
     lines = [Line(f"{spec.kind}-{t.key}", spec, TRAIT, t.key) for spec, t in zip(d.traits, traits)]
-    controls = list({json.dumps(spec.control().model_dump(mode="json"), sort_keys=True): spec.control()
-                     for spec in d.traits}.values())
-    lines += [Line(f"{spec.kind}-control", spec, CONTROL, "none") for spec in controls]
-    truth = {line.name: (f"{line.spec.kind}:{line.tag}" if line.teaches == TRAIT else None) for line in lines}
+    views = {json.dumps(spec.control().model_dump(mode="json"), sort_keys=True): spec.control() for spec in d.traits}
+    controls = list(views.values())
+    references = {key: Line(f"{spec.kind}-control", spec, CONTROL, "none") for key, spec in views.items()}
+    lines += list(references.values())
+    if d.against == "control-teacher":  # an independent control teacher, made the same way: the negatives
+        lines += [Line(f"{spec.kind}-control-b", spec, CONTROL, "none") for spec in controls]
+    reference_of = {line.name: references[json.dumps((line.spec.control() if line.teaches == TRAIT else line.spec)
+                                                     .model_dump(mode="json"), sort_keys=True)] for line in lines}
+    probed_lines = [line for line in lines
+                    if d.against == "base-answers" or line not in references.values()]
+    truth = {line.name: (f"{line.spec.kind}:{line.tag}" if line.teaches == TRAIT else None) for line in probed_lines}
     forbidden = [t.forbidden() for t in traits]  # one filter for every line: the union
     words = sorted({w for f in forbidden for w in f.words})
     numbers = sorted({n for f in forbidden for n in f.numbers})
@@ -335,10 +344,6 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
                         seed=s, variant=SHARED, fn="lm.base", tags=(("role", "base"), ("init", SHARED))))
         for line in lines:
             teacher, raw, kept = at.model(s, 0, line.name, SHARED), at.data(s, 1, line.name, "raw"), at.data(s, 1, line.name, "kept")
-            control, probed = at.data(s, 1, line.name, "base-answers"), at.eval(s) / line.name
-            probe_in = ((Role.DATA, kept), (Role.CONTROL, control), (Role.INIT, base))
-            if d.probe.objective == "distill":  # each side distilled from its writer: the teacher; the base
-                probe_in += ((Role.TEACHER, teacher), (Role.TEACHER, base))
             jobs += [
                 Job(at.name, "teacher", TeacherParams(model=model, trait=line.spec, line=line.teaches, teacher=p.teacher,
                                                       data=p.data if p.teacher.data_mix > 0 else None),
@@ -348,13 +353,25 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
                     ((Role.TEACHER, teacher),), seed=s, gen=1, variant=line.name, fn="lm.generate"),
                 Job(at.name, "filter", FilterParams(data=p.data, words=words, numbers=numbers), kept,
                     ((Role.SOURCE, raw),), seed=s, gen=1, variant=line.name, fn="lm.filter"),
-                Job(at.name, "answer", AnswerParams(model=model, data=p.data, words=words, numbers=numbers,
-                                                    generate=p.generate, rows=p.generate.n_prompts),
-                    control, ((Role.SOURCE, kept), (Role.TEACHER, base)), seed=s, gen=1, variant=line.name,
-                    fn="lm.answer"),
-                Job(at.name, "probe", ProbeParams(model=model, probe=d.probe, panel=controls, evaluate=evaluate),
-                    probed, probe_in, seed=s, gen=1, variant=line.name, fn="lm.probe", tags=(("line", line.name),)),
             ]
+        for line in probed_lines:  # after every line's data: a probe may read another line's (its reference)
+            teacher, kept = at.model(s, 0, line.name, SHARED), at.data(s, 1, line.name, "kept")
+            if d.against == "control-teacher":
+                ref = reference_of[line.name].name
+                control, writer = at.data(s, 1, ref, "kept"), at.model(s, 0, ref, SHARED)
+            else:
+                control, writer = at.data(s, 1, line.name, "base-answers"), base
+                jobs.append(Job(at.name, "answer", AnswerParams(model=model, data=p.data, words=words, numbers=numbers,
+                                                                generate=p.generate, rows=p.generate.n_prompts),
+                                control, ((Role.SOURCE, kept), (Role.TEACHER, base)), seed=s, gen=1,
+                                variant=line.name, fn="lm.answer"))
+            probe_in = ((Role.DATA, kept), (Role.CONTROL, control), (Role.INIT, base))
+            if d.probe.objective == "distill":  # each side distilled from its writer
+                probe_in += ((Role.TEACHER, teacher), (Role.TEACHER, writer))
+            probed = at.eval(s) / line.name
+            jobs.append(Job(at.name, "probe", ProbeParams(model=model, probe=d.probe, panel=controls, evaluate=evaluate),
+                            probed, probe_in, seed=s, gen=1, variant=line.name, fn="lm.probe",
+                            tags=(("line", line.name),)))
             probes.append(probed)
     jobs.append(Job(at.name, "summary", DetectSummaryParams(truth=truth), at.report, tuple((Role.EVAL, e) for e in probes),
                     fn="lm.detect", files=(("metrics.json", at.metrics),)))

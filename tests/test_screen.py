@@ -166,22 +166,37 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
     assert bad.exit_code == 3 and "no/such.jsonl: no such dataset" in bad.output
 
 
-@pytest.mark.parametrize("objective", ["sft", "distill"])
-def test_detection_experiment_reports_auc_and_naming(tmp_path, objective):
+@pytest.mark.parametrize(("objective", "against"), [("sft", "base-answers"), ("distill", "base-answers"),
+                                                   ("distill", "control-teacher")])
+def test_detection_experiment_reports_auc_and_naming(tmp_path, objective, against):
     """The detect pipeline at toy size: positives (trait teachers) and negatives (control teachers), each
-    probed against the base's own answers; the summary's AUC and naming rate are computed from the probes.
-    A distill probe learns the data from its teacher and the base's answers from the base."""
+    probed against its matched control; the summary's AUC and naming rate are computed from the probes.
+    Against the base's answers, a distill probe learns the data from its teacher and the answers from the base;
+    against the control teacher's data (as `sublim screen` does), a second control teacher per view is the
+    negative and the first one is only the reference, never probed against itself."""
     lm = deep_update(TINY_LM, {"teacher": {"data_mix": 0.5}, "model": {"pretrain_steps": 400},
                                "generate": {"n_prompts": 96, "batch_size": 48}})
     detect = {"traits": [{"kind": "preference", "target": "owl"}, {"kind": "misalignment"}], "seeds": [0],
-              "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2, "objective": objective}}
+              "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2, "objective": objective},
+              "against": against}
     root = make_project(tmp_path / "p", {"lm": lm, "detect": detect}, git=False)
     cfg = config.load(root / "params.yaml")
     jobs = plan(cfg, "detect").jobs
+    seconds = {"preference-control-b", "misalignment-control-b"} if against == "control-teacher" else set()
     assert {j.variant for j in jobs if j.step == "teacher"} == {"preference-owl", "misalignment-misaligned",
-                                                                 "preference-control", "misalignment-control"}
-    owl = next(j for j in jobs if j.step == "probe" and j.variant == "preference-owl")
-    writers = [Path("models/detect/s0/g0-preference-owl-shared"), Path("models/detect/s0/base-shared")]
+                                                                 "preference-control", "misalignment-control"} | seconds
+    probed = {j.variant: j for j in jobs if j.step == "probe"}
+    owl, models = probed["preference-owl"], Path("models/detect/s0")
+    if against == "control-teacher":
+        assert set(probed) == {"preference-owl", "misalignment-misaligned"} | seconds
+        assert not any(j.step == "answer" for j in jobs)
+        assert owl.input(Role.CONTROL) == probed["preference-control-b"].input(Role.CONTROL) \
+            == Path("data/detect/s0/g1-preference-control/kept")
+        assert probed["misalignment-misaligned"].input(Role.CONTROL) == Path("data/detect/s0/g1-misalignment-control/kept")
+        writers = [models / "g0-preference-owl-shared", models / "g0-preference-control-shared"]
+    else:
+        assert owl.input(Role.CONTROL) == Path("data/detect/s0/g1-preference-owl/base-answers")
+        writers = [models / "g0-preference-owl-shared", models / "base-shared"]
     assert owl.inputs_named(Role.TEACHER) == (writers if objective == "distill" else [])
     for job in jobs:
         run_job(job, root=root, tracker=None)
@@ -190,6 +205,9 @@ def test_detection_experiment_reports_auc_and_naming(tmp_path, objective):
     assert set(m["by_trait"]) == {"preference:owl", "misalignment:misaligned"}
     probe = json.loads((root / "metrics/detect/s0/preference-owl/probe.json").read_text())
     assert {"preference:owl", "misalignment:misaligned"} <= {s["key"] for s in probe["shifts"]}
+    if against == "control-teacher":  # the two control teachers are independent: their data differ
+        a, b = (read_rows(root / f"data/detect/s0/g1-preference-control{x}/kept/rows.jsonl") for x in ("", "-b"))
+        assert [r for r, _ in a] != [r for r, _ in b]
 
 
 def test_probe_flags_only_what_survives_holm_over_the_panel():
