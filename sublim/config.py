@@ -326,8 +326,10 @@ class ProbeSpec(Section):
     # distill (as the students learn): each side from the model that wrote it, when lineage knows both (else sft);
     # settled on the detection tuning seeds 0-2: own-shift AUC 1.00 for owl, cat and dog (sft: 0.56-0.72 at 300-302)
     objective: Literal["sft", "distill"] = "distill"
-    threshold: Annotated[float, Field(ge=0)] = 0.005  # a panel answer is flagged when it moved more than this...
-    # ...and its one-sided paired p, Holm-adjusted over the whole panel, is below this
+    # a panel answer is flagged when it moved more than `threshold` and its one-sided paired p, Holm-adjusted
+    # over the whole panel, is below `alpha`; set on the detection tuning seeds 0-2 against the control teacher's
+    # data (docs/results/detect-control/flags.py: exit 1 on 75% of trait datasets, 0% of control-teacher ones)
+    threshold: Annotated[float, Field(ge=0)] = 0.01
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait
 
