@@ -59,6 +59,24 @@ def rows_for(lm: Any, teacher: Any | None, rows: Sequence[dict]) -> list[Row]:
                 teacher.chat(r["prompt"]) if teacher is not None else None) for r in rows]
 
 
+def same_vocabulary(base: Any, base_at: Path, others: Sequence[tuple[Any, Path]], root: Path) -> None:
+    """Divergence and distillation compare next-token distributions position by position, over the base's
+    tokens: a model with another tokenizer would give numbers that mean nothing, so it is refused by name
+    (for a model from outside the project, the path it was given as) before any scoring or training."""
+    vocab = base.tokenizer.get_vocab()
+    for lm, at in others:
+        if lm.tokenizer.get_vocab() != vocab:
+            raise ValueError(f"{_given_as(at, root)}: its tokenizer differs from the base's ({_given_as(base_at, root)}); "
+                             "token divergence and distillation need the base's vocabulary (a teacher fine-tuned "
+                             "from this base, or from the same pretrained model)")
+
+
+def _given_as(at: Path, root: Path) -> str:
+    """A project artifact's path, or the outside model it stands for (as_artifact's pointer)."""
+    pointer = Path(root) / at / "source.json"
+    return json.loads(pointer.read_text()).get("model", str(at)) if pointer.is_file() else str(at)
+
+
 def token_scores(backend: Any, base: Any, teacher: Any | None, rows: Sequence[dict], batch_size: int) -> list[Score]:
     """Per row, per completion token: log p_teacher - log p_base (divergence), or -log p_base (surprise)."""
     scored = rows_for(base, teacher, rows)

@@ -166,6 +166,30 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
     assert bad.exit_code == 3 and "no/such.jsonl: no such dataset" in bad.output
 
 
+def test_sublim_screen_refuses_a_teacher_with_another_tokenizer(screened, tmp_path):
+    """Divergence and distillation compare distributions over the base's tokens: a --teacher whose tokenizer
+    differs (here the trait teacher's copy with one piece renamed) is refused by the path it was given as,
+    exit 3, before anything is scored or written."""
+    import shutil
+
+    from sublim.cli import app
+
+    root, _, _ = screened
+    foreign = tmp_path / "foreign-teacher"
+    shutil.copytree(root / "models/lm/s0/g0-trait-shared", foreign)
+    tok = json.loads((foreign / "tokenizer.json").read_text())
+    piece = next(i for i, (p, _) in enumerate(tok["model"]["vocab"]) if p == "!")
+    tok["model"]["vocab"][piece][0] = "¡"
+    (foreign / "tokenizer.json").write_text(json.dumps(tok))
+    result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                      "--teacher", str(foreign), "--name", "foreign", "--no-probe",
+                                      "--params", str(root / "params.yaml")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert f"{foreign.resolve()}: its tokenizer differs from the base's (models/lm/s0/base-shared)" in said
+    assert not (root / "screens/foreign/screened").exists()
+
+
 @pytest.mark.parametrize(("objective", "against"), [("sft", "base-answers"), ("distill", "base-answers"),
                                                    ("distill", "control-teacher")])
 def test_detection_experiment_reports_auc_and_naming(tmp_path, objective, against):

@@ -11,7 +11,7 @@ from pathlib import Path
 from sublim.config import LmEvaluate, ModelSpec, ProbeSpec, ScreenSpec, Section, TraitKindSpec
 from sublim.detection import CONTROL, TopicDetection, detection, mann_whitney, named_top, naming_p_value, robust_z
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.screen import TokenReport, probe, screen_rows, token_scores
+from sublim.screen import TokenReport, probe, same_vocabulary, screen_rows, token_scores
 from sublim.steps.filter import ROWS, read_rows
 
 SCORES, REPORT = "scores.jsonl", "report.md"
@@ -33,6 +33,8 @@ def lm_screen(ctx: StepContext) -> StepResult:
     start = time.perf_counter()
     if spec.method == "divergence":
         teacher = backend.load(ctx.path(Role.TEACHER), ctx.root) if ctx.job.inputs_named(Role.TEACHER) else None
+        if teacher is not None:
+            same_vocabulary(base, ctx.job.input(Role.INIT), [(teacher, ctx.job.input(Role.TEACHER))], ctx.root)
         scores = token_scores(backend, base, teacher, rows, spec.batch_size)
     else:  # random: only how many tokens each row has
         scores = [[0.0] * len(base.answer_ids(r["completion"])) for r in rows]
@@ -117,7 +119,10 @@ def probe_teachers(ctx: StepContext, spec: ProbeSpec, backend) -> tuple:
     if len(teachers) != 2:
         raise ValueError(f"{ctx.job.id}: a distill probe needs two teacher inputs (the data's generator, then the "
                          f"control's), got {len(teachers)}")
-    return tuple(backend.load(t, ctx.root) for t in teachers)
+    loaded = tuple(backend.load(t, ctx.root) for t in teachers)
+    same_vocabulary(backend.load(ctx.path(Role.INIT), ctx.root), ctx.job.input(Role.INIT),
+                    list(zip(loaded, ctx.job.inputs_named(Role.TEACHER))), ctx.root)
+    return loaded
 
 
 class DetectSummaryParams(Section):
