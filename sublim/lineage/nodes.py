@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlflow.entities import LoggedModelStatus
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from sublim.lineage.identity import ID_RE, Identity
@@ -179,6 +179,7 @@ class NodeStore:
         self._experiments: dict[str, str] = {}
         self._all: list[str] | None = None
         self._lineage = None
+        self.created: LoggedModel | None = None  # the LoggedModel the last put created, as the store returned it
 
     def experiment(self, name: str) -> str:
         if name not in self._experiments:
@@ -230,7 +231,7 @@ class NodeStore:
             model = self.client.create_logged_model(
                 self.experiment(experiment), name=safe_name(record.name), source_run_id=run_id, tags=tags,
                 model_type=model_type or record.identity.kind)
-            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            self.created = self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             model_id, current = model.model_id, tags
         else:
             model_id, old = existing.model_ids[0], dict(existing.tags)
