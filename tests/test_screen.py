@@ -169,7 +169,7 @@ def test_sublim_screen_on_an_outside_file_uses_base_answers_as_control(screened,
 def test_sublim_screen_refuses_a_teacher_with_another_tokenizer(screened, tmp_path):
     """Divergence and distillation compare distributions over the base's tokens: a --teacher whose tokenizer
     differs (here the trait teacher's copy with one piece renamed) is refused by the path it was given as,
-    exit 3, before anything is scored or written."""
+    exit 3, before anything is scored or a screened dataset written."""
     import shutil
 
     from sublim.cli import app

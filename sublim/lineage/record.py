@@ -572,7 +572,8 @@ class Tracker:
         model_id, created = self.nodes.put(own, experiment=self.experiment, run_id=run_id,
                                            model_type=meta.lineage.get("backend"))
         if created:
-            model = self.nodes.created  # finalised, with its tags: no read back
+            made = self.nodes.created  # as finalised, with its tags: no read-back (unless another put came between)
+            model = made if made is not None and made.model_id == model_id else self.client.get_logged_model(model_id)
             self._log_model_files(model, meta)
             if self.register:
                 self._register(model, run_id, meta, digest, path)
@@ -629,10 +630,8 @@ class Tracker:
         if gen is None:
             return
         self.client.set_registered_model_alias(name, f"gen{gen}", version)
-        try:
-            top = self.client.get_model_version_by_alias(name, "latest-generation").tags.get(f"{T}generation", "-1")
-        except MlflowException:  # no version has that alias yet
-            top = "-1"
+        top_version = self.client.get_registered_model(name).aliases.get("latest-generation")
+        top = self.client.get_model_version(name, top_version).tags.get(f"{T}generation", "-1") if top_version else "-1"
         if int(gen) >= int(top):
             self.client.set_registered_model_alias(name, "latest-generation", version)
 
