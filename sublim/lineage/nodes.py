@@ -179,7 +179,6 @@ class NodeStore:
         self._experiments: dict[str, str] = {}
         self._all: list[str] | None = None
         self._lineage = None
-        self.created: LoggedModel | None = None  # the LoggedModel the last put created, as the store returned it
 
     def experiment(self, name: str) -> str:
         if name not in self._experiments:
@@ -218,8 +217,9 @@ class NodeStore:
         return found
 
     def put(self, record: Record, *, experiment: str, run_id: str | None = None, model_type: str | None = None,
-            describe: bool = True) -> tuple[str, bool]:
-        """Create or merge the node of `record`; returns (LoggedModel id, created)."""
+            describe: bool = True) -> tuple[str, LoggedModel | None]:
+        """Create or merge the node of `record`; returns (LoggedModel id, the new LoggedModel as finalised, with
+        its tags, or None when the node existed and was merged into)."""
         at = now()
         existing = self.find(record.identity.id)
         if existing is not None:  # merging: read what the store holds now, not what this process cached
@@ -231,10 +231,10 @@ class NodeStore:
             model = self.client.create_logged_model(
                 self.experiment(experiment), name=safe_name(record.name), source_run_id=run_id, tags=tags,
                 model_type=model_type or record.identity.kind)
-            self.created = self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            created = self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             model_id, current = model.model_id, tags
         else:
-            model_id, old = existing.model_ids[0], dict(existing.tags)
+            created, model_id, old = None, existing.model_ids[0], dict(existing.tags)
             edges = Edges.from_tags(old).merged(record.edges, record.name)
             fresh = record.tags(at)
             update = {k: v for k, v in fresh.items() if k.startswith((MEASURED, MEASURED_BY))}
@@ -251,7 +251,7 @@ class NodeStore:
                 self.client.set_logged_model_tags(model_id, {NOTE: text})
                 current[NOTE] = text
         self.lineage.remember(record.identity.id, record.identity.kind, model_id, current)
-        return model_id, existing is None
+        return model_id, created
 
     def describe(self, tags: Mapping[str, str]) -> str:
         """The sentence the MLflow UI shows as the node's description."""

@@ -406,7 +406,7 @@ def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, 
             store.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0, model_id=model_id) for k, v in record.measured])
         store.log_inputs(run.info.run_id, models=[LoggedModelInput(model_id)])
         store.set_terminated(run.info.run_id, "FINISHED")
-    return Recorded(identity.id, kind, identity.how, record.name, model_id, created, run.info.run_id)
+    return Recorded(identity.id, kind, identity.how, record.name, model_id, created is not None, run.info.run_id)
 
 
 def record_model(source: str | Path, *, init_from: str | None = None, trained_on: list[str] | tuple[str, ...] = (),
@@ -571,12 +571,10 @@ class Tracker:
         own = replace(own, facts={**own.facts, MLFLOW_MODEL_IS_EXTERNAL: "true"})
         model_id, created = self.nodes.put(own, experiment=self.experiment, run_id=run_id,
                                            model_type=meta.lineage.get("backend"))
-        if created:
-            made = self.nodes.created  # as finalised, with its tags: no read-back (unless another put came between)
-            model = made if made is not None and made.model_id == model_id else self.client.get_logged_model(model_id)
-            self._log_model_files(model, meta)
+        if created is not None:  # as finalised, with its tags: no read-back
+            self._log_model_files(created, meta)
             if self.register:
-                self._register(model, run_id, meta, digest, path)
+                self._register(created, run_id, meta, digest, path)
         return model_id
 
     def ensure_input(self, inp: Input) -> str:
