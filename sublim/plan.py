@@ -320,14 +320,14 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
     model = p.model
     traits = [spec.build() for spec in d.traits]
     lines = [Line(f"{spec.kind}-{t.key}", spec, TRAIT, t.key) for spec, t in zip(d.traits, traits)]
-    views = {json.dumps(spec.control().model_dump(mode="json"), sort_keys=True): spec.control() for spec in d.traits}
-    controls = list(views.values())
-    references = {key: Line(f"{spec.kind}-control", spec, CONTROL, "none") for key, spec in views.items()}
+    view = lambda spec: json.dumps(spec.model_dump(mode="json"), sort_keys=True)  # noqa: E731  (a control view's key)
+    controls = list({view(spec.control()): spec.control() for spec in d.traits}.values())
+    references = {view(spec): Line(f"{spec.kind}-control", spec, CONTROL, "none") for spec in controls}
     lines += list(references.values())
     if d.against == "control-teacher":  # an independent control teacher, made the same way: the negatives
         lines += [Line(f"{spec.kind}-control-b", spec, CONTROL, "none") for spec in controls]
-    reference_of = {line.name: references[json.dumps((line.spec.control() if line.teaches == TRAIT else line.spec)
-                                                     .model_dump(mode="json"), sort_keys=True)] for line in lines}
+    reference_of = {line.name: references[view(line.spec.control() if line.teaches == TRAIT else line.spec)]
+                    for line in lines}
     probed_lines = [line for line in lines
                     if d.against == "base-answers" or line not in references.values()]
     truth = {line.name: (f"{line.spec.kind}:{line.tag}" if line.teaches == TRAIT else None) for line in probed_lines}

@@ -26,6 +26,7 @@ from typing import Any
 
 from sublim.backends import Row, Schedule
 from sublim.config import ProbeSpec, ScreenSpec
+from sublim.lineage.identity import SOURCE
 from sublim.stats import holm
 
 Score = list[float]
@@ -73,7 +74,7 @@ def same_vocabulary(base: Any, base_at: Path, others: Sequence[tuple[Any, Path]]
 
 def _given_as(at: Path, root: Path) -> str:
     """A project artifact's path, or the outside model it stands for (as_artifact's pointer)."""
-    pointer = Path(root) / at / "source.json"
+    pointer = Path(root) / at / SOURCE
     return json.loads(pointer.read_text()).get("model", str(at)) if pointer.is_file() else str(at)
 
 
@@ -301,7 +302,7 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
         else:
             if not (full / "config.json").is_file():
                 raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
-            (tmp / "source.json").write_text(json.dumps({"model": str(full.resolve()), "revision": None}))
+            (tmp / SOURCE).write_text(json.dumps({"model": str(full.resolve()), "revision": None}))
         write_meta(tmp, ArtifactMeta(kind, f"import:{path}", "import", {"path": str(full.resolve())}, {},
                                      {"origin": "external"} if kind == "dataset" else {}))
     return where
