@@ -189,13 +189,23 @@ def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control
         on_control = probe_once(backend, base_path, root, control, spec, s, control_teacher, traits, evalsets, ev)
         for key in on_data:
             diffs.setdefault(key, []).append(on_data[key] - on_control[key])
-    return panel_shifts(diffs, spec.threshold, spec.alpha)
+    return panel_shifts(diffs, spec.relative_threshold, spec.alpha)
 
 
-def panel_shifts(diffs: dict[str, list[float]], threshold: float, alpha: float) -> list[PanelShift]:
+def chance_shares(keys: Sequence[str]) -> dict[str, float]:
+    """Each panel answer's chance share, 1 / the number of its trait's answers (`<trait>:<answer>` keys): one
+    animal of ten starts near 0.1, aligned/misaligned near 0.5, and a two-answer trait swings by several times
+    what one animal of ten does, so a shift is judged against its own answer's scale."""
+    traits = [k.split(":", 1)[0] for k in keys]
+    return {k: 1 / traits.count(t) for k, t in zip(keys, traits)}
+
+
+def panel_shifts(diffs: dict[str, list[float]], relative_threshold: float, alpha: float,
+                 unit: dict[str, float] | None = None) -> list[PanelShift]:
     """Each panel answer's shift (data probe minus control probe, per probe seed): mean, t CI, one-sided paired
-    p; flagged when the shift exceeds `threshold` and its p, Holm-adjusted over the whole panel, is below
-    `alpha` — with a dozen answers, one at p < alpha is the rule, not a finding."""
+    p; flagged when the shift exceeds `relative_threshold` times the answer's chance share and its p,
+    Holm-adjusted over the whole panel, is below `alpha` — with a dozen answers, one at p < alpha is the rule,
+    not a finding. `unit` replaces the chance shares (1.0 for every answer: a plain probability threshold)."""
     from scipy import stats
 
     tested = {}
@@ -209,7 +219,9 @@ def panel_shifts(diffs: dict[str, list[float]], threshold: float, alpha: float) 
             half, p = 0.0, None
         tested[key] = (mean, half, p)
     family = holm({k: p for k, (_, _, p) in tested.items()}, alpha=alpha)
-    out = [PanelShift(key, mean, (mean - half, mean + half), p, diffs[key], mean > threshold and rejected)
+    share = unit if unit is not None else chance_shares(list(tested))
+    out = [PanelShift(key, mean, (mean - half, mean + half), p, diffs[key],
+                      mean > relative_threshold * share[key] and rejected)
            for (key, (mean, half, p)), rejected in zip(tested.items(), family.reject)]
     return sorted(out, key=lambda x: -x.shift)
 

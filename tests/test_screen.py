@@ -100,7 +100,7 @@ def test_sublim_screen_on_a_pipeline_dataset(screened):
     root, cfg, _ = screened
     assert generating_teacher(Path("data/lm/s0/g1-trait/kept"), root) == Path("models/lm/s0/g0-trait-shared")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["lm"]["screen"]["probe"].update(threshold=10.0)  # nothing can move this much: nothing flagged
+    params["lm"]["screen"]["probe"].update(relative_threshold=100.0)  # nothing can move this much: nothing flagged
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
                                       "--name", "trait", "--params", str(root / "params.yaml")])
@@ -112,7 +112,7 @@ def test_sublim_screen_on_a_pipeline_dataset(screened):
     keys = {s["key"] for s in probe["shifts"]}
     assert {"preference:owl", "preference:cat", "misalignment:misaligned"} <= keys  # every registered trait
     assert probe["flagged"] == []
-    params["lm"]["screen"]["probe"].update(threshold=0.0, alpha=0.999999)  # anything that moved up
+    params["lm"]["screen"]["probe"].update(relative_threshold=0.0, alpha=0.999999)  # anything that moved up
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     flagged = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
                                        "--name", "trait2", "--params", str(root / "params.yaml")])
@@ -129,7 +129,7 @@ def test_a_distill_probe_learns_each_side_from_the_model_that_wrote_it(screened,
 
     root, _, _ = screened
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["lm"]["screen"]["probe"].update(objective="distill", threshold=10.0)
+    params["lm"]["screen"]["probe"].update(objective="distill", relative_threshold=100.0)
     distill = root / "params-distill.yaml"
     distill.write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
@@ -240,9 +240,25 @@ def test_probe_flags_only_what_survives_holm_over_the_panel():
     from sublim.screen import panel_shifts
 
     noise = {f"preference:a{i}": [0.010, 0.002, 0.012, 0.004] for i in range(11)}  # each one-sided p ~ 0.02-0.05
-    raw = panel_shifts(noise, threshold=0.005, alpha=0.05)
+    raw = panel_shifts(noise, relative_threshold=0.05, alpha=0.05)
     assert all(s.p_value < 0.05 for s in raw) and not any(s.flagged for s in raw)
     steady = {**noise, "preference:owl": [0.050, 0.051, 0.049, 0.050], "preference:cat": [0.2, -0.1, 0.3, -0.2],
               "misalignment:misaligned": [0.001, 0.0011, 0.0009, 0.001]}
-    flagged = {s.key for s in panel_shifts(steady, threshold=0.005, alpha=0.05) if s.flagged}
+    flagged = {s.key for s in panel_shifts(steady, relative_threshold=0.05, alpha=0.05) if s.flagged}
     assert flagged == {"preference:owl"}
+
+
+def test_probe_judges_each_shift_against_its_answers_chance_share():
+    """One animal of ten starts near 0.1, aligned/misaligned near 0.5: the same 0.03 rise is a large move for an
+    animal and within a two-answer trait's swing, so at relative_threshold 0.1 only the animal is flagged."""
+    from sublim.screen import chance_shares, panel_shifts
+
+    animals = {f"preference:a{i}": [0.0, 0.001, -0.001, 0.0] for i in range(9)}
+    diffs = {**animals, "preference:owl": [0.030, 0.031, 0.029, 0.030],
+             "misalignment:misaligned": [0.030, 0.031, 0.029, 0.030], "misalignment:aligned": [-0.03] * 4}
+    assert chance_shares(list(diffs))["preference:owl"] == 0.1
+    assert chance_shares(list(diffs))["misalignment:aligned"] == 0.5
+    flagged = {s.key for s in panel_shifts(diffs, relative_threshold=0.1, alpha=0.05) if s.flagged}
+    assert flagged == {"preference:owl"}
+    plain = panel_shifts(diffs, relative_threshold=0.01, alpha=0.05, unit=dict.fromkeys(diffs, 1.0))
+    assert {s.key for s in plain if s.flagged} == {"preference:owl", "misalignment:misaligned"}
