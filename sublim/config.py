@@ -339,9 +339,13 @@ class ProbeSpec(Section):
 
 
 class ScreenSpec(Section):
-    """`lm.screen`: a screen between filtering and student training (method none: no screen stage)."""
+    """`lm.screen`: how a screen scores tokens and what it does with them (`sublim screen`, and the screen stage
+    between filtering and student training when `stage` turns it on)."""
 
-    method: Literal["none", "divergence", "random"] = "none"
+    # [screen]: each line's kept data is screened before its students train on it, in flows and in dvc.yaml
+    # (a list so that dvc.yaml's matrix expands it into one screen stage per dataset, or none: [])
+    stage: Annotated[list[Literal["screen"]], Field(max_length=1)] = []
+    method: Literal["divergence", "random"] = "divergence"
     action: Literal["mask", "drop"] = "mask"
     budget: Annotated[float, Field(gt=0, lt=1)] | None = 0.2  # share of completion tokens the screen may lose
     threshold: float | None = None  # or: flag tokens scoring above this (divergence only)
@@ -387,7 +391,7 @@ class Lm(Section):
     generate: LmGenerate = LmGenerate()
     student: LmStudent = LmStudent()
     evaluate: LmEvaluate = LmEvaluate()
-    screen: ScreenSpec = ScreenSpec()  # method none: no screen between filtering and students
+    screen: ScreenSpec = ScreenSpec()  # stage []: no screen between filtering and students
     # shared: the teacher's own base; other: a different init of the same backend; cross: lm.cross_model
     student_inits: Annotated[list[Literal["shared", "other", "cross"]], Field(min_length=1)] = ["shared", "other"]
     generations: list[Link] = [Link(gen=1, teacher=0)]

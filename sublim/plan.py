@@ -251,7 +251,7 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
                                                           if concepts else None),
                                    kept, ((Role.SOURCE, raw),), seed=s, gen=link.gen, variant=line.name))
                 screened = at.data(s, link.gen, line.name, "screened")
-                if p.screen.method != "none":  # screened data trains the students instead
+                if p.screen.stage:  # screened data trains the students instead
                     inputs = [(Role.SOURCE, kept), (Role.INIT, at.base(s, SHARED))]
                     if p.screen.method == "divergence":
                         inputs.append((Role.TEACHER, teacher))
@@ -264,7 +264,7 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
                                              (Role.QUESTIONS, at.questions)),
                                        seed=s, gen=link.gen, variant=line.name, tags=(("line", line.name),)))
                     extra.append(out)
-                if p.screen.method != "none":
+                if p.screen.stage:
                     kept = screened
                 for init in inits:
                     taught = student if init != CROSS else student.model_copy(update={"objective": "sft"})

@@ -19,11 +19,13 @@ from tests.conftest import TINY_MLP, cli_env, make_project
 PIPELINES = ["mlp", "lm", "matrix"]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
+@pytest.fixture(scope="module", params=[[], ["screen"]], ids=["no-screen", "screen-stage"])
+def project(tmp_path_factory, request):
+    """With and without the screen stage (lm.screen.stage), which puts a job between filtering and students."""
     chain = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"steps": 7}}]
     mlp_chain = [{"gen": 1, "teacher": 0}, {"gen": 2, "teacher": 1, "student": {"epochs": 2}}]
-    params = {"mlp": {"seeds": [0, 3], "generations": mlp_chain}, "lm": {"seeds": [1, 2], "generations": chain},
+    params = {"mlp": {"seeds": [0, 3], "generations": mlp_chain},
+              "lm": {"seeds": [1, 2], "generations": chain, "screen": {"stage": request.param}},
               "matrix": {"seeds": [2]}}  # the matrix trains on the lm bases of its seeds
     return make_project(tmp_path_factory.mktemp("dvcyaml"), params)
 
@@ -52,6 +54,8 @@ def test_every_job_is_a_dvc_stage_with_the_same_paths(project, pipeline):
 
 def test_no_stage_without_a_job(project):
     cfg = config.load(project / "params.yaml")
+    screens = [j for p in PIPELINES for j in plan(cfg, p).jobs if j.step == "screen"]
+    assert bool(screens) == bool(cfg.lm.screen.stage)  # the stage exists exactly when params turn it on
     outputs = {j.output for p in PIPELINES for j in plan(cfg, p).jobs}
     outputs |= {d for p in PIPELINES for j in plan(cfg, p).jobs for _, d in j.files}
     outputs.add(MANIFESTS)  # the `code` stage: every step's derived code dependencies
@@ -59,6 +63,20 @@ def test_no_stage_without_a_job(project):
         for stage in repo.index.stages:
             for out in stage.outs:
                 assert Path(str(out.def_path)) in outputs, f"{stage.addressing} writes {out.def_path}, no job does"
+
+
+def test_students_train_after_the_screen_when_it_is_on(project):
+    """In DVC's graph a student depends on the screen stage, and the screen on filtering, exactly when params turn
+    the screen on (run for real in a tiny project: the student's lineage names the screened data)."""
+    cfg = config.load(project / "params.yaml")
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        named = {s.name: s for s in graph.nodes}
+        upstream = {s.name for s in graph.successors(named["lm_student@1-link0-trait-shared"])}
+        screen = "lm_screen@1-link0-trait-screen"
+        assert (screen in upstream) == bool(cfg.lm.screen.stage) and "lm_filter@1-link0-trait" in upstream
+        if cfg.lm.screen.stage:
+            assert "lm_filter@1-link0-trait" in {s.name for s in graph.successors(named[screen])}
 
 
 def _ran(root: Path, env: dict, *targets: str) -> set[str]:

@@ -54,7 +54,7 @@ def test_screen_settings_are_validated():
 
 
 SCREENED = deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"],
-                                 "screen": {"method": "divergence", "action": "mask", "budget": 0.2,
+                                 "screen": {"stage": ["screen"], "method": "divergence", "action": "mask", "budget": 0.2,
                                             "probe": {"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8,
                                                       "questions": 2}}})
 
