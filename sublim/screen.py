@@ -341,7 +341,7 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     else:
         teacher_at = generating_teacher(data, root)
         teacher_from = "lineage" if teacher_at else "none"
-    spec = screen or cfg.lm.screen
+    spec = (screen or cfg.lm.screen).model_copy(update={"stage": []})  # a pipeline switch: not this job's identity
     run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
     inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
     run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec), home / "screened", tuple(inputs),
