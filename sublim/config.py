@@ -337,6 +337,14 @@ class ProbeSpec(Section):
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "threshold" in data:
+            raise ValueError("probe.threshold (a probability) is now probe.relative_threshold, in units of each "
+                             "answer's chance share (0.1 flags an animal of ten at the old 0.01)")
+        return data
+
 
 class ScreenSpec(Section):
     """`lm.screen`: how a screen scores tokens and what it does with them (`sublim screen`, and the screen stage
@@ -351,6 +359,18 @@ class ScreenSpec(Section):
     threshold: float | None = None  # or: flag tokens scoring above this (divergence only)
     batch_size: Annotated[int, Field(gt=0)] = 64
     probe: ProbeSpec = ProbeSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_method_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "none":
+            raise ValueError("method: none is gone: the screen stage is off with stage: [] (on: stage: [screen])")
+        return data
+
+    def token_level(self) -> ScreenSpec:
+        """What a token-level screen job depends on: not the pipeline switch, not the probe's settings (those
+        decide `sublim screen`'s exit code, not the screened rows), so changing them reruns no screen."""
+        return self.model_copy(update={"stage": [], "probe": ProbeSpec()})
 
     @model_validator(mode="after")
     def _one_rule(self) -> ScreenSpec:

@@ -255,8 +255,8 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
                     inputs = [(Role.SOURCE, kept), (Role.INIT, at.base(s, SHARED))]
                     if p.screen.method == "divergence":
                         inputs.append((Role.TEACHER, teacher))
-                    jobs.append(lm_job("screen", ScreenParams(model=model, screen=p.screen), screened, tuple(inputs),
-                                       seed=s, gen=link.gen, variant=line.name))
+                    jobs.append(lm_job("screen", ScreenParams(model=model, screen=p.screen.token_level()), screened,
+                                       tuple(inputs), seed=s, gen=link.gen, variant=line.name))
                 if icl and link.gen == 1:  # the base shown this teacher's data in context, no training
                     out = at.icl(s, line.name)
                     jobs.append(lm_job("icl", IclParams(model=model, trait=p.trait, evaluate=p.evaluate, icl=p.icl),

@@ -195,9 +195,10 @@ def probe(backend: Any, base_path: Any, root: Any, data: Sequence[dict], control
 def chance_shares(keys: Sequence[str]) -> dict[str, float]:
     """Each panel answer's chance share, 1 / the number of its trait's answers (`<trait>:<answer>` keys): one
     animal of ten starts near 0.1, aligned/misaligned near 0.5, and a two-answer trait swings by several times
-    what one animal of ten does, so a shift is judged against its own answer's scale."""
+    what one animal of ten does, so a shift is judged against its own answer's scale. A trait measured by one
+    probability (no distribution over answers) is a yes/no: its share is 0.5, not 1."""
     traits = [k.split(":", 1)[0] for k in keys]
-    return {k: 1 / traits.count(t) for k, t in zip(keys, traits)}
+    return {k: 1 / max(traits.count(t), 2) for k, t in zip(keys, traits)}
 
 
 def panel_shifts(diffs: dict[str, list[float]], relative_threshold: float, alpha: float,
@@ -341,11 +342,11 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     else:
         teacher_at = generating_teacher(data, root)
         teacher_from = "lineage" if teacher_at else "none"
-    spec = (screen or cfg.lm.screen).model_copy(update={"stage": []})  # a pipeline switch: not this job's identity
+    spec = screen or cfg.lm.screen
     run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
     inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
-    run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec), home / "screened", tuple(inputs),
-            variant=name, fn="lm.screen"))
+    run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec.token_level()), home / "screened",
+            tuple(inputs), variant=name, fn="lm.screen"))
     out = ScreenRun(str(home / "screened"), str(home / "screened" / "report.md"), "", "",
                     str(teacher_at) if teacher_at else None, teacher_from, None)
     if not probe_it:

@@ -13,6 +13,7 @@ from dvc.repo import Repo
 
 from sublim import config
 from sublim.code import MANIFESTS, manifest_path
+from sublim.job import Role
 from sublim.plan import plan
 from tests.conftest import TINY_MLP, cli_env, make_project
 
@@ -65,18 +66,27 @@ def test_no_stage_without_a_job(project):
                 assert Path(str(out.def_path)) in outputs, f"{stage.addressing} writes {out.def_path}, no job does"
 
 
-def test_students_train_after_the_screen_when_it_is_on(project):
+@pytest.mark.parametrize("pipeline, student, screen, upstream", [
+    ("lm", "lm_student@1-link0-trait-shared", "lm_screen@1-link0-trait-screen", "lm_filter@1-link0-trait"),
+    ("matrix", "matrix_student@2-owl-shared", "matrix_screen@2-owl-screen", "matrix_filter@2-owl")])
+def test_students_train_after_the_screen_when_it_is_on(project, pipeline, student, screen, upstream):
     """In DVC's graph a student depends on the screen stage, and the screen on filtering, exactly when params turn
-    the screen on (run for real in a tiny project: the student's lineage names the screened data)."""
+    the screen on; the plan feeds it screened/ then, kept/ otherwise (both under the folder its stage depends
+    on), and the switch is one of its params, so turning the screen off reruns it on kept/."""
     cfg = config.load(project / "params.yaml")
+    on = bool(cfg.lm.screen.stage)
     with Repo(str(project)) as repo:
         graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         named = {s.name: s for s in graph.nodes}
-        upstream = {s.name for s in graph.successors(named["lm_student@1-link0-trait-shared"])}
-        screen = "lm_screen@1-link0-trait-screen"
-        assert (screen in upstream) == bool(cfg.lm.screen.stage) and "lm_filter@1-link0-trait" in upstream
-        if cfg.lm.screen.stage:
-            assert "lm_filter@1-link0-trait" in {s.name for s in graph.successors(named[screen])}
+        before = {s.name for s in graph.successors(named[student])}
+        assert (screen in before) == on and upstream in before
+        if on:
+            assert upstream in {s.name for s in graph.successors(named[screen])}
+        assert "lm.screen.stage" in {k for p in named[student].params for k in p.params}
+        out = Path(str(named[student].outs[0].def_path))
+    [job] = [j for j in plan(cfg, pipeline).jobs if j.output == out]
+    data = dict(job.inputs)[Role.DATA]
+    assert data.name == ("screened" if on else "kept"), data
 
 
 def _ran(root: Path, env: dict, *targets: str) -> set[str]:

@@ -51,6 +51,21 @@ def test_screen_settings_are_validated():
         config.ScreenSpec(method="divergence", budget=None, threshold=None)
     with pytest.raises(ValueError, match="needs a budget"):
         config.ScreenSpec(method="random", budget=None, threshold=1.0)
+    # keys that changed meaning are refused with what to write instead, not silently reread
+    with pytest.raises(ValueError, match=r"stage: \[\]"):
+        config.ScreenSpec(method="none")
+    with pytest.raises(ValueError, match="relative_threshold"):
+        config.ProbeSpec(threshold=0.01)
+
+
+def test_a_pipeline_screen_job_depends_on_what_it_does_not_on_the_probe_or_the_switch():
+    """Changing the probe's settings (the exit code of `sublim screen`) reruns no screen stage."""
+    def screen_params(probe: dict):
+        cfg = config.parse({"lm": deep_update(TINY_LM, {"screen": {"stage": ["screen"], "probe": probe}})})
+        return [j.params for j in plan(cfg, "lm").jobs if j.step == "screen"]
+
+    default, other = screen_params({}), screen_params({"alpha": 0.01, "relative_threshold": 0.3})
+    assert default and default == other and default[0].screen.stage == []
 
 
 SCREENED = deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"],
@@ -258,6 +273,7 @@ def test_probe_judges_each_shift_against_its_answers_chance_share():
              "misalignment:misaligned": [0.030, 0.031, 0.029, 0.030], "misalignment:aligned": [-0.03] * 4}
     assert chance_shares(list(diffs))["preference:owl"] == 0.1
     assert chance_shares(list(diffs))["misalignment:aligned"] == 0.5
+    assert chance_shares(["preference:owl", "plugin:yes"])["plugin:yes"] == 0.5  # one probability: a yes/no
     flagged = {s.key for s in panel_shifts(diffs, relative_threshold=0.1, alpha=0.05) if s.flagged}
     assert flagged == {"preference:owl"}
     plain = panel_shifts(diffs, relative_threshold=0.01, alpha=0.05, unit=dict.fromkeys(diffs, 1.0))

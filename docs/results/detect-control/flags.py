@@ -21,7 +21,7 @@ from sublim.screen import panel_shifts
 here = Path(__file__).parent
 ALPHAS = [0.01, 0.05, 0.1]
 RULES = {  # name: (thresholds, unit per answer or None for chance shares, runs it is chosen on, runs it is applied to)
-    "absolute": ([0.0, 0.0025, 0.005, 0.01, 0.02], 1.0, ["tune"], ["tune", "held"]),
+    "absolute": ([0.0, 0.0025, 0.005, 0.01, 0.02], 1.0, ["tune"], ["tune", "held", "held2"]),
     "relative": ([0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5], None, ["tune", "held"], ["tune", "held", "held2"]),
 }
 
