@@ -322,6 +322,15 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
     lines = [Line(f"{spec.kind}-{t.key}", spec, TRAIT, t.key) for spec, t in zip(d.traits, traits)]
     view = lambda spec: json.dumps(spec.model_dump(mode="json"), sort_keys=True)  # noqa: E731  (a control view's key)
     controls = list({view(spec.control()): spec.control() for spec in d.traits}.values())
+    kinds = [spec.kind for spec in controls]
+    if len(set(kinds)) < len(kinds):  # the panel keys answers by trait kind, and control lines are named by it
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        raise ConfigError(f"detect.traits: {', '.join(twice)} appears with two control views (another category or "
+                          "choices); the probe's panel holds one view per trait kind, as `sublim screen`'s does")
+    lines_of = [f"{spec.kind}-{t.key}" for spec, t in zip(d.traits, traits)]
+    if len(set(lines_of)) < len(lines_of):
+        raise ConfigError(f"detect.traits: {', '.join(sorted({n for n in lines_of if lines_of.count(n) > 1}))} "
+                          "listed twice")
     references = {view(spec): Line(f"{spec.kind}-control", spec, CONTROL, "none") for spec in controls}
     lines += list(references.values())
     if d.against == "control-teacher":  # an independent control teacher, made the same way: the negatives

@@ -249,6 +249,19 @@ def test_detection_experiment_reports_auc_and_naming(tmp_path, objective, agains
         assert [r for r, _ in a] != [r for r, _ in b]
 
 
+@pytest.mark.parametrize(("extra", "said"), [
+    ({"kind": "preference", "category": "tree", "target": "oak", "choices": ["oak", "pine", "maple"]},
+     "detect.traits: preference appears with two control views"),
+    ({"kind": "preference", "target": "owl"}, "detect.traits: preference-owl listed twice")])
+def test_detection_refuses_traits_whose_lines_or_panel_answers_would_collide(tmp_path, extra, said):
+    """Control teachers are named by trait kind and the probe's panel keys answers by it: a second view of one
+    kind (trees beside animals), or a trait listed twice, would write one folder twice; refused before compute."""
+    detect = {"traits": [{"kind": "preference", "target": "owl"}, {"kind": "misalignment"}, extra], "seeds": [0]}
+    root = make_project(tmp_path / "p", {"lm": TINY_LM, "detect": detect}, git=False)
+    with pytest.raises(config.ConfigError, match=said):
+        plan(config.load(root / "params.yaml"), "detect")
+
+
 def test_probe_flags_only_what_survives_holm_over_the_panel():
     """A dozen panel answers each at raw p ~ 0.03 flag nothing (one such answer is expected by chance);
     a shift far beyond the replicate noise is flagged; a large but noisy one, or a tiny but steady one, is not."""
