@@ -18,8 +18,11 @@ $(BIN)/sublim: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# jobs at once for make demo: the machine's cores, at most 4 (each job uses one torch thread; results are the same)
+DEMO_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && echo 4 || echo $$n)
+
 demo: $(BIN)/sublim  ## the main job on embedded defaults (MLflow sqlite, ephemeral Prefect, local DVC)
-	$(BIN)/sublim flow all
+	$(BIN)/sublim flow all --workers $(DEMO_WORKERS)
 	@echo
 	@echo "Next: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (models, lineage, metrics)"
 	@echo "      cat metrics/mlp.json metrics/lm.json; open reports/mlp/accuracy.png reports/lm/trait.png"

@@ -2,9 +2,9 @@
 
 Sections (all by default; `--only` picks some, e.g. to leave out the 20-minute `matrix`):
 
-- demo: `sublim flow all` as `make demo` runs it, with jobs per pipeline and where the time went;
-- demo_parallel: the same with two worker processes (`runtime.task_runner: process, max_workers: 2`), and
-  whether its digests equal the demo's;
+- demo: `sublim flow all --workers N` as `make demo` runs it (N: the cores, at most 4), with jobs per pipeline
+  and where the time went, and whether every output equals the repository's committed dvc.lock;
+- demo_one_worker: the same one job at a time (params.yaml's runtime), and whether its digests equal the demo's;
 - demo_mlp: `sublim flow mlp` alone (the demo's MLP part), median of the repeats;
 - orchestration_overhead: the MLP pipeline through the Prefect flow (with MLflow tracking and DVC) vs the same
   jobs run bare, batched the way the flow batches them; repeated, with the ratio's spread;
@@ -219,10 +219,10 @@ def jobs_of(root: Path, *pipelines: str) -> dict[str, int]:
 # --- demo ----------------------------------------------------------------------------------------------------
 
 
-def flow_cli(root: Path, pipeline: str) -> dict:
+def flow_cli(root: Path, pipeline: str, *options: str) -> dict:
     """`sublim flow PIPELINE` in `root`: the command's wall time, where it went (from MLflow), and what was left
     outside the flows (process and Prefect server start, checks before the flows)."""
-    wall = cli(root, "flow", pipeline)
+    wall = cli(root, "flow", pipeline, *options)
     times = tracked_times(root)
     return {"wall_s": round(wall, 1), "outside_flows_s": round(wall - sum(times["flow_s_by_experiment"].values()), 1),
             "time_split": times}
@@ -233,20 +233,9 @@ SPLIT_NOTE = ("time_split: each pipeline flow's run from start to end, and per s
               "before the flows")
 
 
-def demo(tmp: Path, scale: Scale) -> dict:
-    """`sublim flow all` as `make demo` runs it, in a fresh project (own process, own Prefect server)."""
-    root = make_project(tmp / "demo", scale.demo)
-    ran = flow_cli(root, "all")
-    cfg = _config(root)
-    bases = ran["time_split"]["by_step"].get("lm.base", {"jobs": 0, "busy_s": 0.0})
-    _DEMO_DIGESTS.update(lock_digests(root))
-    return {"command": "sublim flow all", **ran, "target_s": 240, "jobs": jobs_of(root, "mlp", "lm"),
-            "note": (f"the workload grew since the 4-minute target was set: each lm seed now pretrains its own "
-                     f"tinylm bases, one per student init ({len(cfg.lm.seeds)} seeds x {len(cfg.lm.student_inits)} = "
-                     f"{bases['jobs']} lm.base jobs, {bases['busy_s']} s of the wall). {SPLIT_NOTE}")}
-
-
-_DEMO_DIGESTS: dict[str, str] = {}  # the demo's output digests, for demo_parallel to compare against
+def demo_workers() -> int:
+    """The Makefile's DEMO_WORKERS default: the machine's cores, at most 4."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def lock_digests(root: Path) -> dict[str, str]:
@@ -257,18 +246,46 @@ def lock_digests(root: Path) -> dict[str, str]:
     return {o["path"]: o.get("md5", "") for st in (lock or {}).get("stages", {}).values() for o in st.get("outs", [])}
 
 
-def demo_parallel(tmp: Path, scale: Scale) -> dict:
-    """`sublim flow all` with two processes (`runtime: {task_runner: process, max_workers: 2}`): the same jobs,
-    two at a time on the two cores; its digests against the default demo's when both ran in this bench."""
-    runtime = {"task_runner": "process", "max_workers": 2}
-    root = make_project(tmp / "demo_parallel", deep_update(scale.demo, {"runtime": runtime}))
-    ran = flow_cli(root, "all")
+_DEMO_DIGESTS: dict[str, str] = {}  # the demo's output digests, for demo_one_worker to compare against
+
+
+def _compared(digests: dict[str, str], scale: Scale) -> dict:
+    """A demo's outputs against the repository's committed dvc.lock (at full size the demo is the repository's
+    own pipelines: every output must come out byte-identical) and against the other demo run of this bench."""
+    committed = lock_digests(REPO) if not scale.demo else {}
+    mine = {k: v for k, v in digests.items() if not k.startswith(".sublim/")}  # code manifests follow the code
+    against_lock = sorted(k for k in mine if k in committed and committed[k] != mine[k])
+    other = sorted(k for k in mine if _DEMO_DIGESTS and _DEMO_DIGESTS.get(k) != mine[k])
+    return {"outputs": len(mine),
+            "same_digests_as_committed_lock": (not against_lock) if committed else "smoke sizes: not the repo's",
+            "outputs_in_committed_lock": sum(k in committed for k in mine), "differ_from_lock": against_lock,
+            "same_digests_as_other_demo": (not other) if _DEMO_DIGESTS else "other demo not run yet in this bench",
+            "differ_from_other_demo": other}
+
+
+def _demo(tmp: Path, scale: Scale, folder: str, *options: str) -> dict:
+    root = make_project(tmp / folder, scale.demo)
+    ran = flow_cli(root, "all", *options)
+    cfg = _config(root)
+    bases = ran["time_split"]["by_step"].get("lm.base", {"jobs": 0, "busy_s": 0.0})
     digests = lock_digests(root)
-    differ = sorted(k for k in digests if _DEMO_DIGESTS and _DEMO_DIGESTS.get(k) != digests[k])
-    return {"command": "sublim flow all", "runtime": runtime, **ran, "target_s": 240,
-            "jobs": jobs_of(root, "mlp", "lm"), "outputs": len(digests),
-            "same_digests_as_demo": (not differ) if _DEMO_DIGESTS else "demo not run in this bench",
-            "outputs_that_differ": differ, "note": SPLIT_NOTE}
+    compared = _compared(digests, scale)
+    _DEMO_DIGESTS.update(digests)
+    return {"command": " ".join(["sublim flow all", *options]), **ran, "target_s": 240,
+            "jobs": jobs_of(root, "mlp", "lm"), **compared,
+            "note": (f"the workload grew since the 4-minute target was set: each lm seed now pretrains its own "
+                     f"tinylm bases, one per student init ({len(cfg.lm.seeds)} seeds x {len(cfg.lm.student_inits)} = "
+                     f"{bases['jobs']} lm.base jobs, {bases['busy_s']} s of the wall). {SPLIT_NOTE}")}
+
+
+def demo(tmp: Path, scale: Scale) -> dict:
+    """`sublim flow all --workers N` as `make demo` runs it (N: the cores, at most 4), in a fresh project."""
+    return _demo(tmp, scale, "demo", "--workers", str(demo_workers()))
+
+
+def demo_one_worker(tmp: Path, scale: Scale) -> dict:
+    """`sublim flow all` with params.yaml's runtime (one job at a time): the same jobs, the same digests."""
+    return _demo(tmp, scale, "demo_one_worker")
 
 
 def demo_mlp(tmp: Path, scale: Scale) -> dict:
@@ -840,7 +857,7 @@ def task_overhead(tmp: Path, scale: Scale) -> dict:
     return out
 
 
-SECTIONS = {"demo": demo, "demo_parallel": demo_parallel, "demo_mlp": demo_mlp, "orchestration_overhead": overhead,
+SECTIONS = {"demo": demo, "demo_one_worker": demo_one_worker, "demo_mlp": demo_mlp, "orchestration_overhead": overhead,
             "mlp_100_seeds": mlp_many_seeds,
             "matrix": matrix, "screen_cost": screen_cost, "lineage": lineage,
             "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost,

@@ -296,10 +296,12 @@ def _sweep_run_name() -> str:
 
 
 @flow(name="sublim", log_prints=True, flow_run_name=_pipeline_run_name)
-def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict:
-    """Run every job of `pipeline` in dependency order; summarise what finished and what did not."""
+def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, workers: int | None = None) -> dict:
+    """Run every job of `pipeline` in dependency order; summarise what finished and what did not.
+    `workers` overrides params.yaml's parallel jobs (its task runner must be the one `build` was given)."""
     root = Path(params).resolve().parent
     cfg = config.load(params)
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
     jobs = plan(cfg, pipeline)
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",

@@ -188,11 +188,18 @@ def flow(
     pipeline: Annotated[str, typer.Argument(help="a pipeline (sublim plan --help lists them) or all (mlp and lm)")] = "mlp",
     confirm: Annotated[bool, typer.Option("--confirm", help="run on the confirmation seeds (params confirm.seeds) "
                                                             "into <pipeline>-confirm")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="jobs at once, in worker processes "
+                                                  "(default: params.yaml runtime); results do not depend on it")] = None,
     params: ParamsOpt = Path(config.PARAMS_FILE),
 ) -> None:
     """Run a whole pipeline as a Prefect flow (embedded Prefect server unless PREFECT_API_URL is set)."""
     cfg = _load(params)
     from flows.pipeline import build
+
+    try:
+        cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+    except config.ConfigError as exc:
+        _fail_usage(str(exc))
 
     names = ["mlp", "lm"] if pipeline == "all" else [pipeline]
     names = [f"{n}-confirm" for n in names] if confirm else names
@@ -205,7 +212,7 @@ def flow(
     with progress.use(reporter()):
         results = []
         for name in names:
-            results.append(build(cfg)(pipeline=name, params=str(params)))
+            results.append(build(cfg)(pipeline=name, params=str(params), workers=workers))
             if results[-1]["missing"]:
                 break
     for result in results:

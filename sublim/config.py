@@ -52,6 +52,16 @@ class Runtime(Section):
     def threads_for(self, pipeline: str) -> int:
         return self.threads.get(pipeline, 1)
 
+    def with_workers(self, workers: int | None) -> Runtime:
+        """`sublim flow --workers N`: N jobs at once in worker processes (1: one at a time, in the flow's
+        process), whatever params.yaml's runtime says; no result depends on it (threads per job do, and stay)."""
+        if workers is None:
+            return self
+        if workers < 1:
+            raise ConfigError(f"--workers: {workers} is not a positive number of parallel jobs")
+        runner = "thread" if workers == 1 else ("dask" if self.task_runner == "dask" else "process")
+        return self.model_copy(update={"task_runner": runner, "max_workers": workers})
+
     @model_validator(mode="after")
     def _deterministic_threads(self) -> Runtime:
         if self.task_runner == "thread" and self.max_workers > 1:

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from sublim import config
-from sublim.artifacts import digest
 from sublim.lineage.audit import CLEAN, audit
 from sublim.lineage.query import Lineage, resolve
 from sublim.lineage.record import client as MlflowClient, tracking_uri

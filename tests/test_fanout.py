@@ -68,3 +68,25 @@ def test_runner_choice_is_validated(runner):
     assert cfg.runtime.task_runner == runner
     with pytest.raises(config.ConfigError, match="max_workers"):
         config.parse({"runtime": {"task_runner": "thread", "max_workers": 2}})
+
+
+def test_workers_override_the_runtime_without_changing_any_result(tmp_path, prefect_server):
+    """`sublim flow --workers 2` (make demo's default on a 2-core machine) runs jobs in two worker processes;
+    every artifact has the digest the one-at-a-time run gives it."""
+    from flows.pipeline import build
+
+    runtime = config.parse({}).runtime
+    assert (runtime.with_workers(2).task_runner, runtime.with_workers(2).max_workers) == ("process", 2)
+    assert (runtime.with_workers(1).task_runner, runtime.with_workers(1).max_workers) == ("thread", 1)
+    assert runtime.with_workers(None) == runtime
+    with pytest.raises(config.ConfigError, match="--workers: 0"):
+        runtime.with_workers(0)
+    digests = []
+    for workers in (None, 2):
+        root = make_project(tmp_path / f"w{workers}", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+        cfg = config.load(root / "params.yaml")
+        cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+        result = build(cfg)(pipeline="mlp", params=str(root / "params.yaml"), workers=workers)
+        assert result["missing"] == []
+        digests.append({k: o.digest for k, o in result["outcomes"].items()})
+    assert digests[0] == digests[1]
