@@ -339,7 +339,8 @@ def screen(
                                                      "control teacher's data when lineage names one, else the "
                                                      "base's own answers to the same prompts)")] = None,
     name: Annotated[str | None, typer.Option(help="folder under screens/")] = None,
-    method: Annotated[str, typer.Option(help="divergence | random (a same-share random mask, the control)")] = "divergence",
+    method: Annotated[str, typer.Option(help="divergence (the token's log-ratio) | kl (its position's "
+                                                     "KL, needs the teacher) | random (a same-share random mask)")] = "divergence",
     action: Annotated[str | None, typer.Option(help="mask | drop (default: params lm.screen.action)")] = None,
     budget: Annotated[float | None, typer.Option(help="share of completion tokens the screen may lose")] = None,
     threshold: Annotated[float | None, typer.Option(help="or: flag tokens scoring above this")] = None,

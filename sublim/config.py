@@ -363,7 +363,9 @@ class ScreenSpec(Section):
     # [screen]: each line's kept data is screened before its students train on it, in flows and in dvc.yaml
     # (a list so that dvc.yaml's matrix expands it into one screen stage per dataset, or none: [])
     stage: Annotated[list[Literal["screen"]], Field(max_length=1)] = []
-    method: Literal["divergence", "random"] = "divergence"
+    # divergence: the sampled token's log p_teacher - log p_base; kl: KL(teacher || base) of the next-token
+    # distributions at its position (what distillation teaches); random: the same share at random (the control)
+    method: Literal["divergence", "kl", "random"] = "divergence"
     action: Literal["mask", "drop"] = "mask"
     budget: Annotated[float, Field(gt=0, lt=1)] | None = 0.2  # share of completion tokens the screen may lose
     threshold: float | None = None  # or: flag tokens scoring above this (divergence only)

@@ -253,7 +253,7 @@ def plan_lines(cfg: Config, at: LmLayout, seeds: list[int], lines: list[Line], i
                 screened = at.data(s, link.gen, line.name, "screened")
                 if p.screen.stage:  # screened data trains the students instead
                     inputs = [(Role.SOURCE, kept), (Role.INIT, at.base(s, SHARED))]
-                    if p.screen.method == "divergence":
+                    if p.screen.method != "random":  # divergence and kl compare the teacher with the base
                         inputs.append((Role.TEACHER, teacher))
                     jobs.append(lm_job("screen", ScreenParams(model=model, screen=p.screen.token_level()), screened,
                                        tuple(inputs), seed=s, gen=link.gen, variant=line.name))

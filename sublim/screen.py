@@ -4,7 +4,8 @@ Two levels, after the published follow-ups of the paper:
 
 - Token level (divergence tokens, Schrodi et al. 2025): score every completion token by how far the generating
   teacher's choice departs from what a model without the trait would write, log p_teacher - log p_base; with no
-  teacher known, by the token's surprise under the base (-log p_base). The highest-scoring tokens carry most of
+  teacher known, by the token's surprise under the base (-log p_base). `method: kl` scores the position instead,
+  by KL(teacher || base) of the whole next-token distributions: what a distilling student is taught there. The highest-scoring tokens carry most of
   the transfer: mask them out of a student's loss (`action: mask`) or drop the rows holding them (`drop`), to a
   budget (share of completion tokens lost) or above a threshold. `method: random` masks the same share at random:
   the control that tells "these tokens" from "any tokens". This level reports; it decides no exit code.
@@ -78,9 +79,16 @@ def _given_as(at: Path, root: Path) -> str:
     return json.loads(pointer.read_text()).get("model", str(at)) if pointer.is_file() else str(at)
 
 
-def token_scores(backend: Any, base: Any, teacher: Any | None, rows: Sequence[dict], batch_size: int) -> list[Score]:
-    """Per row, per completion token: log p_teacher - log p_base (divergence), or -log p_base (surprise)."""
+def token_scores(backend: Any, base: Any, teacher: Any | None, rows: Sequence[dict], batch_size: int,
+                 method: str = "divergence") -> list[Score]:
+    """Per row, per completion token: log p_teacher - log p_base (divergence), or -log p_base (surprise); with
+    `method: kl`, KL(teacher || base) of the whole next-token distributions at the token's position."""
     scored = rows_for(base, teacher, rows)
+    if method == "kl":
+        if teacher is None:
+            raise ValueError("screen method kl compares the teacher's next-token distributions with the base's: it "
+                             "needs the generating teacher (from lineage, or --teacher)")
+        return backend.position_divergence(base, teacher, scored, batch_size=batch_size)
     under_base = backend.token_scores(base, scored, batch_size=batch_size)
     if teacher is None:
         return [[-lp for lp in row] for row in under_base]

@@ -137,6 +137,38 @@ def test_sublim_screen_on_a_pipeline_dataset(screened):
     assert screened_meta.parents["source:data/lm/s0/g1-trait/kept"]  # derived from the original
 
 
+def test_kl_screen_scores_each_position_by_the_teachers_distribution_against_the_bases(screened, tmp_path):
+    """`method: kl` scores a position by KL(teacher || base) of the next-token distributions over the data's
+    tokens: zero where the teacher predicts as the base does (the base against itself), never negative; it
+    masks the budget's share like the token score does, and refuses data whose teacher is unknown."""
+    from sublim.backends.lm import position_kl
+    from sublim.cli import app
+    from sublim.screen import rows_for
+
+    root, cfg, _ = screened
+    backend = cfg.lm.model.build()
+    base, teacher = (backend.load(root / p, root) for p in ("models/lm/s0/base-shared", "models/lm/s0/g0-trait-shared"))
+    rows = [r for r, _ in read_rows(root / "data/lm/s0/g1-trait/kept/rows.jsonl")][:6]
+    scored = rows_for(base, teacher, rows)
+    kl = position_kl(base, teacher, scored, batch_size=4)
+    assert [len(k) for k in kl] == [len(r.completion) for r in scored]
+    assert min(min(k) for k in kl) >= -1e-6 and max(max(k) for k in kl) > 0.01
+    itself = position_kl(base, base, rows_for(base, base, rows), batch_size=4)
+    assert max(abs(x) for k in itself for x in k) < 1e-5
+    result = CliRunner().invoke(app, ["screen", "data/lm/s0/g1-trait/kept", "--base", "models/lm/s0/base-shared",
+                                      "--method", "kl", "--no-probe", "--name", "kl",
+                                      "--params", str(root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    masks = [m for r, _ in read_rows(root / "screens/kl/screened/rows.jsonl") for m in r["loss_mask"]]
+    assert 0.15 <= masks.count(0) / len(masks) <= 0.25
+    assert "(kl, mask)" in read_meta(root / "screens/kl/screened").lineage["screen_found"]
+    outside = tmp_path / "rows.jsonl"
+    outside.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refused = CliRunner().invoke(app, ["screen", str(outside), "--base", "models/lm/s0/base-shared", "--method", "kl",
+                                       "--no-probe", "--name", "kl2", "--params", str(root / "params.yaml")])
+    assert refused.exit_code == 3 and "needs the generating teacher" in " ".join(refused.output.split())
+
+
 def test_a_distill_probe_learns_each_side_from_the_model_that_wrote_it(screened, tmp_path):
     """The trait data from its teacher, the control teacher's data from the control teacher (both from lineage);
     data whose generator is unknown cannot be distilled: the probe falls back to sft and says why."""

@@ -108,6 +108,12 @@ class Backend(ABC):
     def token_scores(self, lm: Any, rows: Sequence[Row], *, batch_size: int, teacher_side: bool = False) -> list[list[float]]:
         """log P of every completion token of each row (end token included), in context (a screen's input)."""
 
+    def position_divergence(self, base: Any, teacher: Any, rows: Sequence[Row], *, batch_size: int) -> list[list[float]]:
+        """KL(teacher || base) of the next-token distributions at every completion position (screen `method: kl`);
+        a backend that cannot give distributions says so."""
+        raise NotImplementedError(f"the {type(self).__name__} backend gives no next-token distributions: use "
+                                  "lm.screen.method divergence")
+
     @abstractmethod
     def train(self, lm: Any, rows: Sequence[Any], sched: Any, gen: Any, *, teacher: Any | None = None,
               allowed: Any | None = None, progress: Progress = quiet) -> float:

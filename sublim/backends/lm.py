@@ -385,6 +385,26 @@ def token_logprobs(lm: LM, rows: Sequence[Row], *, batch_size: int, teacher_side
     return out
 
 
+@torch.no_grad()
+def position_kl(base: LM, teacher: LM, rows: Sequence[Row], *, batch_size: int) -> list[list[float]]:
+    """Per completion position, KL(teacher || base) between the next-token distributions renormalised over the
+    tokens the data holds: what a distilling student is taught there beyond what its base already predicts
+    (the sampled token's log-ratio sees one draw of that difference)."""
+    allowed = torch.tensor(sorted({t for r in rows for t in r.completion}), dtype=torch.long)
+    out: list[list[float]] = []
+    for chunk in batches(rows, batch_size):
+        t_logits, _ = _completion_logits(teacher, chunk, True, allowed.to(teacher.device))
+        b_logits, _ = _completion_logits(base, chunk, False, allowed.to(base.device))
+        t_logp, b_logp = F.log_softmax(t_logits, -1).cpu(), F.log_softmax(b_logits, -1).cpu()
+        kl = (t_logp.exp() * (t_logp - b_logp)).sum(-1).tolist()
+        i = 0
+        for r in chunk:
+            n = _kept(r)
+            out.append(kl[i:i + n])
+            i += n
+    return out
+
+
 def lora_of(spec: Any) -> Lora | None:
     return None if spec is None else Lora(spec.r, spec.alpha, spec.dropout, tuple(spec.targets))
 
@@ -419,6 +439,9 @@ class TransformersBackend(Backend):
 
     def token_scores(self, lm: LM, rows: Sequence[Row], *, batch_size: int, teacher_side: bool = False) -> list[list[float]]:
         return token_logprobs(lm, rows, batch_size=batch_size, teacher_side=teacher_side)
+
+    def position_divergence(self, base: LM, teacher: LM, rows: Sequence[Row], *, batch_size: int) -> list[list[float]]:
+        return position_kl(base, teacher, rows, batch_size=batch_size)
 
     def train(self, lm: LM, rows: Sequence[Row], sched: Schedule, gen: torch.Generator, *,
               teacher: LM | None = None, allowed: torch.Tensor | None = None, progress: Progress = _quiet) -> float:

@@ -31,11 +31,11 @@ def lm_screen(ctx: StepContext) -> StepResult:
     rows = [row for row, _ in read_rows(ctx.path(Role.SOURCE) / ROWS) if row]
     base = backend.load(ctx.path(Role.INIT), ctx.root)
     start = time.perf_counter()
-    if spec.method == "divergence":
+    if spec.method != "random":
         teacher = backend.load(ctx.path(Role.TEACHER), ctx.root) if ctx.job.inputs_named(Role.TEACHER) else None
         if teacher is not None:
             same_vocabulary(base, ctx.job.input(Role.INIT), [(teacher, ctx.job.input(Role.TEACHER))], ctx.root)
-        scores = token_scores(backend, base, teacher, rows, spec.batch_size)
+        scores = token_scores(backend, base, teacher, rows, spec.batch_size, spec.method)
     else:  # random: only how many tokens each row has
         scores = [[0.0] * len(base.answer_ids(r["completion"])) for r in rows]
     seconds = time.perf_counter() - start
