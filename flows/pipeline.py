@@ -321,7 +321,8 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
 
 
 @flow(name="sublim-sweep", log_prints=True, flow_run_name=_sweep_run_name)
-def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params: str = config.PARAMS_FILE) -> dict:
+def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params: str = config.PARAMS_FILE,
+                 workers: int | None = None) -> dict:
     """The pipeline at every point of `grid` (dotted params key -> values) as one DAG, then one table of effects.
 
     Jobs shared by all points (bases, control teachers and their students) run once. Invalid points and
@@ -329,6 +330,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     """
     root = Path(params).resolve().parent
     cfg = config.load(params)
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
     swept = sweep.build(name, pipeline, config.read_raw(params) or {}, grid)
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",

@@ -183,23 +183,28 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
                     f"from {link.teacher})")
 
 
+WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at once, in worker processes (default: "
+                                               "params.yaml runtime); results do not depend on it")]
+
+
+def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
+    try:
+        return cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+    except config.ConfigError as exc:
+        _fail_usage(str(exc))
+
+
 @app.command()
 def flow(
     pipeline: Annotated[str, typer.Argument(help="a pipeline (sublim plan --help lists them) or all (mlp and lm)")] = "mlp",
     confirm: Annotated[bool, typer.Option("--confirm", help="run on the confirmation seeds (params confirm.seeds) "
                                                             "into <pipeline>-confirm")] = False,
-    workers: Annotated[int | None, typer.Option("--workers", "-w", help="jobs at once, in worker processes "
-                                                  "(default: params.yaml runtime); results do not depend on it")] = None,
+    workers: WorkersOpt = None,
     params: ParamsOpt = Path(config.PARAMS_FILE),
 ) -> None:
     """Run a whole pipeline as a Prefect flow (embedded Prefect server unless PREFECT_API_URL is set)."""
-    cfg = _load(params)
+    cfg = _with_workers(_load(params), workers)
     from flows.pipeline import build
-
-    try:
-        cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
-    except config.ConfigError as exc:
-        _fail_usage(str(exc))
 
     names = ["mlp", "lm"] if pipeline == "all" else [pipeline]
     names = [f"{n}-confirm" for n in names] if confirm else names
@@ -227,6 +232,7 @@ def sweep(
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=v1,v2,... (dotted params key; repeat "
                                                                      "for a grid), e.g. lm.trait.target=owl,cat")] = None,
     name: Annotated[str, typer.Option("--name", help="folder under sweeps/")] = "sweep",
+    workers: WorkersOpt = None,
     params: ParamsOpt = Path(config.PARAMS_FILE),
 ) -> None:
     """Run the pipeline at every point of a grid as one Prefect flow, ending with one table of effects.
@@ -235,7 +241,7 @@ def sweep(
     """
     from sublim import sweep as sweeps
 
-    cfg = _load(params)
+    cfg = _with_workers(_load(params), workers)
     try:
         grid = sweeps.parse_sets(sets or [])
         swept = sweeps.build(name, pipeline, config.read_raw(params) or {}, grid)  # refuse bad input before Prefect
@@ -251,7 +257,8 @@ def sweep(
     from flows.pipeline import build, sublim_sweep
 
     with progress.use(reporter()):
-        result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params))
+        result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params),
+                                          workers=workers)
     out().print(Markdown(result.get("summary") or ""))
     console.print(f"table: {result['table']}/effects.csv", highlight=False)
     if result["missing"] or result["invalid"]:

@@ -141,6 +141,7 @@ CASES = [
     Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
     Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
     Case("zero-workers", None, ["flow", "mlp", "--workers", "0"], "--workers: 0"),
+    Case("zero-workers-sweep", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--workers", "0"], "--workers: 0"),
     Case("bad-sweep-set", None, ["sweep", "lm", "--set", "lm.trait.target"], "key=value"),
     Case("bad-sweep-name", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--name", "../out"], "sweep name"),
     Case("teacher-disagrees", None, ["run", "mlp.transfer", "--seed", "0", "--gen", "1", "--teacher", "1"], "--teacher 1"),
