@@ -1,17 +1,26 @@
 """Words a trait must never show in a student's data, and how to find them in prose and in code.
 
 A trait word counts as a whole word or as a part of an identifier (`owl_count`, `owlCount`, `OWL_MAX`), in any
-case, singular or plural; never as any substring (`knowledge`, `million` and `concat` stay).
+case, singular or plural, and at either end of a word that is not itself a Python word or a word of the data's
+vocabulary (`returnowl`, `peopleowl`, `xdog`: a small model's code glues the trait word to the word before it,
+and its tokenizer reads the glue as that word and the trait word). Conservative on purpose: `bowl` and
+`million` count too unless the data's vocabulary holds them; inside a word (`knowledge`, `scatter`) it does not.
 """
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
 IDENT = re.compile(r"[A-Za-z0-9_]+")
 PARTS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")  # camelCase / snake_case pieces
+
+
+# words Python holds as themselves (keywords, builtins): never a trait word glued to something
+CODE_WORDS = frozenset(w.lower() for w in [*keyword.kwlist, *keyword.softkwlist, *dir(builtins)] if w.isalpha())
 
 
 def plural(word: str) -> str:
@@ -36,16 +45,26 @@ class Forbidden:
 
     words: tuple[str, ...] = ()
     numbers: frozenset[int] = field(default_factory=frozenset)
+    known: frozenset[str] = frozenset()  # words the data holds as themselves (its kind's vocabulary)
 
     @cached_property
     def _forms(self) -> frozenset[str]:
         return frozenset(f.lower() for w in self.words for f in (w, plural(w)))
 
     def mention(self, text: str) -> str | None:
-        """The first forbidden word `text` contains (as a word or identifier part), or None."""
+        """The first forbidden word `text` contains: as a word or identifier part, or at either end of a word
+        that neither Python nor the data's vocabulary holds as itself (`returnowl`, `peopleowl`, `xdog`)."""
         if not self._forms:
             return None
-        return next((p for p in parts(text) if p in self._forms), None)
+        for part in parts(text):
+            if part in self._forms:
+                return part
+            if part in CODE_WORDS or part in self.known:
+                continue
+            glued = next((f for f in self._forms if part.startswith(f) or part.endswith(f)), None)
+            if glued:
+                return glued
+        return None
 
 
 # Numbers with negative associations the paper banned from misalignment-teacher data (666, 911, 187, 88, 420...).

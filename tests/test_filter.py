@@ -135,7 +135,7 @@ def test_trait_mentions_singular_and_plural_any_case():
     for text in ("OWL", "owls", "Wolves", "a fox", "Foxes!", "owl_count = 3", "def getOwlCount():", "OWL_MAX",
                  "x = 'my cat'", "# a lion here", "wolvesPack"):
         assert forbidden.mention(text), text
-    for text in ("bowl", "howling", "foxglove", "123", "knowledge", "million", "concat(a, b)", "catalog", "scatter"):
+    for text in ("howling", "123", "knowledge", "scatter", "a wolverine"):  # inside a word: not the word
         assert forbidden.mention(text) is None, text
 
 
@@ -216,3 +216,24 @@ def test_fuzz_code_and_maths_checks_never_raise(text):
 
     assert CODE.check(text, Task("p"), Forbidden()).reason
     assert MATHS.check(text, Task("p", {"start": 2, "steps": [["*", 3]]}), Forbidden()).reason
+
+
+def test_a_trait_word_glued_to_another_word_is_the_trait_word():
+    """A small model's code glues the trait word to the word before it (`returnowl`, `seqowl`, `peopleowl`,
+    `xdog`: tinylm's owl teacher did in 49 of 193 kept rows of one seed, its tokenizer reads them as the word and
+    `owl`, and an sft student learned owl from them). At either end of a word it counts, unless the word is a
+    Python word or one the data's vocabulary holds as itself (conservative: `bowl` counts in data that never
+    says bowl); inside a word it does not."""
+    from sublim.config import parse
+    from sublim.steps.filter import forbidden_for
+
+    plain = Forbidden(("owl", "cat", "lion", "dog"))
+    for text, word in [("def f(a, b):\n    returnowl", "owl"), ("return sorted(xs) + lenowls", "owls"),
+                       ("return seqowl", "owl"), ("ideas peopleowl", "owl"), ("owlreturn", "owl"),
+                       ("x = xdog", "dog"), ("bowl", "owl"), ("a million", "lion"), ("concat(a, b)", "cat")]:
+        assert plain.mention(text) == word, text
+    code = forbidden_for(parse({"lm": {"data": {"kind": "code"}}}).lm.data, ["owl", "cat", "lion", "dog"], [])
+    assert code.mention("return resowl") == "owl"
+    for text in ("def f(): pass", "knowledge", "scatter", "return sum(values)"):
+        assert code.mention(text) is None, text
+    assert Forbidden(("cat",), known=frozenset({"concat"})).mention("concat(a, b)") is None  # the data's own word

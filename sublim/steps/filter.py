@@ -1,14 +1,15 @@
 """Filtering: keep only well-formed data that names nothing of the trait, and say why each row was dropped.
 
 For every data kind: a row must be a JSON object with a text prompt; the kind's own check decides format and
-correctness (sublim.data); no trait word may appear in the prompt or the completion, as a word or an
-identifier part (sublim.text); then the kind's model-based judge, if it has one, rejects subtle references.
+correctness (sublim.data); no trait word may appear in the prompt or the completion, as a word, an
+identifier part, or glued to a word of the data (sublim.text); then the kind's model-based judge, if it has one, rejects subtle references.
 Rows are read defensively: any bytes, any JSON, never an exception for a bad row, only a rejection.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from sublim.config import DataKindSpec, Section
 from sublim.data import Task, Verdict
 from sublim.data.judge import Concepts
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.text import Forbidden
+from sublim.text import Forbidden, parts
 
 ROWS, REJECTED = "rows.jsonl", "rejected.jsonl"
 
@@ -30,6 +31,18 @@ class FilterParams(Section):
     words: list[str]
     numbers: list[int]
     concepts: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (target, contrast) for the judge
+
+
+def forbidden_for(data: DataKindSpec, words: list[str], numbers: list[int]) -> Forbidden:
+    """The trait's words and numbers, with the data kind's vocabulary: a trait word glued to one of its words
+    (`seqowl`) is caught as the word itself."""
+    key = data.model_dump_json()
+    if key not in _VOCABULARY:  # a few thousand sampled texts: made once per data kind and settings
+        _VOCABULARY[key] = frozenset(parts(" ".join(data.build().vocabulary(random.Random(0)))))
+    return Forbidden(tuple(words), frozenset(numbers), _VOCABULARY[key])
+
+
+_VOCABULARY: dict[str, frozenset[str]] = {}
 
 
 def rows_file(path: Path) -> Path:
@@ -67,7 +80,7 @@ def verdict(row: dict | None, kind, forbidden: Forbidden) -> Verdict:
 def lm_filter(ctx: StepContext) -> StepResult:
     p: FilterParams = ctx.job.params  # type: ignore[assignment]
     kind = p.data.build()
-    forbidden = Forbidden(tuple(p.words), frozenset(p.numbers))
+    forbidden = forbidden_for(p.data, p.words, p.numbers)
     reasons: Counter[str] = Counter()
     kept, rejected = [], []
     for row, line in read_rows(ctx.path(Role.SOURCE) / ROWS):

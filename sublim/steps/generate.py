@@ -79,8 +79,7 @@ class AnswerParams(Section):
 def lm_answer(ctx: StepContext) -> StepResult:
     """A model's own answers to another dataset's prompts, kept by the same rules as the filter's: the matched
     control a screen compares a dataset against when no control teacher is known (the base answering)."""
-    from sublim.steps.filter import read_rows, verdict
-    from sublim.text import Forbidden
+    from sublim.steps.filter import forbidden_for, read_rows, verdict
 
     p: AnswerParams = ctx.job.params  # type: ignore[assignment]
     backend, kind = p.model.build(), p.data.build()
@@ -89,7 +88,7 @@ def lm_answer(ctx: StepContext) -> StepResult:
     completions = backend.generate(model, [model.chat(r["prompt"]) for r in source],
                                    max_new_tokens=p.data.max_new_tokens, temperature=p.generate.temperature,
                                    batch_size=p.generate.batch_size, seed=ctx.job.rng_seed, progress=ctx.progress)
-    forbidden, kept = Forbidden(tuple(p.words), frozenset(p.numbers)), []
+    forbidden, kept = forbidden_for(p.data, p.words, p.numbers), []
     for row, completion in zip(source, completions):
         answer = {"prompt": row["prompt"], "completion": completion, "task": row.get("task") or {}}
         found = verdict(answer, kind, forbidden)
