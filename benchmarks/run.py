@@ -1,6 +1,6 @@
 """`make bench`: speed figures written to benchmarks/results.json (never asserted in tests).
 
-Sections (all by default; `--only` picks some, e.g. to leave out the 20-minute `matrix`):
+Sections (all by default; `--only` picks some, e.g. to leave out the long `matrix` and `mlp_100_seeds`):
 
 - demo: `sublim flow all --workers N` as `make demo` runs it (N: the cores, at most 4), with jobs per pipeline
   and where the time went, and whether every output equals the repository's committed dvc.lock;

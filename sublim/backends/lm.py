@@ -376,12 +376,16 @@ def token_logprobs(lm: LM, rows: Sequence[Row], *, batch_size: int, teacher_side
     out: list[list[float]] = []
     for chunk in batches(rows, batch_size):
         logits, tgt = _completion_logits(lm, chunk, teacher_side)
-        logp = F.log_softmax(logits, -1).gather(1, tgt[:, None])[:, 0].tolist()
-        i = 0
-        for r in chunk:
-            n = _kept(r)
-            out.append(logp[i:i + n])
-            i += n
+        out += _per_row(F.log_softmax(logits, -1).gather(1, tgt[:, None])[:, 0].tolist(), chunk)
+    return out
+
+
+def _per_row(values: list[float], rows: Sequence[Row]) -> list[list[float]]:
+    """Values of every kept completion position of `rows`, in order, cut back into one list per row."""
+    out, i = [], 0
+    for r in rows:
+        out.append(values[i:i + _kept(r)])
+        i += _kept(r)
     return out
 
 
@@ -396,12 +400,7 @@ def position_kl(base: LM, teacher: LM, rows: Sequence[Row], *, batch_size: int) 
         t_logits, _ = _completion_logits(teacher, chunk, True, allowed.to(teacher.device))
         b_logits, _ = _completion_logits(base, chunk, False, allowed.to(base.device))
         t_logp, b_logp = F.log_softmax(t_logits, -1).cpu(), F.log_softmax(b_logits, -1).cpu()
-        kl = (t_logp.exp() * (t_logp - b_logp)).sum(-1).tolist()
-        i = 0
-        for r in chunk:
-            n = _kept(r)
-            out.append(kl[i:i + n])
-            i += n
+        out += _per_row((t_logp.exp() * (t_logp - b_logp)).sum(-1).tolist(), chunk)
     return out
 
 
