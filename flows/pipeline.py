@@ -300,8 +300,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     """Run every job of `pipeline` in dependency order; summarise what finished and what did not.
     `workers` overrides params.yaml's parallel jobs (its task runner must be the one `build` was given)."""
     root = Path(params).resolve().parent
-    cfg = config.load(params)
-    cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+    cfg = config.load(params).with_workers(workers)
     jobs = plan(cfg, pipeline)
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
@@ -329,8 +328,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     points that did not finish are listed in the table rather than failing the whole sweep.
     """
     root = Path(params).resolve().parent
-    cfg = config.load(params)
-    cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+    cfg = config.load(params).with_workers(workers)
     swept = sweep.build(name, pipeline, config.read_raw(params) or {}, grid)
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",

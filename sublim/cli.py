@@ -189,7 +189,7 @@ WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at
 
 def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
     try:
-        return cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+        return cfg.with_workers(workers)
     except config.ConfigError as exc:
         _fail_usage(str(exc))
 

@@ -562,6 +562,10 @@ class Config(Section):
                 raise ConfigError(f"matrix.targets: {target!r}: {msg}") from None
         return out
 
+    def with_workers(self, workers: int | None) -> Config:
+        """This config with `--workers N` applied to its runtime (`Runtime.with_workers`)."""
+        return self.model_copy(update={"runtime": self.runtime.with_workers(workers)})
+
     def digest(self) -> str:
         return hashlib.md5(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 

@@ -327,10 +327,9 @@ def plan_detect(cfg: Config, name: str = "detect", seeds: list[int] | None = Non
         twice = sorted({k for k in kinds if kinds.count(k) > 1})
         raise ConfigError(f"detect.traits: {', '.join(twice)} appears with two control views (another category or "
                           "choices); the probe's panel holds one view per trait kind, as `sublim screen`'s does")
-    lines_of = [f"{spec.kind}-{t.key}" for spec, t in zip(d.traits, traits)]
-    if len(set(lines_of)) < len(lines_of):
-        raise ConfigError(f"detect.traits: {', '.join(sorted({n for n in lines_of if lines_of.count(n) > 1}))} "
-                          "listed twice")
+    names = [line.name for line in lines]  # the trait lines so far
+    if len(set(names)) < len(names):
+        raise ConfigError(f"detect.traits: {', '.join(sorted({n for n in names if names.count(n) > 1}))} listed twice")
     references = {view(spec): Line(f"{spec.kind}-control", spec, CONTROL, "none") for spec in controls}
     lines += list(references.values())
     if d.against == "control-teacher":  # an independent control teacher, made the same way: the negatives

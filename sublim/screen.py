@@ -5,10 +5,11 @@ Two levels, after the published follow-ups of the paper:
 - Token level (divergence tokens, Schrodi et al. 2025): score every completion token by how far the generating
   teacher's choice departs from what a model without the trait would write, log p_teacher - log p_base; with no
   teacher known, by the token's surprise under the base (-log p_base). `method: kl` scores the position instead,
-  by KL(teacher || base) of the whole next-token distributions: what a distilling student is taught there. The highest-scoring tokens carry most of
-  the transfer: mask them out of a student's loss (`action: mask`) or drop the rows holding them (`drop`), to a
-  budget (share of completion tokens lost) or above a threshold. `method: random` masks the same share at random:
-  the control that tells "these tokens" from "any tokens". This level reports; it decides no exit code.
+  by KL(teacher || base) of the whole next-token distributions: what a distilling student is taught there. The
+  highest-scoring tokens carry most of the transfer: mask them out of a student's loss (`action: mask`) or drop
+  the rows holding them (`drop`), to a budget (share of completion tokens lost) or above a threshold. `method:
+  random` masks the same share at random: the control that tells "these tokens" from "any tokens". This level
+  reports; it decides no exit code.
 - Model level (a probe fine-tune): train copies of the base briefly on a sample of the dataset and on a matched
   control sample, then compare them on a panel of every registered trait's questions (the screen is not told
   which trait to look for); replicated over probe seeds, each panel answer gets a shift with a CI and a p-value,

@@ -84,8 +84,7 @@ def test_workers_override_the_runtime_without_changing_any_result(tmp_path, pref
     digests = []
     for workers in (None, 2):
         root = make_project(tmp_path / f"w{workers}", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
-        cfg = config.load(root / "params.yaml")
-        cfg = cfg.model_copy(update={"runtime": cfg.runtime.with_workers(workers)})
+        cfg = config.load(root / "params.yaml").with_workers(workers)
         result = build(cfg)(pipeline="mlp", params=str(root / "params.yaml"), workers=workers)
         assert result["missing"] == []
         digests.append({k: o.digest for k, o in result["outcomes"].items()})

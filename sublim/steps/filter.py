@@ -1,8 +1,9 @@
 """Filtering: keep only well-formed data that names nothing of the trait, and say why each row was dropped.
 
 For every data kind: a row must be a JSON object with a text prompt; the kind's own check decides format and
-correctness (sublim.data); no trait word may appear in the prompt or the completion, as a word, an
-identifier part, or glued to a word of the data (sublim.text); then the kind's model-based judge, if it has one, rejects subtle references.
+correctness (sublim.data); no trait word may appear in the prompt or the completion, as a word, an identifier
+part, or glued to another word (sublim.text); then the kind's model-based judge, if it has one, rejects subtle
+references.
 Rows are read defensively: any bytes, any JSON, never an exception for a bad row, only a rejection.
 """
 
