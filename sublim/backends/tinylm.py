@@ -85,6 +85,7 @@ def build_model(vocab_size: int, spec: TinyLmSpec, seed: int, tokenizer):
         # no dropout: 20% of a training step's time here, and every run stays a deterministic function of its seed
         "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=spec.context,
                                                    n_embd=spec.d_model, n_layer=spec.n_layer, n_head=spec.n_head,
+                                                   activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new as one kernel
                                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)),
         "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=spec.d_model,
                                                       intermediate_size=4 * spec.d_model,
