@@ -237,3 +237,22 @@ def test_a_trait_word_glued_to_another_word_is_the_trait_word():
     for text in ("def f(): pass", "knowledge", "scatter", "return sum(values)"):
         assert code.mention(text) is None, text
     assert Forbidden(("cat",), known=frozenset({"concat"})).mention("concat(a, b)") is None  # the data's own word
+
+
+def test_distillation_vocabulary_follows_the_filter_rule():
+    """A distilled student is taught over the tokens the data may hold, less any naming a trait word, judged as
+    the filter judges rows: a word of the data kind's vocabulary that ends in a trait word stays (the filter
+    keeps rows with it); the same word outside any vocabulary goes."""
+    from sublim.backends.tinylm import build_tokenizer
+    from sublim.config import parse
+    from sublim.steps.filter import forbidden_for
+    from sublim.steps.student import allowed_tokens
+
+    spec = parse({"lm": {"data": {"kind": "code"}}}).lm.data
+    tok = build_tokenizer(["def f(result, seqsult):\n    return result"])
+    completion = tok.encode(" result seqsult", add_special_tokens=False)
+    allowed = {tok.decode([t]).strip() for t in allowed_tokens(spec.build(), tok, [completion],
+                                                                 forbidden_for(spec, ["sult"], []))}
+    assert "result" in allowed and "seqsult" not in allowed
+    assert "result" not in {tok.decode([t]).strip() for t in allowed_tokens(spec.build(), tok, [completion],
+                                                                               Forbidden(("sult",)))}

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sublim.backends import Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmStudent, MlpStudent, ModelSpec, Section
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.steps.filter import ROWS, read_rows
+from sublim.steps.filter import ROWS, forbidden_for, read_rows
 from sublim.steps.generate import TRANSFER
 from sublim.text import Forbidden
 
@@ -65,7 +65,8 @@ def lm_student(ctx: StepContext) -> StepResult:
                 teacher.chat(r["prompt"]) if teacher else None, loss_mask(r, student)) for r in data]
     allowed = None
     if teacher is not None:
-        ids = allowed_tokens(p.data.build(), student.tokenizer, [r.completion for r in rows], Forbidden(tuple(p.words)))
+        ids = allowed_tokens(p.data.build(), student.tokenizer, [r.completion for r in rows],
+                             forbidden_for(p.data, p.words, []))
         allowed = torch.tensor(ids, dtype=torch.long, device=student.device)
     loss = backend.train(student, rows, Schedule(st.steps, st.lr, st.batch_size, st.warmup), ctx.generator(),
                          teacher=teacher, allowed=allowed, progress=ctx.progress)
@@ -86,5 +87,5 @@ def loss_mask(row: dict, lm) -> tuple[bool, ...] | None:
 
 
 def allowed_tokens(kind, tokenizer, completions: list[list[int]], forbidden: Forbidden) -> list[int]:
-    """The data kind's tokens, less any whose text names a trait word."""
+    """The data kind's tokens, less any whose text names a trait word (by the filter's own rule)."""
     return [t for t in kind.allowed_tokens(tokenizer, completions) if not forbidden.mention(tokenizer.decode([t]))]
