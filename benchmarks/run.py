@@ -555,9 +555,10 @@ def evaluation_cost(tmp: Path, scale: Scale) -> dict:
 
 def screen_cost(tmp: Path, scale: Scale) -> dict:
     """Seconds per 1,000 rows of each screen, on a dataset of a few hundred rows a trait teacher wrote (params.yaml's
-    default tinylm base and teacher): the token-level divergence screen (teacher vs base per token), the random
-    screen (its control), and the model-level probe (probe fine-tunes on the data vs on the control teacher's
-    data, measured on every trait's panel). Each is its step run through the runner, model loading included."""
+    default tinylm base and teacher): the token-level screens (divergence: teacher vs base per token; kl: the
+    position KL; random: their control) and the model-level probe (probe fine-tunes on the data vs on the control
+    teacher's data, measured on every trait's panel). Each is its step run through the runner, model loading
+    included."""
     from sublim.config import ProbeSpec, ScreenSpec
     from sublim.job import Job, Role
     from sublim.runner import run_job
@@ -578,6 +579,8 @@ def screen_cost(tmp: Path, scale: Scale) -> dict:
     screens = {
         "divergence": (ScreenParams(model=model, screen=ScreenSpec(method="divergence")),
                        ((Role.SOURCE, data), (Role.INIT, base), (Role.TEACHER, teacher)), "lm.screen"),
+        "kl": (ScreenParams(model=model, screen=ScreenSpec(method="kl")),
+               ((Role.SOURCE, data), (Role.INIT, base), (Role.TEACHER, teacher)), "lm.screen"),
         "random": (ScreenParams(model=model, screen=ScreenSpec(method="random")),
                    ((Role.SOURCE, data), (Role.INIT, base)), "lm.screen"),
     }
