@@ -10,7 +10,7 @@ Sections (all by default; `--only` picks some, e.g. to leave out the long `matri
   jobs run bare, batched the way the flow batches them; repeated, with the ratio's spread;
 - mlp_100_seeds: the MLP pipeline on 100 seeds through the flow, every model recorded in MLflow;
 - matrix: `sublim flow matrix` at params.yaml defaults;
-- screen_cost: seconds per 1,000 rows of each screen (divergence, random, the model-level probe);
+- screen_cost: seconds per 1,000 rows of each screen (divergence, kl, random, the model-level probe);
 - lineage: `audit` of a deep, branching lineage in a store of 10,000 models (sqlite and an MLflow server);
 - generation_throughput: the backend's batched sampler vs a plain `generate` loop;
 - evaluation_cost: exact vs sampled trait evaluation at equal precision;

@@ -284,7 +284,7 @@ def _completion_positions(rows: Sequence[Row], teacher: bool, device: torch.devi
             bi.append(i)
             pos.append(p - 1 + j)
             tgt.append(tok)
-    as_t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731  (long even when empty)
     return as_t(bi), as_t(pos), as_t(tgt)
 
 
@@ -294,13 +294,15 @@ def _body_and_head(model: Any) -> tuple[Any, Any]:
     return inner.base_model, inner.get_output_embeddings()
 
 
-PASS_COST_TOKENS = 400  # on CPU one more forward pass costs about this many padded tokens' work (measured, tinylm)
+PASS_COST_TOKENS = 400  # on CPU one more forward pass costs about this many padded tokens' work (measured on tinylm,
+                        # used for any model on CPU; padding counted as linear in tokens: it only tunes the split)
 
 
 def length_groups(lengths: Sequence[int], pass_cost: float) -> list[list[int]]:
     """Row indices in groups of similar length, each group one padded forward pass: the split of the rows sorted
     by length that minimises padded tokens plus `pass_cost` per pass. A tinylm pretraining batch mixes short
-    questions with long number prompts: padding it as one was half its tokens. Depends on lengths alone."""
+    questions with long number prompts: padding it as one was half its tokens. Depends on lengths alone. Groups
+    come longest first, even a single one (the committed results were computed so); `inf`: one pass in order."""
     if math.isinf(pass_cost) or len(lengths) < 2:
         return [list(range(len(lengths)))]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))

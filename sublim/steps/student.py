@@ -87,5 +87,5 @@ def loss_mask(row: dict, lm) -> tuple[bool, ...] | None:
 
 
 def allowed_tokens(kind, tokenizer, completions: list[list[int]], forbidden: Forbidden) -> list[int]:
-    """The data kind's tokens, less any whose text names a trait word (by the filter's own rule)."""
+    """The data kind's tokens, less any whose text names a trait word (by the filter's word rule)."""
     return [t for t in kind.allowed_tokens(tokenizer, completions) if not forbidden.mention(tokenizer.decode([t]))]
