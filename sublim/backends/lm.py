@@ -327,17 +327,18 @@ def _completion_logits(lm: LM, rows: Sequence[Row], teacher: bool,
     the data's tokens alone): the vocabulary projection of every position was most of a tiny model's compute.
     On CPU the rows run in groups of similar length (less padding); on an accelerator as one batch."""
     seqs = [(r.teacher_prompt if teacher and r.teacher_prompt is not None else r.prompt) + r.completion for r in rows]
-    _, _, tgt = _completion_positions(rows, teacher, lm.device)
     body, head = _body_and_head(lm.model)
-    parts, owner = [], []
+    parts, targets, owner = [], [], []
     for group in length_groups([len(s) for s in seqs], PASS_COST_TOKENS if lm.device.type == "cpu" else math.inf):
         ids, mask, _ = _right_pad([seqs[i] for i in group], lm.pad_id, lm.device)
-        bi, pos, _ = _completion_positions([rows[i] for i in group], teacher, lm.device)
+        bi, pos, tgt = _completion_positions([rows[i] for i in group], teacher, lm.device)
         parts.append(body(input_ids=ids, attention_mask=mask).last_hidden_state[bi, pos])
+        targets.append(tgt)
         owner += [i for i in group for _ in range(_kept(rows[i]))]
-    hidden = parts[0] if len(parts) == 1 else torch.cat(parts)
+    hidden, tgt = (parts[0], targets[0]) if len(parts) == 1 else (torch.cat(parts), torch.cat(targets))
     if owner != sorted(owner):  # back to the rows' own order (within a row positions are already in order)
-        hidden = hidden[torch.argsort(torch.tensor(owner), stable=True).to(hidden.device)]
+        order = torch.argsort(torch.tensor(owner), stable=True).to(hidden.device)
+        hidden, tgt = hidden[order], tgt[order]
     weight, bias = head.weight, getattr(head, "bias", None)
     if vocab is not None:
         weight, bias = weight[vocab], (bias[vocab] if bias is not None else None)
