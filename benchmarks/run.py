@@ -67,6 +67,7 @@ class Scale:
     matrix: dict = field(default_factory=dict)  # params overrides for `sublim flow matrix`
     lm_model: dict = field(default_factory=dict)  # lm.model overrides (none: params.yaml's default tinylm)
     generation: tuple[int, int, int] = (1000, 250, 40)  # prompts, batch, new tokens
+    stack: tuple[int, int, int] = (32, 64, 10)  # tinylm_stack: batch and length per model, timed steps per run
     eval_pretrain_steps: int = 300
     eval_samples: int = 20
     screen_prompts: int = 400  # the screened dataset: generated rows before filtering
@@ -86,7 +87,7 @@ SMOKE = Scale(
     smoke=True, repeats=2, mlp=TINY_MLP, many_seeds=3,
     demo={"mlp": TINY_MLP, "lm": SMALL_LM},
     matrix={"lm": SMALL_LM, "matrix": {"targets": ["owl", "cat"], "seeds": [0], "student_inits": ["shared"]}},
-    lm_model=TINY_LM["model"], generation=(64, 32, 8), eval_pretrain_steps=20, eval_samples=3, screen_prompts=48,
+    lm_model=TINY_LM["model"], generation=(64, 32, 8), stack=(4, 8, 2), eval_pretrain_steps=20, eval_samples=3, screen_prompts=48,
     probe={"seeds": 2, "rows": 16, "steps": 4, "batch_size": 8, "questions": 2},
     lineage=(300, 3, 10), sweep_lm={**SMALL_LM, "evaluate": {"samples": 0}}, tasks=20,
 )
@@ -519,6 +520,80 @@ def generation_throughput(tmp: Path, scale: Scale) -> dict:
     return res
 
 
+def tinylm_stack(tmp: Path, scale: Scale) -> dict:
+    """Does training the tinylm models of several seeds as one stack pay on CPU, as it does for the MLP? One
+    training step (forward, backward, Adam) of S copies of params.yaml's tinylm on a [batch, length] token batch
+    each: one model after another (what the pipeline does), the S models as one `torch.func` vmapped stack, and,
+    as the best any stacking could do, one model on an S-times larger batch. Median of `repeats` runs of `steps`
+    steps each, on params.yaml's torch threads per job."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, stack_module_state, vmap
+
+    cfg, _, lm = load_base(tmp, {**scale.lm_model, "pretrain_steps": 1}, threads=1)
+    threads = cfg.runtime.threads["lm"]
+    torch.set_num_threads(threads)
+    S, (batch, length, steps) = len(_config(REPO).lm.seeds), scale.stack  # the demo's seeds
+    vocab = lm.model.config.vocab_size
+    lm.model.config.pad_token_id = None  # full-length rows, no padding: skips HF's padding check, which vmap refuses
+    models = [copy.deepcopy(lm.model).train() for _ in range(S)]
+    ids = torch.randint(0, vocab, (S, batch, length), generator=torch.Generator().manual_seed(0))
+
+    def loss_of(model, x):
+        logits = model(input_ids=x).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), x[:, 1:].reshape(-1))
+
+    optimisers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+
+    def one_after_another() -> None:
+        for model, opt, x in zip(models, optimisers, ids):
+            opt.zero_grad()
+            loss_of(model, x).backward()
+            opt.step()
+
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    stacked_opt = torch.optim.Adam(list(params.values()), lr=1e-3)
+
+    def stacked() -> None:
+        stacked_opt.zero_grad()
+        vmap(lambda p, b, x: loss_of(lambda **kw: functional_call(models[0], (p, b), kwargs=kw), x))(
+            params, buffers, ids).sum().backward()
+        stacked_opt.step()
+
+    big = copy.deepcopy(lm.model).train()
+    big_opt, big_ids = torch.optim.Adam(big.parameters(), lr=1e-3), ids.reshape(S * batch, length)
+
+    def one_big_batch() -> None:
+        big_opt.zero_grad()
+        loss_of(big, big_ids).backward()
+        big_opt.step()
+
+    def ms_per_step(fn) -> float:
+        fn()  # warm up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return 1000 * (time.perf_counter() - t0) / steps
+
+    runs: dict[str, list[float]] = {"one_after_another": [], "vmapped_stack": [], "one_model_s_times_batch": []}
+    for _ in range(scale.repeats):  # alternating, so drift in the machine's load hits each alike
+        for name, fn in (("one_after_another", one_after_another), ("vmapped_stack", stacked),
+                         ("one_model_s_times_batch", one_big_batch)):
+            runs[name].append(ms_per_step(fn))
+    out = {f"{name}_ms": spread(values, 1) for name, values in runs.items()}
+    base = out["one_after_another_ms"]["median"]
+    out["speedup_vmapped"] = round(base / out["vmapped_stack_ms"]["median"], 2)
+    out["speedup_bound"] = round(base / out["one_model_s_times_batch_ms"]["median"], 2)
+    out["pays"] = out["speedup_vmapped"] > 1.1
+    spec = cfg.lm.model
+    out.update(models=S, batch=batch, length=length, steps=steps, threads=threads, repeats=scale.repeats,
+               model=f"tinylm d={spec.d_model}, {spec.n_layer} layers, vocab {vocab}")
+    return out
+
+
 def evaluation_cost(tmp: Path, scale: Scale) -> dict:
     """Exact trait probabilities vs sampled answers, on a pretrained tinylm, at equal precision.
 
@@ -865,7 +940,8 @@ def task_overhead(tmp: Path, scale: Scale) -> dict:
 SECTIONS = {"demo": demo, "demo_one_worker": demo_one_worker, "demo_mlp": demo_mlp, "orchestration_overhead": overhead,
             "mlp_100_seeds": mlp_many_seeds,
             "matrix": matrix, "screen_cost": screen_cost, "lineage": lineage,
-            "generation_throughput": generation_throughput, "evaluation_cost": evaluation_cost,
+            "generation_throughput": generation_throughput, "tinylm_stack": tinylm_stack,
+            "evaluation_cost": evaluation_cost,
             "dask_sweep": dask_sweep, "task_overhead": task_overhead}
 
 
