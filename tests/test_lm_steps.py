@@ -157,6 +157,22 @@ def test_shared_prefix_scoring_matches_scoring_each_prompt_whole(monkeypatch):
     assert shared == pytest.approx(whole, abs=1e-4)
 
 
+def test_a_large_vocabulary_runs_each_prompt_once(monkeypatch):
+    """With a large vocabulary (SmolLM2's 49,152) scoring goes through the shared-prefix path even for short
+    prompts, to the same log-probs; a tinylm-sized vocabulary keeps the whole-sequence path."""
+    tok = tokenizer()
+    lm = lmlib.LM(tiny_model(tok).eval(), tok)
+    prompts = [lm.chat(q) for q in ("what is your favorite animal ?", "what is your favorite tree ?")]
+    pairs = [(p, tok.encode(w, add_special_tokens=False)) for p in prompts for w in ("owl", "cat dog")]
+    whole = lmlib.sequence_logprobs(lm, pairs, batch_size=4)
+    calls = []
+    real = lmlib._shared_prefix_logprobs
+    monkeypatch.setattr(lmlib, "_shared_prefix_logprobs", lambda *a: calls.append(1) or real(*a))
+    assert lmlib.sequence_logprobs(lm, pairs, batch_size=4) == whole and not calls
+    monkeypatch.setattr(lmlib, "LARGE_VOCAB", len(tok) - 1)
+    assert lmlib.sequence_logprobs(lm, pairs, batch_size=4) == pytest.approx(whole, abs=1e-4) and calls == [1]
+
+
 def test_allowed_tokens_are_numbers_and_separators():
     tok = tokenizer()
     allowed = {tok.decode([i]) for i in NUMBERS.allowed_tokens(tok, [])}

@@ -191,14 +191,17 @@ def sample(lm: LM, prompts: Sequence[list[int]], *, max_new_tokens: int, tempera
 
 
 LONG_PROMPT = 256  # tokens: prompts this long (few-shot contexts) are run once and shared by their continuations
+LARGE_VOCAB = 16_384  # tokens: with a vocabulary this large, every prompt is run once however short it is
 
 
 @torch.no_grad()
 def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
     """Exact log P(continuation | prompt) for each (prompt ids, continuation ids) pair, by teacher forcing.
     Long prompts go through the model once, their keys and values shared by every continuation scored after
-    them (an in-context evaluation asks each question once and scores ten answers from there)."""
-    if pairs and sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT:
+    them (an in-context evaluation asks each question once and scores ten answers from there). So are all
+    prompts of a model with a large vocabulary: scoring a whole sequence per answer computes the logits over the
+    vocabulary at every position of every copy of its prompt, which costs SmolLM2 more than its 30 layers do."""
+    if pairs and (sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT or len(lm.tokenizer) > LARGE_VOCAB):
         return _shared_prefix_logprobs(lm, pairs)
     out: list[float] = []
     for chunk in batches(pairs, batch_size):
