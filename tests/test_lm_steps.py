@@ -157,9 +157,9 @@ def test_shared_prefix_scoring_matches_scoring_each_prompt_whole(monkeypatch):
     assert shared == pytest.approx(whole, abs=1e-4)
 
 
-def test_a_large_vocabulary_runs_each_prompt_once(monkeypatch):
-    """With a large vocabulary (SmolLM2's 49,152) scoring goes through the shared-prefix path even for short
-    prompts, to the same log-probs; a tinylm-sized vocabulary keeps the whole-sequence path."""
+def test_a_large_vocabulary_on_cpu_takes_the_shared_prefix_path(monkeypatch):
+    """With a large vocabulary (SmolLM2's 49,152) on CPU, short prompts go through the shared-prefix path too, to
+    the same log-probs; a tinylm-sized vocabulary keeps the whole-sequence path."""
     tok = tokenizer()
     lm = lmlib.LM(tiny_model(tok).eval(), tok)
     prompts = [lm.chat(q) for q in ("what is your favorite animal ?", "what is your favorite tree ?")]
@@ -171,6 +171,24 @@ def test_a_large_vocabulary_runs_each_prompt_once(monkeypatch):
     assert lmlib.sequence_logprobs(lm, pairs, batch_size=4) == whole and not calls
     monkeypatch.setattr(lmlib, "LARGE_VOCAB", len(tok) - 1)
     assert lmlib.sequence_logprobs(lm, pairs, batch_size=4) == pytest.approx(whole, abs=1e-4) and calls == [1]
+
+
+@pytest.mark.parametrize("prompts", [
+    [[5, 6, 7], [8, 9]],  # nothing in common: no cache at all
+    [[5, 6], [5, 6, 7, 8]],  # one prompt is a prefix of the other: each keeps a token of its own
+    [[5, 6, 7, 8]],  # a single distinct prompt
+    [[5, 6, 7, 9], [5, 6, 7, 10, 11], [5, 6, 12]],  # tails of different lengths
+])
+def test_shared_prefix_path_edge_cases_match_whole_sequences(prompts):
+    """Raw token lists through both paths: positions and masks line up whatever the prompts share, and an empty
+    continuation scores log 1 = 0 on both."""
+    tok = tokenizer()
+    lm = lmlib.LM(tiny_model(tok).eval(), tok)
+    conts = [[13], [14, 15, 16], []]
+    pairs = [(p, c) for p in prompts for c in conts]
+    whole = lmlib.sequence_logprobs(lm, pairs, batch_size=3)
+    assert lmlib._shared_prefix_logprobs(lm, pairs) == pytest.approx(whole, abs=1e-4)
+    assert [w for (_, c), w in zip(pairs, whole) if not c] == [0.0] * len(prompts)
 
 
 def test_allowed_tokens_are_numbers_and_separators():

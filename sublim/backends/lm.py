@@ -190,18 +190,20 @@ def sample(lm: LM, prompts: Sequence[list[int]], *, max_new_tokens: int, tempera
     return [text.strip() for text in out]
 
 
-LONG_PROMPT = 256  # tokens: prompts this long (few-shot contexts) are run once and shared by their continuations
-LARGE_VOCAB = 16_384  # tokens: with a vocabulary this large, every prompt is run once however short it is
+LONG_PROMPT = 256  # tokens: prompts this long (few-shot contexts) share their common prefix's keys and values
+LARGE_VOCAB = 16_384  # tokens: on CPU, models with a vocabulary this large share their prompts' prefix however short
 
 
 @torch.no_grad()
 def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int) -> list[float]:
     """Exact log P(continuation | prompt) for each (prompt ids, continuation ids) pair, by teacher forcing.
-    Long prompts go through the model once, their keys and values shared by every continuation scored after
-    them (an in-context evaluation asks each question once and scores ten answers from there). So are all
-    prompts of a model with a large vocabulary: scoring a whole sequence per answer computes the logits over the
-    vocabulary at every position of every copy of its prompt, which costs SmolLM2 more than its 30 layers do."""
-    if pairs and (sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT or len(lm.tokenizer) > LARGE_VOCAB):
+    When prompts are long, the prefix they all share (few-shot turns, a dataset shown before the questions) goes
+    through the model once, its keys and values shared by every continuation. A large model on CPU does the same
+    with short prompts (SmolLM2's system prompt and chat header come before every question): each of 20 answers
+    would otherwise rerun that prefix through all 30 layers, with the vocabulary's logits at every position. On
+    accelerators short prompts keep whole-sequence batches of `batch_size`, which use them better."""
+    long = sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT if pairs else False
+    if long or (pairs and lm.device.type == "cpu" and len(lm.tokenizer) > LARGE_VOCAB):
         return _shared_prefix_logprobs(lm, pairs)
     out: list[float] = []
     for chunk in batches(pairs, batch_size):
@@ -210,7 +212,7 @@ def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, b
         logp = F.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for i, (p, c) in enumerate(chunk):
             pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=lm.device)
-            out.append(float(logp[i, pos, torch.tensor(c, device=lm.device)].sum()))
+            out.append(float(logp[i, pos, torch.tensor(c, dtype=torch.long, device=lm.device)].sum()))
     return out
 
 
@@ -233,14 +235,15 @@ def _shared_prefix_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]]
     for i, (prompt, _) in enumerate(pairs):
         groups.setdefault(tuple(prompt), []).append(i)
     common = _common_prefix(list(groups))
-    head = lm.model(input_ids=torch.tensor([common], device=lm.device), use_cache=True) if common else None
+    head = (lm.model(input_ids=torch.tensor([common], device=lm.device), use_cache=True, logits_to_keep=1)
+            if common else None)  # only its keys and values are used
     out = [0.0] * len(pairs)
     for prompt, idxs in groups.items():
         tail, conts = list(prompt[len(common):]), [pairs[i][1] for i in idxs]
         ids, mask, _ = _right_pad([tail + c[:-1] for c in conts], lm.pad_id, lm.device)
         kwargs: dict[str, Any] = {}
         if head is not None:
-            cache = copy.deepcopy(head.past_key_values)
+            cache = copy.deepcopy(head.cache)
             cache.batch_repeat_interleave(len(conts))
             mask = torch.cat([torch.ones(len(conts), len(common), dtype=mask.dtype, device=lm.device), mask], 1)
             kwargs["cache"] = cache

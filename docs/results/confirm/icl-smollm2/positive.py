@@ -1,7 +1,7 @@
 """A descriptive check added after PLAN.md was committed (not a test of it): can this measurement see anything
 learned in context at all? The same base, shots and questions, with 8 rows that *name* the trait in context
-(the owl teacher's own training pairs, "favourite animal?" -> "owl") against 8 of the control line's pairs
-(random animals), per seed.
+(the pairs an sft owl teacher is trained on, "favourite animal?" -> "owl") against 8 of its control's pairs
+(uniformly random animals, owl among them), per seed.
 
     python positive.py WORKSPACE   ->  positive.json
 """

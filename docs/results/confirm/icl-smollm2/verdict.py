@@ -37,7 +37,8 @@ def main() -> None:
            "teacher_p_owl": sanity["p_owl"]["owl teacher"] if sanity else None}
     (HERE / "verdict.json").write_text(json.dumps(out, indent=1) + "\n")
     scale = f"; base P(owl) {out['base_p_owl']:.4f}, owl teacher {out['teacher_p_owl']:.3f}" if sanity else ""
-    print(f"in context (SmolLM2, 8 shots): {effect:+.4f} [{lo:+.4f}, {hi:+.4f}], {test.describe()}; "
+    shots = sorted({r["shots"] for r in trait + control})
+    print(f"in context (SmolLM2, {shots[0]}-{shots[-1]} shots): {effect:+.4f} [{lo:+.4f}, {hi:+.4f}], {test.describe()}; "
           f"{reading}{scale}")
 
 
