@@ -202,8 +202,8 @@ def sequence_logprobs(lm: LM, pairs: Sequence[tuple[list[int], list[int]]], *, b
     with short prompts (SmolLM2's system prompt and chat header come before every question): each of 20 answers
     would otherwise rerun that prefix through all 30 layers, with the vocabulary's logits at every position. On
     accelerators short prompts keep whole-sequence batches of `batch_size`, which use them better."""
-    long = sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT if pairs else False
-    if long or (pairs and lm.device.type == "cpu" and len(lm.tokenizer) > LARGE_VOCAB):
+    if pairs and (sum(len(p) for p, _ in pairs) / len(pairs) > LONG_PROMPT
+                  or (lm.device.type == "cpu" and len(lm.tokenizer) > LARGE_VOCAB)):
         return _shared_prefix_logprobs(lm, pairs)
     out: list[float] = []
     for chunk in batches(pairs, batch_size):
