@@ -75,19 +75,6 @@ def resolve_label(label: str, keys: Sequence[str]) -> str:
 # --- `sublim ask`: load the asker once, score every dataset ----------------------------------------------------
 
 
-def read_rows(path: Path) -> list[dict]:
-    """A dataset folder (rows.jsonl inside) or a .jsonl file; rows need `prompt` and `completion`."""
-    from sublim.steps.filter import read_rows as lines, rows_file
-
-    source = rows_file(path)
-    rows = [row for row, line in lines(source) if line.strip()]
-    bad = next((i for i, r in enumerate(rows) if r is None or not {"prompt", "completion"} <= set(r)), None)
-    if not rows or bad is not None:
-        raise ValueError(f"{source}: " + ("no rows" if not rows else f"row {bad + 1} is not a JSON object with "
-                                                                     "prompt and completion"))
-    return rows
-
-
 def parse_labelled(items: Sequence[str]) -> list[tuple[str | None, Path]]:
     """`LABEL=PATH` or `PATH` (unlabelled)."""
     out = []
@@ -127,12 +114,13 @@ def run_ask(root: Path, datasets: Sequence[str], *, backend_name: str = "smollm2
     """Score every dataset on every registered trait's topics; with labels on all of them, the detection.
     Every file and label is checked before the asker loads."""
     from sublim import progress
+    from sublim.steps.filter import dataset_rows
     from sublim.traits import TRAITS
 
     asked = topics([TRAITS.spec({"kind": k}).build() for k in TRAITS.known()])
     labelled = parse_labelled(datasets)
     labels = [resolve_label(lab, list(asked)) if lab is not None else None for lab, _ in labelled]
-    rows = [read_rows(path) for _, path in labelled]
+    rows = [dataset_rows(path) for _, path in labelled]
     backend, lm = asker(root, backend_name, model)
     scored = [(label, str(path), ask(backend, lm, r, asked, n=n, seed=seed))
               for (label, path), r in progress.steps(list(zip(labelled, rows)), len(rows), "datasets asked")]

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
 
 from sublim import config, progress
+from sublim.plan import PLANNERS
 from sublim.plan import plan as make_plan
 
 # Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure). Prefect's
@@ -28,8 +30,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 class App(typer.Typer):
     """Every error is one line on stderr (`error: ...`) with a non-zero exit code: usage errors (click's, exit
-    2 or the command's own), and any exception a command lets through (exit 1; `-v` re-raises it with its
-    traceback)."""
+    2 or the command's own), and any exception a command lets through (exit 1, or 4 where 1 is a finding:
+    `FindingExits`; `-v` re-raises it with its traceback)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:  # typer vendors its own click since 0.22
@@ -44,6 +46,8 @@ class App(typer.Typer):
             sys.exit(2)
         except click_exc.UsageError as exc:
             where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            if getattr(exc, "option_name", None) in ("-v", "--verbose"):  # a global option, given after the command
+                where = f" (-v goes before the command: sublim -v {exc.ctx.info_name if exc.ctx else ''} ...)"
             _one_line(f"{exc.format_message()}{where}")
             sys.exit(exc.exit_code)
         except click_exc.ClickException as exc:
@@ -54,11 +58,11 @@ class App(typer.Typer):
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
             if verbose:
-                raise
+                raise exc.__cause__ or exc if isinstance(exc, InternalError) else exc
             _one_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, config.ConfigError | LookupError |
-                                                                        OSError | ValueError) else str(exc)
-                      .strip("'\""))
-            sys.exit(1)
+                                                                        OSError | ValueError | InternalError)
+                      else str(exc).strip("'\""))
+            sys.exit(getattr(exc, "exit_code", 1) if isinstance(exc, InternalError) else 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -75,19 +79,67 @@ def out() -> Console:
     """Results on stdout; wide enough for lineage tables when piped into a log or a file."""
     return Console() if Console().is_terminal else Console(width=160)
 
+
+EXIT_USAGE = 3
+
+
+class UsageExit3(typer.core.TyperCommand):
+    """Usage errors (a missing argument, an unknown option) exit 3 instead of click's 2, which means unknown."""
+
+    def parse_args(self, ctx, args):
+        try:  # typer vendors its own click since 0.22
+            from typer._click.exceptions import UsageError
+        except ImportError:  # pragma: no cover
+            from click import UsageError
+
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise
+
+
+EXIT_INTERNAL = 4
+
+
+class InternalError(Exception):
+    """An unexpected failure (a bug) in a command whose exit 1 is a finding: it exits 4, so a crash never reads
+    as "flagged" (screen) or "at risk" (audit) to a pipeline gated on the exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class FindingExits(UsageExit3):
+    """For commands whose exit codes are findings (1 flagged or at risk, 0 none): usage errors exit 3 and any
+    exception the command did not expect exits 4 (`-v`: its traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("click", "typer")):  # usage errors and the like: as they are
+                raise
+            raise InternalError(f"internal error: {type(exc).__name__}: {exc} (exit {EXIT_INTERNAL}; -v shows the "
+                                "traceback)") from exc
+
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+ALL = ["mlp", "lm"]  # `all`: the two experiments `make demo` runs
+PIPELINES_HELP = f"a pipeline: {', '.join(PLANNERS)}, or all ({' and '.join(ALL)})"
 RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
                                                       "MLFLOW_TRACKING_URI is unset")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _load(params: Path) -> config.Config:
+def _load(params: Path, code: int = 2) -> config.Config:
     try:
         return config.load(params)
     except config.ConfigError as exc:
         for line in str(exc).splitlines():  # one line per offending key
             _one_line(line)
-        raise typer.Exit(2) from None
+        raise typer.Exit(code) from None
 
 
 def _fail_usage(message: str, code: int = 2):
@@ -159,7 +211,7 @@ def run(
         out().print(Markdown(outcome.summary_markdown))
 
 
-def _preflight(cfg: config.Config, pipeline: str, root: Path) -> None:
+def _preflight(cfg: config.Config, pipeline: str, root: Path, code: int = 2) -> None:
     """The tracking store answers (a server named by MLFLOW_TRACKING_URI is up) before anything computes."""
     from sublim.lineage.record import TrackingUnreachable
     from sublim.pipeline import tracker
@@ -167,7 +219,7 @@ def _preflight(cfg: config.Config, pipeline: str, root: Path) -> None:
     try:
         tracker(cfg, pipeline, root)
     except TrackingUnreachable as exc:
-        _fail_usage(str(exc))
+        _fail_usage(str(exc), code)
 
 
 def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int | None, extra: list[str]) -> None:
@@ -196,7 +248,7 @@ def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
 
 @app.command()
 def flow(
-    pipeline: Annotated[str, typer.Argument(help="a pipeline (sublim plan --help lists them) or all (mlp and lm)")] = "mlp",
+    pipeline: Annotated[str, typer.Argument(help=PIPELINES_HELP)] = "mlp",
     confirm: Annotated[bool, typer.Option("--confirm", help="run on the confirmation seeds (params confirm.seeds) "
                                                             "into <pipeline>-confirm")] = False,
     workers: WorkersOpt = None,
@@ -206,7 +258,7 @@ def flow(
     cfg = _with_workers(_load(params), workers)
     from flows.pipeline import build
 
-    names = ["mlp", "lm"] if pipeline == "all" else [pipeline]
+    names = ALL if pipeline == "all" else [pipeline]
     names = [f"{n}-confirm" for n in names] if confirm else names
     for name in names:
         try:
@@ -288,14 +340,14 @@ def serve(
 
 @app.command()
 def plan(
-    pipeline: Annotated[str, typer.Argument()] = "mlp",
+    pipeline: Annotated[str, typer.Argument(help=PIPELINES_HELP)] = "mlp",
     params: ParamsOpt = Path(config.PARAMS_FILE),
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the jobs params.yaml defines, in the order they run."""
     cfg = _load(params)
     try:
-        jobs = make_plan(cfg, pipeline).jobs
+        jobs = [j for name in (ALL if pipeline == "all" else [pipeline]) for j in make_plan(cfg, name).jobs]
     except LookupError as exc:
         _fail_usage(str(exc))
     if as_json:
@@ -336,7 +388,7 @@ def code_deps(
         console.print(f"{len(written)} step manifests in {root / code.MANIFESTS}", highlight=False)
 
 
-@app.command()
+@app.command(cls=FindingExits)
 def screen(
     dataset: Annotated[str, typer.Argument(help="a dataset folder (rows.jsonl inside) or a .jsonl file")],
     base: Annotated[str, typer.Option("--base", help="the model a student would start from")],
@@ -346,8 +398,9 @@ def screen(
                                                      "control teacher's data when lineage names one, else the "
                                                      "base's own answers to the same prompts)")] = None,
     name: Annotated[str | None, typer.Option(help="folder under screens/")] = None,
-    method: Annotated[str, typer.Option(help="divergence (the token's log-ratio) | kl (its position's "
-                                                     "KL, needs the teacher) | random (a same-share random mask)")] = "divergence",
+    method: Annotated[str | None, typer.Option(help="divergence (the token's log-ratio) | kl (its position's KL, "
+                                                    "needs the teacher) | random (a same-share random mask) "
+                                                    "(default: params lm.screen.method)")] = None,
     action: Annotated[str | None, typer.Option(help="mask | drop (default: params lm.screen.action)")] = None,
     budget: Annotated[float | None, typer.Option(help="share of completion tokens the screen may lose")] = None,
     threshold: Annotated[float | None, typer.Option(help="or: flag tokens scoring above this")] = None,
@@ -358,21 +411,23 @@ def screen(
     teacher and the base, flagged tokens masked or rows dropped into a new, screened dataset (reported; it does
     not decide the exit code). Model level: probe fine-tunes of the base on the data vs a matched control,
     compared on every registered trait's questions. Exit 1 when the probe flags a trait, 0 when none, 3 on
-    bad input."""
+    bad input (options, params file, datasets, models, an unreachable store), 4 on an unexpected error."""
     from sublim import screen as screening
     from sublim.artifacts import ArtifactError
     from sublim.pipeline import tracker
 
-    cfg = _load(params)
+    cfg = _load(params, EXIT_USAGE)
     root = params.resolve().parent
-    update = {"method": method, **({"action": action} if action else {})}
+    update = {k: v for k, v in {"method": method, "action": action}.items() if v is not None}
     if budget is not None or threshold is not None:
         update.update(budget=budget, threshold=threshold)
     try:
         spec = config.ScreenSpec.model_validate({**cfg.lm.screen.model_dump(), **update})
-    except ValueError as exc:
-        _fail_usage(f"screen settings: {str(exc).splitlines()[-1]}", 3)
-    _preflight(cfg, "screen", root)
+    except ValidationError as exc:  # name the option: --budget: ...
+        first = exc.errors()[0]
+        _fail_usage(f"--{first['loc'][0] if first['loc'] else 'screen'}: {first['msg'].removeprefix('Value error, ')}"
+                    f" (got {first.get('input')!r})", EXIT_USAGE)
+    _preflight(cfg, "screen", root, EXIT_USAGE)
     try:
         with progress.use(reporter()):
             done = screening.run_screen(cfg, root, dataset, base, teacher=teacher, control=control, name=name,
@@ -458,25 +513,6 @@ def ask(
 # --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------
 # Exit codes of these commands: 0 clean, 1 a trait at risk, 2 unknown provenance, 3 usage errors and
 # unreachable stores (so 2 always means "unknown").
-
-EXIT_USAGE = 3
-
-
-class UsageExit3(typer.core.TyperCommand):
-    """Usage errors (a missing argument, an unknown option) exit 3 instead of click's 2, which means unknown."""
-
-    def parse_args(self, ctx, args):
-        try:  # typer vendors its own click since 0.22
-            from typer._click.exceptions import UsageError
-        except ImportError:  # pragma: no cover
-            from click import UsageError
-
-        try:
-            return super().parse_args(ctx, args)
-        except UsageError as exc:
-            exc.exit_code = EXIT_USAGE
-            raise
-
 
 lineage_app = typer.Typer(no_args_is_help=True, help="Ask where a model's weights and data came from (from MLflow).")
 app.add_typer(lineage_app, name="lineage")
@@ -655,7 +691,7 @@ def _print_report(report, show_all: bool) -> None:
     o.print(verdicts[report.verdict], highlight=False)
 
 
-@app.command(cls=UsageExit3)
+@app.command(cls=FindingExits)
 def audit(
     model: str,
     root: RootOpt = Path("."),
@@ -674,7 +710,7 @@ def audit(
     teacher-to-student step shares its initialisation (followed up init edges to the root).
 
     Exit codes: 0 clean, 1 at risk, 2 unknown provenance (something on the way was never recorded, or a
-    dataset's origin is unknown; 1 wins over 2), 3 usage error or unreachable store."""
+    dataset's origin is unknown; 1 wins over 2), 3 usage error or unreachable store, 4 an unexpected error."""
     from sublim.lineage.audit import audit as run_audit
     from sublim.lineage.query import RefError
 

@@ -41,8 +41,10 @@ class Runtime(Section):
     # torch CPU threads per job, per pipeline: part of each job's identity (DVC params, Prefect cache key),
     # because float sums depend on it.
     # Measured on 2 cores: the MLP's small matrices gain nothing from 2 threads and its flow ran 1.8x slower
-    # beside Prefect's server and the DVC helper; the LM flow ran 1.36x faster with 2.
-    threads: dict[Literal["mlp", "lm"], PosInt] = {"mlp": 1, "lm": 2}
+    # beside Prefect's server and the DVC helper; a 64-wide tinylm gains little from a second thread, and with
+    # one each, two jobs (--workers 2) share the 2 cores. The same as params.yaml: leaving the section out must
+    # not change any job's identity.
+    threads: dict[Literal["mlp", "lm"], PosInt] = {"mlp": 1, "lm": 1}
     task_runner: Literal["thread", "process", "dask"] = "thread"  # how the Prefect flow fans out jobs
     max_workers: PosInt = 1  # parallel jobs for thread/process runners (1 = sequential)
     dask_address: str | None = None  # a running Dask scheduler; None = a LocalCluster of max_workers
@@ -188,7 +190,7 @@ class MlpTeacher(Section):
 
 
 class MlpTransfer(Section):
-    n_inputs: PosInt = 20000  # noise images the student sees, reused across steps
+    n_inputs: PosInt = 60000  # noise images the student sees, reused across epochs (the paper's 60,000)
     noise: Literal["uniform", "gaussian"] = "uniform"
     low: float = -1.0  # uniform [-1, 1] transfers; [0, 1] (the pixels' own range) did not here
     high: float = 1.0
@@ -615,7 +617,12 @@ def read_raw(path: Path | str = PARAMS_FILE) -> Any:
         raise ConfigError(f"{path}: params file not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {' '.join(problem.split())}") from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 

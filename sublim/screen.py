@@ -299,6 +299,14 @@ def control_dataset(cfg: Any, dataset: Path, root: Path) -> Path | None:
     return sibling.output if sibling is not None and (root / sibling.output).exists() else None
 
 
+def given_path(path: Path, root: Path, kind: str) -> Path:
+    """A path the user gave, relative to the project unless absolute; a missing one is named."""
+    full = path if path.is_absolute() else root / path
+    if not full.exists():
+        raise FileNotFoundError(f"{path}: no such {kind}")
+    return full
+
+
 def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
     """`path` itself when it is a sublim artifact inside the project; otherwise a small artifact at `where` that
     stands for it (a dataset: its rows copied; a model: a pointer to its directory), so every screen input is
@@ -309,9 +317,7 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
     from sublim.steps.filter import ROWS, rows_file
 
     path = Path(path)
-    full = path if path.is_absolute() else root / path
-    if not full.exists():
-        raise FileNotFoundError(f"{path}: no such {kind}")
+    full = given_path(path, root, kind)
     try:
         rel = inside(root, full).relative_to(Path(root).resolve())
         if (full / "sublim.json").is_file():
@@ -337,6 +343,7 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     uses. The screened dataset is a new artifact derived from the original, under screens/<name>/."""
     from sublim.job import Job, Role
     from sublim.runner import quiet, run_job
+    from sublim.steps.filter import dataset_rows
     from sublim.steps.generate import AnswerParams
     from sublim.steps.screen import ProbeParams, ScreenParams
     from sublim.traits import TRAITS
@@ -344,6 +351,8 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     root = Path(root).resolve()
     name = name or Path(dataset).as_posix().strip("/").replace("/", "_")
     home = Path("screens") / name
+    for given in filter(None, (dataset, control if probe_it else None)):  # every row checked before any compute
+        dataset_rows(given_path(Path(given), root, "dataset"))
     data = as_artifact(Path(dataset), root, "dataset", home / "source")
     base_at = as_artifact(Path(base), root, "model", home / "base")
     if teacher:
@@ -351,6 +360,8 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     else:
         teacher_at = generating_teacher(data, root)
         teacher_from = "lineage" if teacher_at else "none"
+    given_control = (as_artifact(Path(control), root, "dataset", home / "control-source")
+                     if control and probe_it else None)
     spec = screen or cfg.lm.screen
     run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
     inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
@@ -360,8 +371,8 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
                     str(teacher_at) if teacher_at else None, teacher_from, None)
     if not probe_it:
         return out
-    if control:
-        control_at, out.control_from = as_artifact(Path(control), root, "dataset", home / "control-source"), "--control"
+    if given_control is not None:
+        control_at, out.control_from = given_control, "--control"
     elif (sibling := control_dataset(cfg, data, root)) is not None:
         control_at, out.control_from = sibling, "control teacher"
     else:

@@ -22,6 +22,8 @@ from tests.conftest import TINY_MLP, make_project
 
 TEACHER = ["run", "mlp.teacher", "--seed", "0", "--gen", "0"]
 FILTER = ["run", "lm.filter", "--seed", "0", "--gen", "1", "--variant", "trait"]
+SCREEN = ["screen", "rows.jsonl", "--base", "models/mlp/s0/base-shared"]
+GOOD_ROW = b'{"prompt": "Continue: 1, 2, 3", "completion": "4, 5, 6"}\n'
 
 
 def _set(key: str, value) -> Callable[[Path], None]:
@@ -41,6 +43,13 @@ def _write(rel: str, content: bytes) -> Callable[[Path], None]:
     def mutate(root: Path) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(content)
+    return mutate
+
+
+def _two(*files: tuple[str, bytes]) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        for rel, content in files:
+            _write(rel, content)(root)
     return mutate
 
 
@@ -161,6 +170,20 @@ CASES = [
     Case("filter-empties-all", _raw_numbers(["owl owl", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "1000", ""]), FILTER,
          "kept none of its 4 rows", code=1, touched="data/lm/s0/g1-trait/raw", ran=True),
     Case("malformed-idx", _bad_idx, ["run", "mlp.data"], "train-images-idx3-ubyte: IDX header says"),
+    # sublim screen: every input checked before any compute; bad input exits 3 (1 would read as "flagged")
+    Case("screen-row-without-prompt", _write("rows.jsonl", b'{"text": "1, 2, 3"}\n'), SCREEN + ["--no-probe"],
+         "rows.jsonl: row 1 is not a JSON object with string prompt and completion", code=3),
+    Case("screen-missing-control", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--control", "no/such/data"],
+         "no/such/data: no such dataset", code=3),
+    Case("screen-bad-control-rows", _two(("rows.jsonl", GOOD_ROW), ("ctl.jsonl", b"not json\n")),
+         SCREEN + ["--control", "ctl.jsonl"], "ctl.jsonl: row 1 is not a JSON object", code=3),
+    Case("screen-missing-dataset", None, SCREEN, "rows.jsonl: no such dataset", code=3),
+    Case("screen-bad-budget", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--budget", "2"], "--budget: Input should be",
+         code=3),
+    Case("screen-bad-method", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--method", "loud"], "--method: Input should",
+         code=3),
+    Case("screen-no-base", _write("rows.jsonl", GOOD_ROW), ["screen", "rows.jsonl"], "Missing option '--base'", code=3),
+    Case("screen-bad-params", _write("params.yaml", b"lm: [unclosed\n"), SCREEN, "not valid YAML at line 2", code=3),
 ]
 
 
@@ -216,3 +239,25 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(case: Case, stored: Pa
     else:
         assert new == []  # nothing recorded: refused before any compute
     assert not list(root.rglob(".tmp-*"))
+
+
+def test_an_unexpected_error_in_screen_exits_4_not_1(monkeypatch, capsys, tmp_path: Path):
+    """Exit 1 of `sublim screen` gates a data pipeline ("a trait flagged"): a crash must not read as one."""
+    import sys
+
+    import sublim.screen
+
+    def broken(*args, **kwargs):
+        raise KeyError("prompt")
+
+    root = make_project(tmp_path / "p", {"mlp": TINY_MLP}, git=False)
+    (root / "rows.jsonl").write_bytes(GOOD_ROW)
+    monkeypatch.setattr(sublim.screen, "run_screen", broken)
+    argv = [*SCREEN, "--params", str(root / "params.yaml")]
+    monkeypatch.setattr(sys, "argv", ["sublim", *argv])
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit) as exited:
+        app(argv)
+    assert exited.value.code == 4
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in " ".join(err.split()) and "Traceback" not in err

@@ -323,3 +323,27 @@ def test_probe_judges_each_shift_against_its_answers_chance_share():
     assert flagged == {"preference:owl"}
     plain = panel_shifts(diffs, relative_threshold=0.01, alpha=0.05, unit=dict.fromkeys(diffs, 1.0))
     assert {s.key for s in plain if s.flagged} == {"preference:owl", "misalignment:misaligned"}
+
+
+@pytest.mark.parametrize("options, method, action", [([], "kl", "drop"), (["--method", "random"], "random", "drop"),
+                                                     (["--action", "mask"], "kl", "mask")])
+def test_cli_takes_the_screen_settings_from_params_unless_overridden(monkeypatch, tmp_path, options, method, action):
+    """`sublim screen` uses params.yaml's lm.screen (as the pipeline stage does); an option overrides one setting."""
+    import sublim.screen
+    from sublim.cli import app
+
+    root = make_project(tmp_path / "p", {"lm": {"screen": {"method": "kl", "action": "drop", "budget": 0.1}}},
+                        git=False)
+    (root / "rows.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    seen = []
+
+    def capture(*args, screen, **kwargs):
+        seen.append(screen)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(sublim.screen, "run_screen", capture)
+    result = CliRunner().invoke(app, ["screen", "rows.jsonl", "--base", "m", *options,
+                                      "--params", str(root / "params.yaml")])
+    assert result.exit_code != 0 and seen, result.output
+    assert (seen[0].method, seen[0].action, seen[0].budget) == (method, action, 0.1)
+

@@ -66,6 +66,19 @@ def read_rows(path: Path) -> Iterator[tuple[dict | None, str]]:
             yield (row if isinstance(row, dict) else None), line
 
 
+def dataset_rows(path: Path) -> list[dict]:
+    """Every row of a dataset given by the user (a folder's rows.jsonl, or the file), checked before anything
+    computes on it: each a JSON object with a string `prompt` and `completion`; the first bad row is named."""
+    source = rows_file(path)
+    rows = [row for row, line in read_rows(source) if line.strip()]
+    bad = next((i for i, r in enumerate(rows)
+                if r is None or not all(isinstance(r.get(k), str) for k in ("prompt", "completion"))), None)
+    if not rows or bad is not None:
+        raise ValueError(f"{source}: " + ("no rows" if not rows else f"row {bad + 1} is not a JSON object with "
+                                                                     "string prompt and completion"))
+    return rows
+
+
 def verdict(row: dict | None, kind, forbidden: Forbidden) -> Verdict:
     """One row's verdict before the judge: well-formed, passing the kind's check, naming no trait word."""
     if row is None or not isinstance(row.get("prompt"), str):
