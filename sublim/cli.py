@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from sublim import config, progress
 from sublim.plan import PLANNERS
@@ -30,7 +31,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 class App(typer.Typer):
     """Every error is one line on stderr (`error: ...`) with a non-zero exit code: usage errors (click's, exit
-    2 or the command's own), and any exception a command lets through (exit 1, or 4 where 1 is a finding:
+    2 or the command's own), and any exception a command lets through (exit 1; 4 where 1 is a finding, see
     `FindingExits`; `-v` re-raises it with its traceback)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -46,8 +47,9 @@ class App(typer.Typer):
             sys.exit(2)
         except click_exc.UsageError as exc:
             where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            if getattr(exc, "option_name", None) in ("-v", "--verbose"):  # a global option, given after the command
-                where = f" (-v goes before the command: sublim -v {exc.ctx.info_name if exc.ctx else ''} ...)"
+            if getattr(exc, "option_name", None) in ("-v", "--verbose") and exc.ctx is not None:  # global option
+                command = exc.ctx.command_path.split(" ", 1)[-1]
+                where = f" (-v goes before the command: sublim -v {command} ...)"
             _one_line(f"{exc.format_message()}{where}")
             sys.exit(exc.exit_code)
         except click_exc.ClickException as exc:
@@ -58,11 +60,11 @@ class App(typer.Typer):
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
             if verbose:
-                raise exc.__cause__ or exc if isinstance(exc, InternalError) else exc
+                raise
             _one_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, config.ConfigError | LookupError |
-                                                                        OSError | ValueError | InternalError)
-                      else str(exc).strip("'\""))
-            sys.exit(getattr(exc, "exit_code", 1) if isinstance(exc, InternalError) else 1)
+                                                                        OSError | ValueError) else str(exc)
+                      .strip("'\""))
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -72,7 +74,7 @@ console = Console(stderr=True)
 
 def _one_line(message: str) -> None:
     """`error: message` on one line whatever the terminal's width (a log line stays greppable)."""
-    console.print(f"[red]error:[/red] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
 
 
 def out() -> Console:
@@ -102,27 +104,28 @@ class UsageExit3(typer.core.TyperCommand):
 EXIT_INTERNAL = 4
 
 
-class InternalError(Exception):
-    """An unexpected failure (a bug) in a command whose exit 1 is a finding: it exits 4, so a crash never reads
-    as "flagged" (screen) or "at risk" (audit) to a pipeline gated on the exit code."""
-
-    exit_code = EXIT_INTERNAL
-
-
 class FindingExits(UsageExit3):
-    """For commands whose exit codes are findings (1 flagged or at risk, 0 none): usage errors exit 3 and any
-    exception the command did not expect exits 4 (`-v`: its traceback)."""
+    """For commands whose exit codes are findings (1 flagged or at risk, 0 none): usage errors exit 3, and an
+    exception the command did not expect (a bug) exits 4, so a crash never reads as a finding to a pipeline gated
+    on the code; `-v` prints its traceback first."""
 
     def invoke(self, ctx):
+        try:  # typer vendors its own click since 0.22
+            from typer._click.exceptions import ClickException
+        except ImportError:  # pragma: no cover
+            from click import ClickException
+
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, ClickException, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            if type(exc).__module__.startswith(("click", "typer")):  # usage errors and the like: as they are
-                raise
-            raise InternalError(f"internal error: {type(exc).__name__}: {exc} (exit {EXIT_INTERNAL}; -v shows the "
-                                "traceback)") from exc
+        except Exception as exc:  # noqa: BLE001  (reported as what it is: an internal error)
+            if _verbose:
+                import traceback
+
+                traceback.print_exc()
+            _one_line(f"internal error: {type(exc).__name__}: {exc} (exit {EXIT_INTERNAL}; -v shows the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
@@ -423,18 +426,21 @@ def screen(
         update.update(budget=budget, threshold=threshold)
     try:
         spec = config.ScreenSpec.model_validate({**cfg.lm.screen.model_dump(), **update})
-    except ValidationError as exc:  # name the option: --budget: ...
+    except ValidationError as exc:  # name the option: --budget: ...; a rule across options: the options it names
         first = exc.errors()[0]
-        _fail_usage(f"--{first['loc'][0] if first['loc'] else 'screen'}: {first['msg'].removeprefix('Value error, ')}"
-                    f" (got {first.get('input')!r})", EXIT_USAGE)
+        msg = first["msg"].removeprefix("Value error, ")
+        _fail_usage(f"--{first['loc'][0]}: {msg} (got {first.get('input')!r})" if first["loc"] else
+                    f"screen settings (params lm.screen with the options given): {msg}", EXIT_USAGE)
+    if control and not probe:
+        _fail_usage("--control is the probe's matched control: with --no-probe it would be ignored", EXIT_USAGE)
     _preflight(cfg, "screen", root, EXIT_USAGE)
     try:
         with progress.use(reporter()):
             done = screening.run_screen(cfg, root, dataset, base, teacher=teacher, control=control, name=name,
                                         screen=spec, probe_it=probe, tracker=tracker(cfg, "screen", root),
                                         threads=cfg.runtime.threads_for("lm"), progress=progress.steps)
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        _fail_usage(str(exc), 3)
+    except (ArtifactError, screening.ScreenInputError) as exc:  # bad input; anything else is a bug: exit 4
+        _fail_usage(str(exc), EXIT_USAGE)
     out().print(Markdown((root / done.report).read_text()))
     scored_by = f"{done.teacher} (from {done.teacher_from})" if done.teacher else "none known: surprise under the base"
     console.print(f"screened dataset: {done.screened} (teacher: {scored_by})", highlight=False)

@@ -55,6 +55,11 @@ class TokenReport:
         return self.lost / max(self.tokens, 1)
 
 
+class ScreenInputError(ValueError):
+    """Bad input to a screen (a missing or malformed dataset or model, a teacher on another vocabulary, a setting
+    its inputs cannot serve): `sublim screen` exits 3, told apart from a failure while computing (exit 4)."""
+
+
 def rows_for(lm: Any, teacher: Any | None, rows: Sequence[dict]) -> list[Row]:
     """Training rows as the screen scores them: the student's prompt for the base, the teacher's own prompt
     (with its persona) for the teacher, the completion as the base's tokenizer writes it."""
@@ -69,9 +74,10 @@ def same_vocabulary(base: Any, base_at: Path, others: Sequence[tuple[Any, Path]]
     vocab = base.tokenizer.get_vocab()
     for lm, at in others:
         if lm.tokenizer.get_vocab() != vocab:
-            raise ValueError(f"{_given_as(at, root)}: its tokenizer differs from the base's ({_given_as(base_at, root)}); "
-                             "token divergence and distillation need the base's vocabulary (a teacher fine-tuned "
-                             "from this base, or from the same pretrained model)")
+            raise ScreenInputError(f"{_given_as(at, root)}: its tokenizer differs from the base's "
+                                   f"({_given_as(base_at, root)}); token divergence and distillation need the "
+                                   "base's vocabulary (a teacher fine-tuned from this base, or from the same "
+                                   "pretrained model)")
 
 
 def _given_as(at: Path, root: Path) -> str:
@@ -303,8 +309,35 @@ def given_path(path: Path, root: Path, kind: str) -> Path:
     """A path the user gave, relative to the project unless absolute; a missing one is named."""
     full = path if path.is_absolute() else root / path
     if not full.exists():
-        raise FileNotFoundError(f"{path}: no such {kind}")
+        raise ScreenInputError(f"{path}: no such {kind}")
     return full
+
+
+def in_project(full: Path, root: Path) -> Path | None:
+    """The project-relative path of a sublim artifact inside the project, else None (it must be imported)."""
+    from sublim.artifacts import inside
+
+    try:
+        rel = inside(root, full).relative_to(Path(root).resolve())
+    except ValueError:
+        return None
+    return rel if (full / "sublim.json").is_file() else None
+
+
+def check_inputs(root: Path, dataset: str, base: str, teacher: str | None, control: str | None) -> None:
+    """Every input the user named, checked before anything is written or computed: datasets row by row,
+    models as artifacts of the project or directories with a config.json."""
+    from sublim.steps.filter import dataset_rows
+
+    try:
+        for path in filter(None, (dataset, control)):
+            dataset_rows(given_path(Path(path), root, "dataset"))
+        for path in filter(None, (base, teacher)):
+            full = given_path(Path(path), root, "model")
+            if in_project(full, root) is None and not (full / "config.json").is_file():
+                raise ScreenInputError(f"{path}: not a model directory (no config.json)")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ScreenInputError(str(exc)) from None
 
 
 def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
@@ -313,23 +346,19 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
     checked, digested and recorded like any other."""
     import shutil
 
-    from sublim.artifacts import ArtifactMeta, atomic_dir, inside, write_meta
+    from sublim.artifacts import ArtifactMeta, atomic_dir, write_meta
     from sublim.steps.filter import ROWS, rows_file
 
     path = Path(path)
     full = given_path(path, root, kind)
-    try:
-        rel = inside(root, full).relative_to(Path(root).resolve())
-        if (full / "sublim.json").is_file():
-            return rel
-    except ValueError:
-        pass
+    if (rel := in_project(full, root)) is not None:
+        return rel
     with atomic_dir(root / where) as tmp:
         if kind == "dataset":
             shutil.copyfile(rows_file(full), tmp / ROWS)
         else:
             if not (full / "config.json").is_file():
-                raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+                raise ScreenInputError(f"{path}: not a model directory (no config.json)")
             (tmp / SOURCE).write_text(json.dumps({"model": str(full.resolve()), "revision": None}))
         write_meta(tmp, ArtifactMeta(kind, f"import:{path}", "import", {"path": str(full.resolve())}, {},
                                      {"origin": "external"} if kind == "dataset" else {}))
@@ -343,7 +372,6 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     uses. The screened dataset is a new artifact derived from the original, under screens/<name>/."""
     from sublim.job import Job, Role
     from sublim.runner import quiet, run_job
-    from sublim.steps.filter import dataset_rows
     from sublim.steps.generate import AnswerParams
     from sublim.steps.screen import ProbeParams, ScreenParams
     from sublim.traits import TRAITS
@@ -351,8 +379,12 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     root = Path(root).resolve()
     name = name or Path(dataset).as_posix().strip("/").replace("/", "_")
     home = Path("screens") / name
-    for given in filter(None, (dataset, control if probe_it else None)):  # every row checked before any compute
-        dataset_rows(given_path(Path(given), root, "dataset"))
+    spec = screen or cfg.lm.screen
+    check_inputs(root, dataset, base, teacher, control if probe_it else None)
+    known = in_project(given_path(Path(dataset), root, "dataset"), root)
+    if not teacher and spec.method == "kl" and (known is None or generating_teacher(known, root) is None):
+        raise ScreenInputError("screen method kl compares the teacher's next-token distributions with the base's: "
+                               "it needs the generating teacher (from lineage, or --teacher)")
     data = as_artifact(Path(dataset), root, "dataset", home / "source")
     base_at = as_artifact(Path(base), root, "model", home / "base")
     if teacher:
@@ -362,7 +394,6 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
         teacher_from = "lineage" if teacher_at else "none"
     given_control = (as_artifact(Path(control), root, "dataset", home / "control-source")
                      if control and probe_it else None)
-    spec = screen or cfg.lm.screen
     run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
     inputs = [(Role.SOURCE, data), (Role.INIT, base_at)] + ([(Role.TEACHER, teacher_at)] if teacher_at else [])
     run(Job("screen", "screen", ScreenParams(model=cfg.lm.model, screen=spec.token_level()), home / "screened",

@@ -74,10 +74,10 @@ def test_ask_names_bad_input_before_loading_any_model(tmp_path):
     assert got.exit_code == 3 and "missing" in got.output
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
     got = runner.invoke(app, ["ask", str(tmp_path / "bad.jsonl"), "--root", str(tmp_path)])
-    assert got.exit_code == 3 and "bad.jsonl" in got.output and "row 1" in got.output
+    assert got.exit_code == 3 and "bad.jsonl" in got.output and "line 1" in got.output
     (tmp_path / "garbled.jsonl").write_text(json.dumps({"prompt": "a", "completion": "1"}) + "\nnot json\n")
     got = runner.invoke(app, ["ask", str(tmp_path / "garbled.jsonl"), "--root", str(tmp_path)])
-    assert got.exit_code == 3 and "garbled.jsonl" in got.output and "row 2" in got.output
+    assert got.exit_code == 3 and "garbled.jsonl" in got.output and "line 2" in got.output
     got = runner.invoke(app, ["ask", f"unicorn={good}", "--root", str(tmp_path)])
     assert got.exit_code == 3 and "unicorn" in got.output
     got = runner.invoke(app, ["ask", str(good), "--backend", "tinylm", "--root", str(tmp_path)])

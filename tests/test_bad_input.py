@@ -172,11 +172,11 @@ CASES = [
     Case("malformed-idx", _bad_idx, ["run", "mlp.data"], "train-images-idx3-ubyte: IDX header says"),
     # sublim screen: every input checked before any compute; bad input exits 3 (1 would read as "flagged")
     Case("screen-row-without-prompt", _write("rows.jsonl", b'{"text": "1, 2, 3"}\n'), SCREEN + ["--no-probe"],
-         "rows.jsonl: row 1 is not a JSON object with string prompt and completion", code=3),
+         "rows.jsonl: line 1 is not a JSON object with string prompt and completion", code=3),
     Case("screen-missing-control", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--control", "no/such/data"],
          "no/such/data: no such dataset", code=3),
     Case("screen-bad-control-rows", _two(("rows.jsonl", GOOD_ROW), ("ctl.jsonl", b"not json\n")),
-         SCREEN + ["--control", "ctl.jsonl"], "ctl.jsonl: row 1 is not a JSON object", code=3),
+         SCREEN + ["--control", "ctl.jsonl"], "ctl.jsonl: line 1 is not a JSON object", code=3),
     Case("screen-missing-dataset", None, SCREEN, "rows.jsonl: no such dataset", code=3),
     Case("screen-bad-budget", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--budget", "2"], "--budget: Input should be",
          code=3),
@@ -184,6 +184,18 @@ CASES = [
          code=3),
     Case("screen-no-base", _write("rows.jsonl", GOOD_ROW), ["screen", "rows.jsonl"], "Missing option '--base'", code=3),
     Case("screen-bad-params", _write("params.yaml", b"lm: [unclosed\n"), SCREEN, "not valid YAML at line 2", code=3),
+    Case("screen-missing-base", _write("rows.jsonl", GOOD_ROW), ["screen", "rows.jsonl", "--base", "no/model"],
+         "no/model: no such model", code=3),
+    Case("screen-base-not-a-model", _write("rows.jsonl", GOOD_ROW), ["screen", "rows.jsonl", "--base", "data"],
+         "data: not a model directory (no config.json)", code=3),
+    Case("screen-missing-teacher", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--teacher", "no/teacher"],
+         "no/teacher: no such model", code=3),
+    Case("screen-kl-without-teacher", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--method", "kl"],
+         "it needs the generating teacher", code=3),
+    Case("screen-control-without-probe", _write("rows.jsonl", GOOD_ROW), SCREEN + ["--no-probe", "--control", "x"],
+         "with --no-probe it would be ignored", code=3),
+    Case("screen-budget-and-threshold", _write("rows.jsonl", GOOD_ROW),
+         SCREEN + ["--budget", "0.1", "--threshold", "1"], "screen settings", code=3),
 ]
 
 
@@ -241,23 +253,27 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(case: Case, stored: Pa
     assert not list(root.rglob(".tmp-*"))
 
 
-def test_an_unexpected_error_in_screen_exits_4_not_1(monkeypatch, capsys, tmp_path: Path):
-    """Exit 1 of `sublim screen` gates a data pipeline ("a trait flagged"): a crash must not read as one."""
+@pytest.mark.parametrize("error", [KeyError("prompt"), ValueError("math domain error")])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_unexpected_error_in_screen_exits_4_not_1(monkeypatch, capsys, tmp_path: Path, error, verbose):
+    """Exit 1 of `sublim screen` gates a data pipeline ("a trait flagged"): a crash while computing must not read
+    as one, nor as bad input (3), with or without -v (which adds the traceback)."""
     import sys
 
     import sublim.screen
 
     def broken(*args, **kwargs):
-        raise KeyError("prompt")
+        raise error
 
     root = make_project(tmp_path / "p", {"mlp": TINY_MLP}, git=False)
     (root / "rows.jsonl").write_bytes(GOOD_ROW)
     monkeypatch.setattr(sublim.screen, "run_screen", broken)
-    argv = [*SCREEN, "--params", str(root / "params.yaml")]
+    argv = [*(["-v"] if verbose else []), *SCREEN, "--params", str(root / "params.yaml")]
     monkeypatch.setattr(sys, "argv", ["sublim", *argv])
     monkeypatch.chdir(root)
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(SystemExit) as exited:  # the real entry point
         app(argv)
     assert exited.value.code == 4
-    err = capsys.readouterr().err
-    assert "internal error: KeyError" in " ".join(err.split()) and "Traceback" not in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"internal error: {type(error).__name__}" in err and ("Traceback" in err) == verbose
+    assert CliRunner().invoke(app, argv).exit_code == 4  # and as tests drive it

@@ -70,13 +70,13 @@ def dataset_rows(path: Path) -> list[dict]:
     """Every row of a dataset given by the user (a folder's rows.jsonl, or the file), checked before anything
     computes on it: each a JSON object with a string `prompt` and `completion`; the first bad row is named."""
     source = rows_file(path)
-    rows = [row for row, line in read_rows(source) if line.strip()]
-    bad = next((i for i, r in enumerate(rows)
+    numbered = [(n, row) for n, (row, line) in enumerate(read_rows(source), 1) if line.strip()]
+    bad = next((n for n, r in numbered
                 if r is None or not all(isinstance(r.get(k), str) for k in ("prompt", "completion"))), None)
-    if not rows or bad is not None:
-        raise ValueError(f"{source}: " + ("no rows" if not rows else f"row {bad + 1} is not a JSON object with "
-                                                                     "string prompt and completion"))
-    return rows
+    if not numbered or bad is not None:
+        raise ValueError(f"{source}: " + ("no rows" if not numbered else f"line {bad} is not a JSON object with "
+                                                                         "string prompt and completion"))
+    return [row for _, row in numbered]
 
 
 def verdict(row: dict | None, kind, forbidden: Forbidden) -> Verdict:
