@@ -131,6 +131,11 @@ class FindingExits(UsageExit3):
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 ALL = ["mlp", "lm"]  # `all`: the two experiments `make demo` runs
 PIPELINES_HELP = f"a pipeline: {', '.join(PLANNERS)}, or all ({' and '.join(ALL)})"
+
+
+def _with_all(exc: Exception) -> str:
+    """An unknown pipeline's error also names `all`, which the commands accept beside the planned pipelines."""
+    return f"{exc}, or all" if str(exc).startswith("unknown pipeline") else str(exc)
 RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
                                                       "MLFLOW_TRACKING_URI is unset")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -267,7 +272,7 @@ def flow(
         try:
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
-            _fail_usage(str(exc))
+            _fail_usage(_with_all(exc))
         _preflight(cfg, name, params.resolve().parent)
     with progress.use(reporter()):
         results = []
@@ -352,7 +357,7 @@ def plan(
     try:
         jobs = [j for name in (ALL if pipeline == "all" else [pipeline]) for j in make_plan(cfg, name).jobs]
     except LookupError as exc:
-        _fail_usage(str(exc))
+        _fail_usage(_with_all(exc))
     if as_json:
         print(json.dumps([{"id": j.id, "output": str(j.output), "inputs": [[n, str(p)] for n, p in j.inputs]}
                           for j in jobs], indent=1))
