@@ -347,3 +347,17 @@ def test_cli_takes_the_screen_settings_from_params_unless_overridden(monkeypatch
     assert result.exit_code == 4 and seen, result.output  # the stand-in's RuntimeError: an internal error
     assert (seen[0].method, seen[0].action, seen[0].budget) == (method, action, 0.1)
 
+
+
+def test_check_says_a_token_screen_does_not_protect_distilled_students(tmp_path):
+    from sublim.cli import app
+
+    said = {}
+    for objective in ("distill", "sft"):
+        root = make_project(tmp_path / objective, {"lm": {"screen": {"stage": ["screen"]},
+                                                           "student": {"objective": objective}}}, git=False)
+        got = CliRunner().invoke(app, ["check", "--params", str(root / "params.yaml")])
+        assert got.exit_code == 0, got.output
+        said[objective] = " ".join(got.output.split())
+    assert "distilled students learn the teacher's distribution at every position" in said["distill"]
+    assert "note:" not in said["sft"]
