@@ -11,6 +11,11 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+
+try:  # typer vendors its own click since 0.22
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
@@ -35,11 +40,6 @@ class App(typer.Typer):
     `FindingExits`; `-v` re-raises it with its traceback)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:  # typer vendors its own click since 0.22
-            from typer._click import exceptions as click_exc
-        except ImportError:  # pragma: no cover
-            from click import exceptions as click_exc
-
         verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
@@ -89,14 +89,9 @@ class UsageExit3(typer.core.TyperCommand):
     """Usage errors (a missing argument, an unknown option) exit 3 instead of click's 2, which means unknown."""
 
     def parse_args(self, ctx, args):
-        try:  # typer vendors its own click since 0.22
-            from typer._click.exceptions import UsageError
-        except ImportError:  # pragma: no cover
-            from click import UsageError
-
         try:
             return super().parse_args(ctx, args)
-        except UsageError as exc:
+        except click_exc.UsageError as exc:
             exc.exit_code = EXIT_USAGE
             raise
 
@@ -110,14 +105,9 @@ class FindingExits(UsageExit3):
     on the code; `-v` prints its traceback first."""
 
     def invoke(self, ctx):
-        try:  # typer vendors its own click since 0.22
-            from typer._click.exceptions import ClickException
-        except ImportError:  # pragma: no cover
-            from click import ClickException
-
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, ClickException, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, click_exc.ClickException, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001  (reported as what it is: an internal error)
             if _verbose:
@@ -131,14 +121,14 @@ class FindingExits(UsageExit3):
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 ALL = ["mlp", "lm"]  # `all`: the two experiments `make demo` runs
 PIPELINES_HELP = f"a pipeline: {', '.join(PLANNERS)}, or all ({' and '.join(ALL)})"
+RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
+                                                      "MLFLOW_TRACKING_URI is unset")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _with_all(exc: Exception) -> str:
     """An unknown pipeline's error also names `all`, which the commands accept beside the planned pipelines."""
     return f"{exc}, or all" if str(exc).startswith("unknown pipeline") else str(exc)
-RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
-                                                      "MLFLOW_TRACKING_URI is unset")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _load(params: Path, code: int = 2) -> config.Config:

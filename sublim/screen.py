@@ -343,7 +343,7 @@ def check_inputs(root: Path, dataset: str, base: str, teacher: str | None, contr
 def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
     """`path` itself when it is a sublim artifact inside the project; otherwise a small artifact at `where` that
     stands for it (a dataset: its rows copied; a model: a pointer to its directory), so every screen input is
-    checked, digested and recorded like any other."""
+    digested and recorded like any other. `check_inputs` has checked it first."""
     import shutil
 
     from sublim.artifacts import ArtifactMeta, atomic_dir, write_meta
@@ -357,8 +357,6 @@ def as_artifact(path: Path, root: Path, kind: str, where: Path) -> Path:
         if kind == "dataset":
             shutil.copyfile(rows_file(full), tmp / ROWS)
         else:
-            if not (full / "config.json").is_file():
-                raise ScreenInputError(f"{path}: not a model directory (no config.json)")
             (tmp / SOURCE).write_text(json.dumps({"model": str(full.resolve()), "revision": None}))
         write_meta(tmp, ArtifactMeta(kind, f"import:{path}", "import", {"path": str(full.resolve())}, {},
                                      {"origin": "external"} if kind == "dataset" else {}))
@@ -381,8 +379,9 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     home = Path("screens") / name
     spec = screen or cfg.lm.screen
     check_inputs(root, dataset, base, teacher, control if probe_it else None)
-    known = in_project(given_path(Path(dataset), root, "dataset"), root)
-    if not teacher and spec.method == "kl" and (known is None or generating_teacher(known, root) is None):
+    known = in_project(given_path(Path(dataset), root, "dataset"), root)  # an outside dataset has no lineage
+    from_lineage = generating_teacher(known, root) if known is not None and not teacher else None
+    if not teacher and spec.method == "kl" and from_lineage is None:
         raise ScreenInputError("screen method kl compares the teacher's next-token distributions with the base's: "
                                "it needs the generating teacher (from lineage, or --teacher)")
     data = as_artifact(Path(dataset), root, "dataset", home / "source")
@@ -390,8 +389,7 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
     if teacher:
         teacher_at, teacher_from = as_artifact(Path(teacher), root, "model", home / "teacher"), "--teacher"
     else:
-        teacher_at = generating_teacher(data, root)
-        teacher_from = "lineage" if teacher_at else "none"
+        teacher_at, teacher_from = from_lineage, "lineage" if from_lineage else "none"
     given_control = (as_artifact(Path(control), root, "dataset", home / "control-source")
                      if control and probe_it else None)
     run = lambda job: run_job(job, root=root, tracker=tracker, threads=threads, progress=progress or quiet)  # noqa: E731
