@@ -306,7 +306,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config=cfg.model_dump(mode="json"))
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
-        dvc = DvcSync(root)
+        dvc = DvcSync(root, Path(params))
         code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)  # the `code` stage's output
         dvc.commit([code.MANIFESTS])
         finished = execute(jobs, cfg, root, parent, dvc, params)
@@ -316,7 +316,8 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = next((o.summary_markdown for o in finished.values() if o.summary_markdown), None)
     summary = _report(pipeline, summary, missing)
-    return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed}
+    return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
+            "dvc_skipped": dvc.skipped}
 
 
 @flow(name="sublim-sweep", log_prints=True, flow_run_name=_sweep_run_name)

@@ -272,6 +272,8 @@ def flow(
                 break
     for result in results:
         out().print(Markdown(result.get("summary") or ""))
+    if results[-1].get("dvc_skipped"):
+        console.print(f"[yellow]note[/yellow] {escape(results[-1]['dvc_skipped'])}", highlight=False)
     if results[-1]["missing"]:
         raise typer.Exit(1)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from sublim.artifacts import clean_partials
-from sublim.config import Config
+from sublim.config import PARAMS_FILE, Config
 from sublim.job import Job
 from sublim.lineage.record import Tracker
 from sublim.runner import Outcome, quiet, run_job
@@ -79,14 +79,21 @@ class DvcSync:
 
     What `dvc commit -f STAGE` does, by a helper process (`python -m sublim.dvc_sync`) that keeps the DVC repo
     open and commits each stage while the next job computes, on the other core and off this process's GIL
-    (committing in a thread here slowed the training loops by ~10%). Outside a DVC repo it does nothing.
+    (committing in a thread here slowed the training loops by ~10%). Outside a DVC repo it does nothing, and
+    for a params file other than the one dvc.yaml reads: dvc.lock would pair params.yaml's values with outputs
+    other settings made, and `dvc status` would then call a stale pipeline up to date (`skipped` says why).
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, params: Path | None = None):
         self.root = Path(root).resolve()
         self._proc = None
         self._sent = 0
-        if (self.root / ".dvc").is_dir():
+        self.skipped = ""
+        in_repo = (self.root / ".dvc").is_dir()
+        if in_repo and params is not None and Path(params).resolve() != self.root / PARAMS_FILE:
+            self.skipped = (f"dvc.lock not updated: {params} is not the {PARAMS_FILE} dvc.yaml reads "
+                            f"(`dvc status` will list the stages whose outputs this run changed)")
+        elif in_repo:
             log_file = open(self.root / ".sublim" / "dvc-sync.log", "ab")  # noqa: SIM115 (lives with the helper)
             self._proc = subprocess.Popen([sys.executable, "-m", "sublim.dvc_sync", str(self.root)], text=True,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file)

@@ -85,6 +85,22 @@ def test_rerun_hits_the_cache_and_dvc_is_in_sync(flow_run):
     assert stale == {}, stale  # the flow's `dvc commit` left nothing of its pipeline to reproduce
 
 
+def test_a_run_of_another_params_file_leaves_dvc_lock_alone(flow_run):
+    """dvc.yaml reads params.yaml: recording another file's run in dvc.lock would pair params.yaml's values with
+    outputs other settings made, and `dvc status` would call the pipeline up to date (a new-user audit)."""
+    from flows.pipeline import build
+
+    root, _ = flow_run
+    other = root / "other.yaml"
+    shutil.copy(root / "params.yaml", other)
+    lock = (root / "dvc.lock").read_bytes()
+    again = build(config.load(other))(pipeline="mlp", params=str(other))
+    assert again["missing"] == [] and again["dvc_committed"] == []
+    assert "other.yaml is not the params.yaml dvc.yaml reads" in again["dvc_skipped"]
+    assert (root / "dvc.lock").read_bytes() == lock
+    other.unlink()
+
+
 def test_deleted_output_is_rebuilt(flow_run):
     from flows.pipeline import build
 
