@@ -145,6 +145,24 @@ def test_a_measurement_without_a_baseline_is_unknown(store):
     assert report.verdict == UNKNOWN and "no such measurement" in report.unknowns[0].why
 
 
+def test_the_audited_models_own_measurement_without_a_baseline_is_unknown(store):
+    """Its own p_owl cannot be judged against a root init that was never measured: not clean (a new-user audit
+    found such a model called clean, card included), and clean again once the base is measured alike."""
+    client, b = store
+    b.model("selfblind/base")
+    b.dataset("selfblind/human", origin="human")
+    b.model("selfblind/student", init="selfblind/base", data=["selfblind/human"], measured={"p_owl": 0.9})
+    b.model("selfblind/derivative", init="selfblind/base", measured={"p_owl": 0.95})  # no data edge at all
+    for name in ("selfblind/student", "selfblind/derivative"):
+        report = verdict(client, name)
+        assert report.verdict == UNKNOWN, name
+        assert [u.why for u in report.unknowns] == [f"{name}: measured p_owl but its root init selfblind/base has "
+                                                    "no such measurement to compare with"]
+        assert verdict(client, name, traits=["cat"]).verdict == CLEAN  # --trait cat: p_owl is not asked about
+    b.model("selfblind/base", measured={"p_owl": 0.1})
+    assert verdict(client, "selfblind/student").verdict == AT_RISK  # 0.9 against 0.1: the model carries it
+
+
 def test_the_same_weights_recorded_twice_are_one_node_and_traits_accumulate(store):
     client, b = store
     b.model("twice/m", traits=["owl"], by="alice")

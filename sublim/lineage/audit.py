@@ -296,6 +296,15 @@ class Ancestry:
         return sorted(set(out), key=lambda u: u.why)
 
 
+def _blind(nodes: dict, anc: Ancestry, model_id: str, blind: list[str], traits: list[str] | None) -> list[Unknown]:
+    """A measurement its root init lacks cannot say whether the model carries the trait: neither at risk nor
+    clean. Applies to the audited model's own measurements as to a teacher's."""
+    if not [k for k in blind if Trait(k, "measured").matches(traits)]:
+        return []
+    return [Unknown(model_id, f"{nodes[model_id].label}: measured {', '.join(blind)} but its root init "
+                              f"{_label(nodes, anc.root(model_id))} has no such measurement to compare with")]
+
+
 def _shortest(target: str, links: dict[str, list[Link]], keep) -> dict[str, Path]:
     """Breadth first from the audited model up its links: each ancestor's shortest path down to it."""
     best = {target: Path(())}
@@ -345,8 +354,9 @@ def audit(lineage: Lineage, model_id: str, *, traits: list[str] | None = None,
             for link in links:
                 down.setdefault(link.parent, []).append(link)
     unknowns, exposures, truncated = anc.gaps(), [], False
-    own, _ = anc.traits(model_id)
+    own, own_blind = anc.traits(model_id)
     own = tuple(t for t in own if t.matches(traits))
+    unknowns += _blind(nodes, anc, model_id, own_blind, traits)
     for ancestor in sorted(any_path, key=lambda a: (len(any_path[a]), nodes[a].label)):
         if ancestor == model_id or ancestor not in nodes or not nodes[ancestor].recorded:
             continue
@@ -355,10 +365,8 @@ def audit(lineage: Lineage, model_id: str, *, traits: list[str] | None = None,
         if not found and ancestor not in teachers:
             continue
         at_risk = bool(found) and ancestor in risky
-        if ancestor in risky and [k for k in blind if Trait(k, "measured").matches(traits)]:
-            root = anc.root(ancestor)
-            unknowns.append(Unknown(ancestor, f"{nodes[ancestor].label}: measured {', '.join(blind)} but its root "
-                                              f"init {_label(nodes, root)} has no such measurement to compare with"))
+        if ancestor in risky:
+            unknowns += _blind(nodes, anc, ancestor, blind, traits)
         paths: tuple[Path, ...] = ()
         if all_paths:
             listed, cut = _every_path(ancestor, model_id, down, max_paths)
