@@ -801,7 +801,7 @@ def _recorded(fn, *args, as_json: bool, **kwargs) -> None:
 @record_app.command("model", cls=UsageExit3)
 def record_model(
     source: Annotated[str, typer.Argument(help="a local model directory, or a hub model pinned as "
-                                               "org/name@revision (never fetched), or a recorded model")],
+                                               "org/name@commit (never fetched), or a recorded model")],
     init_from: Annotated[str | None, typer.Option("--init-from", help="the model whose weights it started "
                                                                      "from (none: a root)")] = None,
     trained_on: Annotated[list[str] | None, typer.Option("--trained-on", help="a dataset it was trained on "
@@ -816,7 +816,7 @@ def record_model(
     as_json: JsonOpt = False,
 ) -> None:
     """Record a model sublim did not train. Its identity is its weight tensors (a persona: its base plus the
-    persona text; an adapter: its tensors plus its base; a hub model: id@revision), so recording it again,
+    persona text; an adapter: its tensors plus its base; a hub model: id@commit), so recording it again,
     or a copy, adds to the same node."""
     from sublim.lineage.record import record_model as record
 

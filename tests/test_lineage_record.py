@@ -154,6 +154,7 @@ def test_from_card_reads_base_model_and_datasets(project):
     (unpinned / "README.md").write_text("---\nbase_model: Qwen/Qwen2.5-0.5B\n---\n")
     refused = cli(project, "record", "model", str(unpinned), "--from-card")
     assert refused.exit_code == 3 and "pinned" in refused.output
+    assert "README.md base_model" in " ".join(refused.output.split())  # not an option the user never gave
     pinned = cli(project, "record", "model", str(unpinned), "--from-card", "--init-from", "Qwen/Qwen2.5-0.5B@7ae557604")
     assert pinned.exit_code == 0, pinned.output
     assert cli(project, "audit", str(unpinned)).exit_code == 2  # the hub base itself was never recorded
@@ -191,14 +192,22 @@ def test_the_card_ships_the_audit(project):
     (["record", "model", "student", "--init-from", "teacher"], "contradicts"),
     (["record", "model", "student", "--measured", "p_owl"], "KEY=VALUE"),
     (["record", "model", "student", "--trait", "a b"], "trait 'a b'"),
+    (["record", "model", "student", "--trained-on", "teacher"], "is a model"),  # a model directory as data
+    (["record", "model", "Qwen/Qwen2.5-7B@main"], "pinned to a commit"),  # a branch moves
+    (["record", "model", "student", "--init-from", "Qwen/Qwen2.5-7B@v1.0"], "pinned to a commit"),
+    (["record", "dataset", "numbers.jsonl", "--prompts", "prompts.txt"], "--prompts without --generated-by"),
 ])
 def test_bad_lineage_input_fails_at_once_with_exit_3(project, args, says, monkeypatch):
+    """One line, exit 3, and nothing stored: a refused record leaves no run behind (it left one RUNNING)."""
     monkeypatch.chdir(project)
+    store = client(f"sqlite:///{project / 'mlflow.db'}")
+    runs = len(store.search_runs([e.experiment_id for e in store.search_experiments()], max_results=1000))
     start = time.perf_counter()
     result = cli(project, *args)
     assert result.exit_code == 3, result.output
     assert says in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output and time.perf_counter() - start < 5
+    assert len(store.search_runs([e.experiment_id for e in store.search_experiments()], max_results=1000)) == runs
 
 
 def test_unrecorded_content_is_unknown_exit_2(project):

@@ -48,7 +48,7 @@ def _entries(data: dict[str, Any], key: str, readme: Path) -> list[str]:
 
 def card_refs(model_dir: Path) -> tuple[list[str], list[str]]:
     """(base models, datasets) a local model's card names. An entry that is a path next to the card is made
-    absolute; a hub id must carry its revision (`org/name@rev`), else recording it is refused."""
+    absolute; a hub id must carry its revision (`org/name@commit`), else recording it is refused."""
     readme = Path(model_dir) / "README.md"
     if not readme.is_file():
         raise RefError(f"{readme}: no model card to read (--from-card)")

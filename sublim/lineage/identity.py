@@ -5,7 +5,7 @@ or copied elsewhere without `sublim.json`, are one node:
 - a model with weights: its weight tensors (names, dtypes, shapes, bytes; safetensors parsed tensor by tensor,
   so sharding, header metadata and files such as config.json, README.md or sublim.json do not count);
 - a model without weights of its own is what defines it: a persona is its base's identity plus the persona
-  text, a LoRA adapter its adapter tensors plus its base's identity, a hub pointer `id@revision`;
+  text, a LoRA adapter its adapter tensors plus its base's identity, a hub pointer `id@commit`;
 - a dataset: the bytes of its content files (sublim.json, READMEs and hidden files excluded).
 Only the top level of a model directory is read, so a mistaken path never walks a whole tree.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 ID_RE = re.compile(r"^[0-9a-f]{64}$")
 MD5_RE = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
 HUB_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w.][\w./-]*)$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")  # a commit hash, full or abbreviated: the one revision that cannot move
 PERSONA, ADAPTER, SOURCE = "persona.json", "adapter_config.json", "source.json"
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5", ".onnx")  # hashed as bytes
 NOT_DATA = {"sublim.json", "README.md", ".gitattributes"}
@@ -139,11 +140,11 @@ def weights_digest(directory: Path) -> str | None:
 
 
 def hub_identity(ref: str) -> Identity:
-    """A hub model pinned to a revision, never fetched: `org/name@revision`."""
+    """A hub model pinned to a commit, never fetched: `org/name@commit`."""
     match = HUB_RE.match(ref)
-    if not match:
-        raise IdentityError(f"{ref!r}: a hub model must be pinned as org/name@revision (an unpinned id names "
-                            "no fixed weights)")
+    if not match or not COMMIT_RE.match(match["rev"]):
+        raise IdentityError(f"{ref!r}: a hub model must be pinned to a commit as org/name@<commit hash> (an "
+                            "unpinned id, or a branch or tag such as 'main', names no fixed weights)")
     pinned = f"{match['repo']}@{match['rev']}"
     node = digest("hub", pinned)
     return Identity(node, "model", "hub", node, hub=pinned)

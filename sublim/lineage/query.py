@@ -17,8 +17,8 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from sublim.lineage import nodes as N
-from sublim.lineage.identity import (ID_RE, MD5_RE, IdentityError, dataset_identity, hub_identity, is_model,
-                                     model_identity, needs_base)
+from sublim.lineage.identity import (ADAPTER, ID_RE, MD5_RE, PERSONA, SOURCE, IdentityError, dataset_identity,
+                                     hub_identity, is_model, model_identity, needs_base)
 
 MODEL_ID_RE = re.compile(r"^m-[0-9a-f]{32}$")
 REGISTRY_RE = re.compile(r"^(models:/)?(?P<name>[\w.-]+)(?P<sep>[/@])(?P<which>[\w.-]+)$")
@@ -289,7 +289,7 @@ def check_ref(ref: str, what: str = "MODEL") -> str:
     """Refuse at once what cannot be a reference: empty, blank, control characters, quotes."""
     if ref is None or not ref.strip():
         raise RefError(f"{what} is empty: give a path, a model id (m-...), name@alias, name/version, "
-                       "a hub id@revision or a content id")
+                       "a hub id@commit or a content id")
     if ref != ref.strip() or any(c in ref for c in "'\"`\n\r\t\0") or not ref.isprintable():
         raise RefError(f"{what} {ref!r}: malformed reference (quotes, spaces at the ends or control characters)")
     return ref
@@ -328,6 +328,9 @@ def identify_path(path: Path, lineage: Lineage | None, kind: str | None = None, 
     sublim recorded for it, or the one recorded node with the same own content), a dataset's files."""
     declared = _artifact_kind(path)
     found_kind = declared or ("model" if is_model(path) else "dataset")
+    if kind == "dataset" and not declared and _model_directory(path):
+        raise RefError(f"{path}: is a model (weights with config.json, an adapter, a persona or a pointer), "
+                       "not a dataset")
     if kind is not None and kind != found_kind and (kind == "model" or declared):  # tensors can be data
         raise RefError(f"{path}: is a {found_kind}, not a {kind}" + (" (no weights, persona.json or source.json)"
                                                                       if kind == "model" else ""))
@@ -345,6 +348,14 @@ def identify_path(path: Path, lineage: Lineage | None, kind: str | None = None, 
         raise RefError(str(exc)) from None
 
 
+def _model_directory(path: Path) -> bool:
+    """A directory only a model would be: weights beside config.json, or an adapter, persona or pointer file.
+    Bare tensors can be data (the MLP's transfer set), so weights alone do not decide."""
+    if not path.is_dir() or not is_model(path):
+        return False
+    return bool({"config.json", PERSONA, ADAPTER, SOURCE} & {p.name for p in path.iterdir() if p.is_file()})
+
+
 def _by_content(path: Path, lineage: Lineage | None) -> str:
     own = model_identity(path, base="0" * 64).content  # the base does not enter a persona's or adapter's content
     matches = {n.id for n in lineage.by_tag(N.CONTENT, [own])} if lineage else set()
@@ -359,7 +370,7 @@ def resolve(ref: str, lineage: Lineage, root: Path | None = None, *, kind: str |
             what: str = "MODEL") -> str:
     """The content identity a reference names: a local path (model dir, dataset dir or file), a content id,
     a DVC md5 recorded as `sublim.digest`, a LoggedModel id (m-...), a registered model (`name/version`,
-    `name@alias`, `models:/...`), or a hub model `org/name@revision` (identified, never fetched)."""
+    `name@alias`, `models:/...`), or a hub model `org/name@commit` (identified, never fetched)."""
     check_ref(ref, what)
     if ID_RE.match(ref):
         return ref
@@ -383,9 +394,9 @@ def resolve(ref: str, lineage: Lineage, root: Path | None = None, *, kind: str |
             raise RefError(str(exc)) from None
     if re.match(r"^[\w.-]+/[\w.-]+$", ref):
         raise RefError(f"{what} {ref!r}: no such path or registered model; a hub model must be pinned "
-                       f"({ref}@<revision>), it is never fetched")
+                       f"({ref}@<commit>), it is never fetched")
     raise RefError(f"{what} {ref!r}: no such path, and not a model id (m-...), name/version, name@alias, "
-                   "org/name@revision or content id")
+                   "org/name@commit or content id")
 
 
 def _registered(match: re.Match, client: MlflowClient) -> str | None:

@@ -368,6 +368,7 @@ def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, 
     root = Path(root)
     store = open_store(root, uri)
     lineage = Lineage(store)
+    named: dict[tuple[str, str], str] = {}  # (edge, value) -> where it came from, when not its option
     if from_card:
         from sublim.lineage.card import card_refs
 
@@ -377,7 +378,11 @@ def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, 
 
             raise RefError(f"{source}/README.md: base_model lists {len(base_models)} models (a merge); "
                            "give the one whose weights it started from with --init-from")
-        edges["init"] = edges["init"] or next(iter(base_models), None)
+        card = f"{source}/README.md"
+        if edges["init"] is None and base_models:
+            edges["init"] = base_models[0]
+            named[("init", base_models[0])] = f"{card} base_model"
+        named.update({("trained_on", d): f"{card} datasets" for d in datasets if d not in edges["trained_on"]})
         edges["trained_on"] = [*edges["trained_on"], *datasets]
     kinds = {"init": "model", "generated_by": "model", "trained_on": "dataset", "derived_from": "dataset",
              "prompts": "dataset"}
@@ -388,14 +393,16 @@ def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, 
         if key == "origin":
             resolved[key] = value
         elif isinstance(value, (list, tuple)):
-            resolved[key] = tuple(dict.fromkeys(_edge(lineage, v, root, kinds[key], options[key]) for v in value))
+            resolved[key] = tuple(dict.fromkeys(_edge(lineage, v, root, kinds[key], named.get((key, v), options[key]))
+                                                for v in value))
         else:
-            resolved[key] = _edge(lineage, value, root, kinds[key], options[key])
+            resolved[key] = _edge(lineage, value, root, kinds[key], named.get((key, value), options[key]))
     identity, facts = _source_identity(source, lineage, root, kind, resolved.get("init"))
     record = N.Record(identity, name or (facts.get(N.PATH) or identity.hub or source).rstrip("/"), N.Edges(**resolved),
                       declared=tuple(dict.fromkeys(traits)), measured=_measured(measured), facts=facts, by=by or N.user())
     with store_lock(store.tracking_uri):
         writer = N.NodeStore(store, root.resolve() if is_embedded(store.tracking_uri) else None)
+        writer.check(record)
         experiment = writer.experiment(N.RECORDED_EXPERIMENT if kind == "model" else N.DATASETS_EXPERIMENT)
         run = store.create_run(experiment, run_name=f"record {kind} {N.safe_name(record.name)}",
                                tags={f"{T}kind": "record", f"{T}node": identity.id, "mlflow.user": record.by})
@@ -414,11 +421,11 @@ def record_model(source: str | Path, *, init_from: str | None = None, trained_on
                  name: str | None = None, from_card: bool = False, root: Path | str = ".", uri: str | None = None,
                  by: str | None = None) -> Recorded:
     """Record a model sublim did not train: a local directory (identified by its weight tensors) or a hub
-    model pinned as `org/name@revision` (never fetched), or add traits to a recorded one.
+    model pinned as `org/name@commit` (never fetched), or add traits to a recorded one.
 
     `init_from`: the model whose weights it started from (none: a root, pretrained from scratch);
     `trained_on`: datasets it was fine-tuned on (none, with `init_from`: a derivative such as a quantised or
-    merged copy). References: paths, content ids, m-... ids, name@alias, name/version, org/name@revision.
+    merged copy). References: paths, content ids, m-... ids, name@alias, name/version, org/name@commit.
     `from_card`: also read `base_model` and `datasets` from the directory's README.md front matter."""
     return _record("model", str(source), {"init": init_from, "trained_on": list(trained_on)}, traits=traits,
                    measured=measured, name=name, root=root, uri=uri, by=by, from_card=from_card)
