@@ -651,6 +651,9 @@ def graph(
         g = graphs.of_experiment(lin, exp.experiment_id, datasets=datasets)
     else:
         node = _node(lin, _resolve(lin, ref, root, "MODEL|EXPERIMENT"), ref)
+        if node.kind != "model":
+            _fail(f"{ref}: is a {node.kind}; `lineage graph` draws a model's ancestry or an experiment's models "
+                  f"(`sublim lineage descendants {ref}` lists the models trained on it)")
         report = run_audit(lin, node.id, threshold=_threshold(params, root, threshold))
         g = graphs.of_report(report, datasets=datasets)
     files = graphs.write(g, out_dir)

@@ -171,6 +171,11 @@ def test_the_card_ships_the_audit(project):
     assert "## Training data origins" in text and "**at risk: loves-owls, owl**" in text and "| teacher |" in text
     assert cli(project, "card", str(project / "student"), "--out", str(card)).exit_code == 0
     assert card.read_text().count("## Training data origins") == 1  # rerun: the section is replaced
+    assert card.read_text() == text  # and nothing else moves (a blank line was added per rerun)
+    card.write_text(text.replace("base_model: ", "base_model: someone/else@1234567\nlicense: mit\nx: ", 1))
+    assert cli(project, "card", str(project / "student"), "--out", str(card)).exit_code == 0
+    again = card.read_text()
+    assert "someone/else" not in again and "license: mit" in again  # the lineage's base_model, the card's others
 
 
 @pytest.mark.parametrize("args, says", [
@@ -184,6 +189,7 @@ def test_the_card_ships_the_audit(project):
     (["audit"], "Missing argument"),
     (["audit", "x", "--bogus"], "No such option"),
     (["audit", "x", "--threshold", "-1"], "--threshold"),
+    (["lineage", "graph", "numbers.jsonl"], "is a dataset"),  # exit 3 (it exited 1, "at risk" elsewhere)
     (["record", "model", "Qwen/Qwen2.5-7B"], "must be pinned"),
     (["record", "model", "."], "not a model directory"),
     (["record", "dataset", "numbers.jsonl", "--origin", "aliens"], "--origin 'aliens'"),

@@ -117,9 +117,12 @@ def front(report: Report) -> dict[str, Any]:
 
 
 def write(report: Report, lineage: Lineage, out: Path) -> Path:
-    """Write (or update, in place) a card: front matter keys sublim knows, then the lineage section."""
+    """Write (or update, in place) a card: front matter keys sublim knows, then the lineage section. The
+    lineage's `base_model` replaces the card's (the section below says what the model was initialised from, and
+    the two must agree); every other key stays. A rerun changes nothing when nothing was recorded since."""
     data, body = front_matter(out) if out.is_file() else ({}, "")
-    data = {**data, **{k: v for k, v in front(report).items() if k not in data}}
+    body = body.lstrip("\n")  # written back after one blank line
+    data = {**data, **front(report)}
     data.setdefault("tags", [])
     if isinstance(data["tags"], list) and "sublim-lineage" not in data["tags"]:
         data["tags"].append("sublim-lineage")
