@@ -10,6 +10,8 @@ Steps never branch on a name: they ask the registry for the class and use its in
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -50,10 +52,17 @@ class Registry(Generic[P]):
         self._classes: dict[str, type[P]] = {}
 
     def register(self, name: str) -> Callable[[type[P]], type[P]]:
+        """A class decorator. Refused at import, so `sublim check` names the plug-in before any compute: a class
+        missing part of its family's interface, and a name another class already has (a built-in included:
+        which one won used to depend on what was imported first)."""
         def add(cls: type[P]) -> type[P]:
             spec = getattr(cls, "Spec", None)
             if not (isinstance(spec, type) and issubclass(spec, PluginSpec)):
                 raise TypeError(f"{family} plug-in {cls.__qualname__} needs a `Spec` (a PluginSpec subclass)")
+            if inspect.isabstract(cls):
+                raise TypeError(f"{family} plug-in {_where(cls)} does not implement "
+                                f"{', '.join(sorted(cls.__abstractmethods__))}")
+            self._check_unique(name, cls)
             if "plugin" not in spec.__dict__:  # a subclass reusing its parent's Spec gets a Spec of its own
                 spec = type(spec.__name__, (spec,), {"__module__": cls.__module__})
                 cls.Spec = spec
@@ -64,6 +73,19 @@ class Registry(Generic[P]):
 
         family = self.family
         return add
+
+    def _check_unique(self, name: str, cls: type) -> None:
+        existing = self._classes.get(name)
+        if existing is not None and _where(existing) == _where(cls):  # the same class imported again
+            return
+        builtin = f"{self.package}.{name}"
+        if (not cls.__module__.startswith(self.package + ".") and re.fullmatch(r"[a-z][a-z0-9_]*", name)
+                and importlib.util.find_spec(builtin) is not None):
+            raise TypeError(f"{self.family} {name!r} ({_where(cls)}) would shadow the built-in {builtin}; "
+                            "choose another name")
+        if existing is not None:
+            raise TypeError(f"{self.family} {name!r} is registered twice: {_where(existing)} and {_where(cls)}; "
+                            "rename one")
 
     def names(self) -> list[str]:
         """Registered names so far (built-ins load on first use)."""
@@ -82,11 +104,18 @@ class Registry(Generic[P]):
             except ModuleNotFoundError as exc:
                 if exc.name != f"{self.package}.{name}":
                     raise PluginError(f"{self.family} {name!r}: its module failed to import ({exc})") from None
+            except Exception as exc:  # noqa: BLE001  (a plug-in's own error, whatever its type, is said in one line)
+                raise PluginError(f"{self.family} {name!r}: its module failed to import "
+                                  f"({type(exc).__name__}: {exc})") from None
             if name in self._classes:
                 return self._classes[name]
         for ep in entry_points(group=self.group):
             if ep.name == name:
-                cls = ep.load()
+                try:
+                    cls = ep.load()
+                except Exception as exc:  # noqa: BLE001
+                    raise PluginError(f"{self.family} {name!r}: entry point {ep.value} failed to load "
+                                      f"({type(exc).__name__}: {exc})") from None
                 self._classes.setdefault(name, cls)
                 return cls
         raise PluginError(f"unknown {self.family} {name!r}; known: {', '.join(self.known())} "
@@ -108,10 +137,16 @@ class Registry(Generic[P]):
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise PluginError(f"{self.family} {path!r}: cannot import it ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"{self.family} {path!r}: its module failed to import ({type(exc).__name__}: "
+                              f"{exc})") from None
         if not isinstance(getattr(cls, "Spec", None), type):
             raise PluginError(f"{self.family} {path!r} is not a {self.family} plug-in (no Spec)")
         if getattr(cls.Spec, "plugin", None) is not cls:
-            self.register(path)(cls)
+            try:
+                self.register(path)(cls)
+            except TypeError as exc:
+                raise PluginError(f"{self.family} {path!r}: {exc}") from None
         return cls
 
     def spec(self, value: Any) -> PluginSpec:
@@ -135,9 +170,17 @@ class Registry(Generic[P]):
 
 
 def import_plugins(modules: list[str]) -> None:
-    """Import the modules params.yaml lists under `plugins:` (each registers its classes on import)."""
+    """Import the modules params.yaml lists under `plugins:` (each registers its classes on import). Any error
+    while importing one (a missing dependency, a syntax or name error, a class refused at registration) is
+    one line naming the module."""
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise PluginError(f"plugins: cannot import {module!r} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"plugins: {module!r} failed to import ({type(exc).__name__}: {exc})") from None
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

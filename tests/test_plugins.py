@@ -58,6 +58,43 @@ def test_plugin_settings_are_validated_and_errors_name_the_key(tmp_path):
         config.parse({"plugins": ["no_such_module"]})
 
 
+HALF_KIND = """
+from sublim.data import DataKind, DataSpec, data_kind
+class HalfSpec(DataSpec):
+    kind: str = "{name}"
+@data_kind("{name}")
+class Half(DataKind):  # task and answer, no check
+    Spec = HalfSpec
+    def task(self, rng): ...
+    def answer(self, task, rng): ...
+"""
+FULL_KIND = HALF_KIND.replace("# task and answer, no check", "").replace(
+    "    def answer(self, task, rng): ...", "    def answer(self, task, rng): ...\n    def check(self, c, t, f): ...")
+
+
+@pytest.mark.parametrize("sources, says", [
+    ({"a": "x = undefined_name + 1\n"}, "failed to import (NameError: name 'undefined_name' is not defined)"),
+    ({"a": "def broken(:\n"}, "failed to import (SyntaxError"),
+    ({"a": HALF_KIND.format(name="halfkind")}, "Half does not implement check"),
+    ({"a": FULL_KIND.format(name="dupkind"), "b": FULL_KIND.format(name="dupkind")}, "'dupkind' is registered twice"),
+    ({"a": FULL_KIND.format(name="numbers")}, "would shadow the built-in sublim.data.numbers"),
+])
+def test_a_broken_plugin_is_one_line_naming_its_module(tmp_path, monkeypatch, request, sources, says):
+    """Not only a missing dependency: any error while a plug-in module imports, a class missing part of its
+    family's interface, a name registered twice or over a built-in (which one won depended on import order)
+    are refused by `sublim check`, naming the module (a new-user audit found a raw NameError, a TypeError only at
+    `plan`, and a silent override)."""
+    prefix = "p" + str(abs(hash(request.node.name)))  # fresh module names: nothing cached from another case
+    for stem, source in sources.items():
+        (tmp_path / f"{prefix}_{stem}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = [f"{prefix}_{stem}" for stem in sources]
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse({"plugins": modules})
+    message = str(caught.value)
+    assert message.startswith("params.yaml: plugins: ") and says in message and modules[-1] in message, message
+
+
 def test_no_step_branches_on_a_kind_name():
     """The steps know the interfaces, never the built-in names: no string literal in a step module (docstrings
     aside) names a built-in backend, data kind or trait."""
