@@ -149,9 +149,11 @@ _verbose = False
 
 
 def reporter() -> progress.Reporter:
-    """Live progress on a terminal; nothing otherwise (DVC and CI logs stay readable), nor with -v (Prefect's
-    and sublim's log lines then tell the story)."""
-    return progress.Rich(console) if console.is_terminal and not _verbose else progress.Silent()
+    """Live progress on a terminal; otherwise one line per failed job only (DVC and CI logs stay readable);
+    nothing with -v (Prefect's and sublim's log lines, tracebacks included, then tell the story)."""
+    if _verbose:
+        return progress.Silent()
+    return progress.Rich(console) if console.is_terminal else progress.Failures(console)
 
 
 @app.callback()
@@ -166,7 +168,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Pre
     own.setLevel(logging.INFO if verbose else logging.WARNING)
     own.propagate = False
     # Prefect and MLflow configure their logging when first imported (by the commands that need them, later)
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
+    # without -v a failed job is one line from the reporter, not Prefect's traceback and retry messages
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 

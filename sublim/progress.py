@@ -54,6 +54,18 @@ class Silent:
         pass
 
 
+class Failures(Silent):
+    """Off a terminal, without -v: only a failed job, in one line (its error's first line), where Prefect's
+    console would print the task's traceback and its retries."""
+
+    def __init__(self, console: Any):
+        self.console = console
+
+    def failed(self, job_id: str, message: str) -> None:
+        self.console.print(f"failed: {job_id}: {message.splitlines()[0] if message else 'failed'}",
+                           highlight=False, markup=False, soft_wrap=True)
+
+
 _current: Reporter = Silent()
 
 

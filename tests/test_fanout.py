@@ -55,6 +55,22 @@ def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_se
     assert sorted(r.info.status for r in ok) == ["FAILED", "FINISHED"]
 
 
+def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monkeypatch):
+    """`sublim flow` in a log (not a terminal), without -v: each failed job is one line with its error, and the
+    summary says what did not finish (Prefect's task tracebacks are for -v)."""
+    from typer.testing import CliRunner
+
+    from sublim.cli import app
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    _failing(monkeypatch, "mlp.transfer", seed=1, times=None)
+    result = CliRunner().invoke(app, ["flow", "mlp", "-p", str(root / "params.yaml")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("failed: ")]
+    assert lines == ["failed: mlp.transfer@s1.g1: RuntimeError: injected failure in mlp.transfer@s1.g1"], lines
+    assert "Not finished" in result.output and "Traceback" not in result.output
+
+
 def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):
     root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 1}}, git=False)
     calls = _failing(monkeypatch, "mlp.transfer", seed=0, times=1)
