@@ -194,7 +194,7 @@ def run(
     try:
         job = make_plan(cfg, pipeline).find(short, seed, gen, variant)
     except LookupError as exc:
-        _fail_usage(str(exc))
+        _fail_usage(str(exc).replace("in these params", f"in {params}"))
     _check_link(cfg, pipeline, gen, teacher, ctx.args)
     root = params.resolve().parent
     _preflight(cfg, pipeline, root)

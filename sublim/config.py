@@ -613,6 +613,8 @@ def parse(data: Any, source: str = PARAMS_FILE) -> Config:
 def read_raw(path: Path | str = PARAMS_FILE) -> Any:
     """The params file as plain YAML data (not yet validated); a missing or unparsable file names itself."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a params file")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:

@@ -37,10 +37,12 @@ class Plan:
         for job in self.jobs:
             if (job.step, job.seed, job.gen, job.variant) == (step, seed, gen, variant):
                 return job
-        ids = ", ".join(j.id for j in self.jobs if j.step == step) or "none"
-        raise LookupError(
-            f"no {self.pipeline}.{step} job with seed={seed} gen={gen} variant={variant} in params.yaml (known: {ids})"
-        )
+        ids = ", ".join(j.id for j in self.jobs if j.step == step)
+        if not ids:
+            steps = ", ".join(dict.fromkeys(f"{self.pipeline}.{j.step}" for j in self.jobs))
+            raise LookupError(f"no step {self.pipeline}.{step}; the {self.pipeline} pipeline's steps: {steps}")
+        raise LookupError(f"no {self.pipeline}.{step} job with seed={seed} gen={gen} variant={variant} in these "
+                          f"params (known: {ids})")
 
     def get(self, job_id: str) -> Job:
         for job in self.jobs:

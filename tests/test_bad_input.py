@@ -60,6 +60,11 @@ def _remove(rel: str) -> Callable[[Path], None]:
     return mutate
 
 
+def _params_dir(root: Path) -> None:
+    (root / "params.yaml").unlink()
+    (root / "params.yaml").mkdir()
+
+
 def _junk_gguf(root: Path) -> None:
     (root / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
     _set("lm.model", {"backend": "smollm2", "gguf": str(root / "fake.gguf")})(root)
@@ -144,9 +149,10 @@ CASES = [
     Case("params-not-mapping", _write("params.yaml", b"- just\n- a list\n"), ["check"], "expected a mapping"),
     Case("params-not-yaml", _write("params.yaml", b"mlp: [unclosed\n"), ["check"], "not valid YAML"),
     Case("params-missing", _remove("params.yaml"), ["check"], "params file not found"),
+    Case("params-is-a-directory", _params_dir, ["check"], "params.yaml: is a directory, not a params file"),
     Case("params-not-utf8", _write("params.yaml", b"mlp:\n  seeds: [\xff\xfe]\n"), ["check"], "not valid YAML"),
     # commands and jobs
-    Case("unknown-step", None, ["run", "mlp.nope"], "no mlp.nope job"),
+    Case("unknown-step", None, ["run", "mlp.nope"], "no step mlp.nope; the mlp pipeline's steps: mlp.data, mlp.base"),
     Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
     Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
     Case("zero-workers", None, ["flow", "mlp", "--workers", "0"], "--workers: 0"),
