@@ -38,7 +38,14 @@ def parse_sets(sets: list[str]) -> dict[str, list[Any]]:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise config.ConfigError(f"--set {item!r}: expected key=value[,value...], e.g. lm.trait.target=owl,cat")
+        if key.strip() in grid:
+            raise config.ConfigError(f"--set {key.strip()} is given twice: list its values in one --set "
+                                     f"({key.strip()}=a,b,c)")
         grid[key.strip()] = [yaml.safe_load(v) for v in _split(values)]
+        seen = [json.dumps(v, sort_keys=True, default=str) for v in grid[key.strip()]]
+        if len(set(seen)) < len(seen):
+            twice = next(v for v in seen if seen.count(v) > 1)
+            raise config.ConfigError(f"--set {key.strip()} lists {twice} twice: each value is one point")
     return grid
 
 
@@ -102,6 +109,7 @@ def build(name: str, pipeline: str, raw: dict, grid: dict[str, list[Any]]) -> Sw
     jobs: list[Job] = []
     reports, invalid = {}, {}
     canonical: dict[tuple, Path] = {}  # job identity -> the output path it was first planned at
+    summary_of: dict[Path, str] = {}  # a summary's output -> the point that planned it
     grid_points = points(grid)
     for point in grid_points:
         try:
@@ -117,6 +125,9 @@ def build(name: str, pipeline: str, raw: dict, grid: dict[str, list[Any]]) -> Sw
                    job.variant, inputs)
             if key in canonical:
                 moved[job.output] = canonical[key]
+                if job.step == "summary":  # every job of this point is another point's: it measures nothing new
+                    invalid[point.name] = (f"the same jobs as {summary_of[canonical[key]]}: the {pipeline} pipeline "
+                                           f"does not depend on what {point.name} changes")
                 continue
             new = replace(job, inputs=inputs, output=prefix / job.output, point=slug(point.name),
                           files=tuple((f, prefix / dest) for f, dest in job.files))
@@ -124,6 +135,7 @@ def build(name: str, pipeline: str, raw: dict, grid: dict[str, list[Any]]) -> Sw
             jobs.append(new)
             if job.step == "summary":
                 reports[point.name] = new.output
+                summary_of[new.output] = point.name
     return SweepPlan(name, Plan(pipeline, tuple(jobs)), tuple(grid_points), reports, invalid)
 
 

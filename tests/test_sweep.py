@@ -29,6 +29,19 @@ def test_sets_parse_into_a_grid():
     for bad in ("lm.trait.target", "=owl", "lm.trait.target="):
         with pytest.raises(config.ConfigError, match="key=value"):
             sweep.parse_sets([bad])
+    with pytest.raises(config.ConfigError, match="lm.student.steps is given twice"):  # the first was dropped
+        sweep.parse_sets(["lm.student.steps=10", "lm.student.steps=20"])
+
+
+def test_a_point_that_changes_no_job_is_reported_not_left_unfinished():
+    """An MLP sweep over an LM setting, or a repeated value, plans one point's jobs twice: the second point is
+    reported as the same as the first (a new-user audit saw it listed as "did not finish", exit 0)."""
+    swept = sweep.build("x", "mlp", {"mlp": {"seeds": [0]}}, {"lm.trait.target": ["owl", "cat"]})
+    assert list(swept.reports) == ["lm.trait.target=owl"]
+    assert swept.invalid == {"lm.trait.target=cat": "the same jobs as lm.trait.target=owl: the mlp pipeline does "
+                                                    "not depend on what lm.trait.target=cat changes"}
+    with pytest.raises(config.ConfigError, match="lists 3 twice"):
+        sweep.parse_sets(["mlp.model.aux_logits=3,3,5"])
 
 
 def test_jobs_shared_by_points_run_once_and_bad_points_are_reported():
