@@ -27,6 +27,7 @@ class Run:
     seeds: list[int] | None  # None: an older summary that did not record them (then only the count is checked)
     student: list[float]
     control: list[float]
+    target: str | None = None  # the answer the trait is measured by (P(owl)...); None in a summary without it
 
     @property
     def effect(self) -> list[float]:
@@ -82,13 +83,16 @@ def read_run(path: Path, measure: str = "p", label: str | None = None) -> Run:
         raise ValueError(f"{file}: {keys[0]} and {keys[1]} differ in length")
     seeds = data.get("seeds")
     return Run(label or str(path), file, list(seeds) if seeds is not None else None,
-               [float(v) for v in student], [float(v) for v in control])
+               [float(v) for v in student], [float(v) for v in control], data.get("target"))
 
 
 def _check_paired(reference: Run, other: Run) -> None:
     if len(reference.effect) != len(other.effect):
         raise ValueError(f"{other.path}: {len(other.effect)} seeds, the reference {reference.path} has "
                          f"{len(reference.effect)}: a paired comparison needs the same seeds")
+    if reference.target is not None and other.target is not None and reference.target != other.target:
+        raise ValueError(f"{other.path}: measures {other.target!r}, the reference {reference.path} "
+                         f"{reference.target!r}: a share removed needs the same trait on both sides")
     if reference.seeds is not None and other.seeds is not None and reference.seeds != other.seeds:
         raise ValueError(f"{other.path}: seeds {other.seeds}, the reference {reference.path} has "
                          f"{reference.seeds}: a paired comparison needs the same seeds")

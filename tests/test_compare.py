@@ -71,6 +71,11 @@ def test_cli_prints_the_table_and_json_and_names_bad_input(tmp_path):
     shifted = _summary(tmp_path / "shifted.json", [0.2, 0.15, 0.18], [0.1] * 3, [5, 6, 7])
     got = runner.invoke(app, ["compare", str(ref), str(shifted)])
     assert got.exit_code == 3 and "shifted.json" in got.output and "same seeds" in got.output
+    cat = _summary(tmp_path / "cat.json", [0.2, 0.15, 0.18], [0.1] * 3, [0, 1, 2])
+    cat.write_text(json.dumps({**json.loads(cat.read_text()), "target": "cat"}))
+    ref.write_text(json.dumps({**json.loads(ref.read_text()), "target": "owl"}))
+    got = runner.invoke(app, ["compare", str(ref), str(cat)])  # an owl effect "removed" by a cat run: refused
+    assert got.exit_code == 3 and "'cat'" in got.output and "same trait" in " ".join(got.output.split())
     (tmp_path / "mlp.json").write_text(json.dumps({"same_init_acc": 0.3}))
     got = runner.invoke(app, ["compare", str(ref), str(tmp_path / "mlp.json")])
     assert got.exit_code == 3 and "mlp.json" in got.output and "p_student_per_seed" in got.output
