@@ -351,7 +351,7 @@ def plan(
     cfg = _load(params)
     try:
         jobs = [j for name in (ALL if pipeline == "all" else [pipeline]) for j in make_plan(cfg, name).jobs]
-    except LookupError as exc:
+    except (LookupError, config.ConfigError) as exc:
         _fail_usage(_with_all(exc))
     if as_json:
         print(json.dumps([{"id": j.id, "output": str(j.output), "inputs": [[n, str(p)] for n, p in j.inputs]}
@@ -363,11 +363,21 @@ def plan(
 
 @app.command()
 def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
-    """Validate params.yaml without running anything."""
+    """Validate params.yaml without running anything; say which pipelines these params cannot plan (dvc.yaml
+    holds every pipeline's stages, so a bare `dvc repro` would reach theirs)."""
+    from sublim.plan import PLANNERS
+
     cfg = _load(params)
     lm = cfg.lm
     console.print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
                   f"data {lm.data.kind}, trait {lm.trait.kind})", highlight=False)
+    for name, planner in PLANNERS.items():
+        try:
+            planner(cfg)
+        except config.ConfigError as exc:
+            console.print(f"[yellow]warning[/yellow] {name}: {escape(str(exc))} (`sublim flow {name}` and its "
+                          "dvc.yaml stages refuse these params; `dvc repro` other targets, e.g. lm_summary)",
+                          highlight=False)
     if lm.screen.stage and lm.student.objective == "distill":
         console.print("note: the screen stage masks tokens of the data, but distilled students learn the teacher's "
                       "distribution at every position (measured: 80% of tokens masked removed 16-24% of a code x "

@@ -155,6 +155,8 @@ CASES = [
     Case("unknown-step", None, ["run", "mlp.nope"], "no step mlp.nope; the mlp pipeline's steps: mlp.data, mlp.base"),
     Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
     Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
+    Case("matrix-seeds-not-lm-seeds", _set("matrix.seeds", [0, 99]), ["plan", "matrix"],
+         "matrix.seeds: [99] not among lm.seeds"),
     Case("zero-workers", None, ["flow", "mlp", "--workers", "0"], "--workers: 0"),
     Case("zero-workers-sweep", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--workers", "0"], "--workers: 0"),
     Case("bad-sweep-set", None, ["sweep", "lm", "--set", "lm.trait.target"], "key=value"),

@@ -88,3 +88,21 @@ def test_presets_are_valid_params_files(preset):
     cfg = config.load(preset)
     jobs = plan(cfg, "lm").jobs
     assert cfg.lm.model.trust_remote_code is False and len(jobs) > 0
+
+
+def test_check_warns_of_pipelines_these_params_cannot_plan(tmp_path):
+    """dvc.yaml holds every pipeline's stages: `sublim check` says which one these params break (a new-user audit
+    found lm.seeds [0, 1] passing check, then a bare `dvc repro` failing at the matrix's teachers)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from sublim.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"lm": {"seeds": [0, 1]}}))
+    result = CliRunner().invoke(app, ["check", "-p", str(params)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "ok" in said
+    assert "warning matrix: matrix.seeds: [2, 3, 4] not among lm.seeds [0, 1]" in said
+    params.write_text(yaml.safe_dump({"lm": {"seeds": [0, 1]}, "matrix": {"seeds": [0, 1]}}))
+    assert "warning" not in CliRunner().invoke(app, ["check", "-p", str(params)]).output
