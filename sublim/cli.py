@@ -234,6 +234,25 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
     if link.teacher != teacher:
         _fail_usage(f"--teacher {teacher} disagrees with params.yaml ({pipeline}.generations: gen {gen} learns "
                     f"from {link.teacher})")
+    import shlex
+
+    from dvc.parsing.interpolate import to_str  # how dvc.yaml renders ${item.link}: the same words, or refused
+
+    settings = {k: v for k, v in link.model_dump(mode="json").items() if k not in ("gen", "teacher") and v}
+    rendered = shlex.split(to_str(settings)) if settings else []
+    if _options(extra) != _options(rendered):  # the order of keys is the YAML's, not ours
+        _fail_usage(f"{' '.join(extra) or 'no generation settings'}: disagrees with params.yaml ({pipeline}."
+                    f"generations: gen {gen} has {' '.join(rendered) or 'no settings of its own'})")
+
+
+def _options(words: list[str]) -> list[tuple[str, ...]]:
+    """`--key value...` groups, sorted: rendered settings compared whatever order their keys were written in."""
+    groups: list[list[str]] = []
+    for word in words:
+        if word.startswith("--") or not groups:
+            groups.append([])
+        groups[-1].append(word)
+    return sorted(tuple(g) for g in groups)
 
 
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at once, in worker processes (default: "

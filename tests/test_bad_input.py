@@ -162,6 +162,11 @@ CASES = [
     Case("bad-sweep-set", None, ["sweep", "lm", "--set", "lm.trait.target"], "key=value"),
     Case("bad-sweep-name", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--name", "../out"], "sweep name"),
     Case("teacher-disagrees", None, ["run", "mlp.transfer", "--seed", "0", "--gen", "1", "--teacher", "1"], "--teacher 1"),
+    Case("link-setting-disagrees", None, ["run", "mlp.transfer", "--seed", "0", "--gen", "1", "--teacher", "0",
+                                          "--student.epochs", "99"],
+         "--student.epochs 99: disagrees with params.yaml (mlp.generations: gen 1 has no settings of its own)"),
+    Case("link-unknown-argument", None, ["run", "mlp.transfer", "--seed", "0", "--gen", "1", "--teacher", "0",
+                                         "--bogus", "1"], "--bogus 1: disagrees with params.yaml"),
     Case("unreachable-tracking", None, TEACHER, "tracking server unreachable",
          env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_dead_port()}"}),
     # stored inputs
@@ -285,3 +290,24 @@ def test_an_unexpected_error_in_screen_exits_4_not_1(monkeypatch, capsys, tmp_pa
     err = " ".join(capsys.readouterr().err.split())
     assert f"internal error: {type(error).__name__}" in err and ("Traceback" in err) == verbose
     assert CliRunner().invoke(app, argv).exit_code == 4  # and as tests drive it
+
+
+def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
+    """dvc.yaml renders `${item.link}` into the command; `sublim run` accepts exactly that (in either key order)
+    and refuses anything else (a new-user audit ran `--student.epochs 99` against params' 3 without a word)."""
+    import typer
+
+    from sublim import config
+    from sublim.cli import _check_link
+
+    cfg = config.parse({"mlp": {"generations": [{"gen": 1, "teacher": 0},
+                                                {"gen": 2, "teacher": 1, "student": {"epochs": 3}}]}})
+    _check_link(cfg, "mlp", 1, 0, [])
+    _check_link(cfg, "mlp", 2, 1, ["--student.epochs", "3"])
+    for wrong in (["--student.epochs", "4"], [], ["--student.epochs", "3", "--x", "1"]):
+        with pytest.raises(typer.Exit):
+            _check_link(cfg, "mlp", 2, 1, wrong)
+    lm = config.parse({"lm": {"generations": [{"gen": 1, "teacher": 0, "generate": {"temperature": 0.5},
+                                               "student": {"steps": 8}}]}})
+    _check_link(lm, "lm", 1, 0, ["--generate.temperature", "0.5", "--student.steps", "8"])
+    _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
