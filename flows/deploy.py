@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import serve
+from prefect import flow, serve
 
 from flows.pipeline import build
 from sublim import config
+
+
+@flow(name="sublim-scheduled", log_prints=True)
+def scheduled_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict:
+    """prefect.yaml's entrypoint: the pipeline as a subflow built from `params`, so a work-pool run uses the
+    task runner and workers its runtime section asks for (the bare `sublim_pipeline` entrypoint ran every
+    ready job at once in threads, whatever params.yaml said)."""
+    return build(config.load(params))(pipeline=pipeline, params=params)
 
 
 def deployments(params: Path, *, cron: str | None = None):

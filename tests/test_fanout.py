@@ -105,3 +105,23 @@ def test_workers_override_the_runtime_without_changing_any_result(tmp_path, pref
         assert result["missing"] == []
         digests.append({k: o.digest for k, o in result["outcomes"].items()})
     assert digests[0] == digests[1]
+
+
+def test_prefect_yaml_deployments_run_the_pipeline_built_from_params(tmp_path, prefect_server):
+    """A work-pool run (prefect.yaml) gets the task runner params.yaml asks for: its entrypoint builds the
+    pipeline from params (the bare flow it named ran every ready job at once in threads, a new-user audit)."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.pipeline import build
+    from tests.conftest import REPO
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    entrypoints = {d["entrypoint"] for d in spec["deployments"]}
+    assert entrypoints == {"flows/deploy.py:scheduled_pipeline"}
+    deployed = load_flow_from_entrypoint(str(REPO / "flows/deploy.py") + ":scheduled_pipeline")
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    result = deployed(pipeline="mlp", params=str(root / "params.yaml"))
+    assert result["missing"] == []
+    runner = build(config.load(root / "params.yaml")).task_runner
+    assert type(runner).__name__ == "ThreadPoolTaskRunner" and runner._max_workers == 1  # params.yaml's, not ∞
