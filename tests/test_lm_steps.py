@@ -238,3 +238,21 @@ def test_filter_that_keeps_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="data/lm/s0/g1-trait/raw: the filter kept none of its 1 rows"):
         run_job(job, root=root, tracker=None)
     assert not (root / job.output).exists()
+
+
+def test_the_summary_shows_every_later_generation():
+    """Generation 2's students are rows of the LM table with their own effect, as in the MLP summary (a new-user
+    audit found only generation 1 there)."""
+    import pandas as pd
+
+    from sublim.steps.summary import _later_generations
+
+    rows = [{"seed": s, "line": line, "init": init, "generation": gen, "role": "student",
+             "p_target": 0.1 + (0.05 if line == "trait" and init == "shared" else 0) + 0.01 * s + 0.001 * gen,
+             "sampled_rate": 0.1}
+            for s in (0, 1, 2) for gen in (1, 2) for line in ("trait", "control") for init in ("shared", "other")]
+    table, effects = _later_generations(pd.DataFrame(rows), [0, 1, 2], "P(owl)")
+    assert [r[0] for r in table] == ["student (gen 2)", "control student (gen 2)", "student, other init (gen 2)",
+                                     "control student, other init (gen 2)"]
+    assert table[0][1].startswith("0.162")  # mean of 0.152, 0.162, 0.172
+    assert effects.startswith("- Generation 2, same-init student: P(owl) 0.1620 vs 0.1120 for its control (+0.0500")

@@ -192,11 +192,10 @@ def lm_summary(ctx: StepContext) -> StepResult:
                   for line, sub in df[(df.init == "shared") & df.line.notna()].groupby("line")}
         report.line_chart(series, ctx.out / "generations.png", ylabel=label, title="Trait across generations")
         figures.append("generations.png")
-    table = report.markdown_table(
-        ["model", f"{label} exact (95% CI)", "sampled rate (95% CI)"],
-        [[LM_GROUPS[key][0], str(est), _fmt(metrics, "sampled", key)] for key, est in bars.items()],
-    )
-    text = table + "\n\n" + "\n\n".join(texts) + "\n"
+    rows = [[LM_GROUPS[key][0], str(est), _fmt(metrics, "sampled", key)] for key, est in bars.items()]
+    later, effects = _later_generations(df, seeds, label)
+    table = report.markdown_table(["model", f"{label} exact (95% CI)", "sampled rate (95% CI)"], rows + later)
+    text = table + "\n\n" + "\n\n".join(texts + ([effects] if effects else [])) + "\n"
     (ctx.out / "table.md").write_text(text)
     with open(ctx.out / "per_seed.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -264,6 +263,33 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
                         f"{series['control_student'].mean():.4f}; {len(series['student'])} seed(s) are too few for a "
                         "test over seeds.**\n")
     return "\n".join(lines)
+
+
+def _later_generations(df: pd.DataFrame, seeds: list[int], label: str) -> tuple[list[list[str]], str]:
+    """Table rows for the students of generations 2.. (each line and init, with CIs over seeds), and each later
+    generation's same-init effect against its control student, paired by seed: the trait generation by
+    generation, as the MLP summary shows it."""
+    rows, lines = [], []
+    for gen in sorted(int(g) for g in df.generation.dropna().unique() if g > 1):
+        values = {}
+        for line, init in (("trait", "shared"), ("control", "shared"), ("trait", "other"), ("control", "other")):
+            p = lm_values(df, line, init, gen, "p_target", seeds)
+            if not len(p):
+                continue
+            values[line, init] = p
+            sampled = lm_values(df, line, init, gen, "sampled_rate", seeds).dropna()
+            who = ("student" if line == "trait" else "control student") + (", other init" if init == "other" else "")
+            rows.append([f"{who} (gen {gen})", str(mean_ci(list(p))),
+                         str(mean_ci(list(sampled))) if len(sampled) else "-"])
+        if ("trait", "shared") in values and ("control", "shared") in values:
+            x = values["trait", "shared"]
+            y = values["control", "shared"].reindex(x.index).dropna()
+            if len(y) >= 2:
+                test = paired_test(list(x.loc[y.index]), list(y))
+                lines.append(f"- Generation {gen}, same-init student: {label} {x.mean():.4f} vs {y.mean():.4f} for "
+                             f"its control ({test.diff.mean:+.4f}, 95% CI [{test.diff.ci_low:+.4f}, "
+                             f"{test.diff.ci_high:+.4f}]; {test.describe()}).")
+    return rows, "\n".join(lines)
 
 
 def _lm_decay(df: pd.DataFrame) -> dict[str, dict]:
