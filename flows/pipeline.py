@@ -260,6 +260,14 @@ def _lineage_picture(track, run_id: str, out: Path, pipeline: str) -> None:
                              description=f"lineage of every model in {track.experiment} (also {out}/lineage.png)")
 
 
+def _summary_of(jobs: Plan, finished: dict[str, Outcome]) -> str | None:
+    """The pipeline's result: its summary job's text (other jobs may write one too: each probe of the detection
+    pipeline has its panel), else the first finished job's that has one."""
+    ordered = sorted(jobs.jobs, key=lambda j: j.step != "summary")
+    return next((finished[j.id].summary_markdown for j in ordered if j.id in finished
+                 and finished[j.id].summary_markdown), None)
+
+
 def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
     if missing:
         summary = (summary or "") + "\n\n**Not finished:** " + ", ".join(missing)
@@ -314,7 +322,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
     _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
-    summary = next((o.summary_markdown for o in finished.values() if o.summary_markdown), None)
+    summary = _summary_of(jobs, finished)
     summary = _report(pipeline, summary, missing)
     return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
             "dvc_skipped": dvc.skipped}

@@ -125,3 +125,20 @@ def test_prefect_yaml_deployments_run_the_pipeline_built_from_params(tmp_path, p
     assert result["missing"] == []
     runner = build(config.load(root / "params.yaml")).task_runner
     assert type(runner).__name__ == "ThreadPoolTaskRunner" and runner._max_workers == 1  # params.yaml's, not ∞
+
+
+def test_the_flow_reports_its_summary_jobs_text_not_the_first_one_it_finds():
+    """Other jobs may carry a text (each detection probe has its panel): the flow's result is the summary's (a
+    new-user audit saw `sublim flow detect` print one probe's panel, never the detection table)."""
+    from types import SimpleNamespace
+
+    from flows.pipeline import _summary_of
+    from sublim.plan import plan
+
+    jobs = plan(config.parse({}), "mlp")
+    first, summary = jobs.jobs[0], next(j for j in jobs.jobs if j.step == "summary")
+    finished = {first.id: SimpleNamespace(summary_markdown="one probe's panel"),
+                summary.id: SimpleNamespace(summary_markdown="the detection table")}
+    assert _summary_of(jobs, finished) == "the detection table"
+    del finished[summary.id]  # the summary did not finish: the flow still shows what it has
+    assert _summary_of(jobs, finished) == "one probe's panel"
