@@ -120,6 +120,7 @@ class FindingExits(UsageExit3):
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 ALL = ["mlp", "lm"]  # `all`: the two experiments `make demo` runs
+CONFIRMABLE = {"lm", "matrix"}  # pipelines with a `<pipeline>-confirm` run on confirm.seeds
 PIPELINES_HELP = f"a pipeline: {', '.join(PLANNERS)}, or all ({' and '.join(ALL)})"
 RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded store (mlflow.db) to use when "
                                                       "MLFLOW_TRACKING_URI is unset")]
@@ -279,6 +280,9 @@ def flow(
     from flows.pipeline import build
 
     names = ALL if pipeline == "all" else [pipeline]
+    if confirm and (lacking := [n for n in names if n not in CONFIRMABLE]):
+        _fail_usage(f"--confirm: the {' and '.join(lacking)} pipeline has no confirmation run (there are: "
+                    f"{', '.join(sorted(CONFIRMABLE))})")
     names = [f"{n}-confirm" for n in names] if confirm else names
     for name in names:
         try:

@@ -393,6 +393,11 @@ def plan_confirm(planner):
 
     def confirm(cfg: Config) -> Plan:
         name = f"{planner.__name__.removeprefix('plan_')}-confirm"
+        tuned = {"lm.seeds": cfg.lm.seeds, **({"matrix.seeds": cfg.matrix.seeds} if "matrix" in name else {})}
+        for key, seeds in tuned.items():
+            if shared := sorted(set(cfg.confirm.seeds) & set(seeds)):
+                raise ConfigError(f"confirm.seeds: {shared} are also {key}: a confirmation runs on seeds never used "
+                                  "while the settings were tuned")
         return planner(cfg, name, cfg.confirm.seeds)
 
     return confirm

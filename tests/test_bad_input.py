@@ -155,6 +155,10 @@ CASES = [
     Case("unknown-step", None, ["run", "mlp.nope"], "no step mlp.nope; the mlp pipeline's steps: mlp.data, mlp.base"),
     Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
     Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
+    Case("confirm-not-offered", None, ["flow", "detect", "--confirm"], "--confirm: the detect pipeline has no "
+         "confirmation run (there are: lm, matrix)"),
+    Case("confirm-on-tuning-seeds", _set("confirm.seeds", [0, 200]), ["flow", "lm", "--confirm"],
+         "confirm.seeds: [0] are also lm.seeds"),
     Case("matrix-seeds-not-lm-seeds", _set("matrix.seeds", [0, 99]), ["plan", "matrix"],
          "matrix.seeds: [99] not among lm.seeds"),
     Case("zero-workers", None, ["flow", "mlp", "--workers", "0"], "--workers: 0"),
