@@ -398,9 +398,11 @@ def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
         try:
             planner(cfg)
         except config.ConfigError as exc:
-            console.print(f"[yellow]warning[/yellow] {name}: {escape(str(exc))} (`sublim flow {name}` and its "
-                          "dvc.yaml stages refuse these params; `dvc repro` other targets, e.g. lm_summary)",
-                          highlight=False)
+            staged = name in ("mlp", "lm", "matrix")  # the pipelines dvc.yaml holds
+            where = (f"`sublim flow {name}` and its dvc.yaml stages refuse these params; `dvc repro` other "
+                     "targets, e.g. lm_summary" if staged else f"`sublim flow {name.replace('-confirm', ' --confirm')}`"
+                     " refuses these params")
+            console.print(f"[yellow]warning[/yellow] {name}: {escape(str(exc))} ({where})", highlight=False)
     if lm.screen.stage and lm.student.objective == "distill":
         console.print("note: the screen stage masks tokens of the data, but distilled students learn the teacher's "
                       "distribution at every position (measured: 80% of tokens masked removed 16-24% of a code x "
