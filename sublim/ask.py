@@ -120,12 +120,31 @@ def run_ask(root: Path, datasets: Sequence[str], *, backend_name: str = "smollm2
     asked = topics([TRAITS.spec({"kind": k}).build() for k in TRAITS.known()])
     labelled = parse_labelled(datasets)
     labels = [resolve_label(lab, list(asked)) if lab is not None else None for lab, _ in labelled]
+    check_labels(labels)
     rows = [dataset_rows(path) for _, path in labelled]
     backend, lm = asker(root, backend_name, model)
     scored = [(label, str(path), ask(backend, lm, r, asked, n=n, seed=seed))
               for (label, path), r in progress.steps(list(zip(labelled, rows)), len(rows), "datasets asked")]
     found = detection([s for _, _, s in scored], labels) if labels and None not in labels else None
     return scored, found
+
+
+def check_labels(labels: Sequence[str | None]) -> None:
+    """A detection needs every dataset labelled, some `control` and some with a trait; no labels at all is a
+    plain scoring. Anything else is refused before the asker loads (it was found out after scoring, or ended
+    in a detection over no trait datasets)."""
+    from sublim.detection import CONTROL
+
+    given = [lab for lab in labels if lab is not None]
+    if not given:
+        return
+    if len(given) < len(labels):
+        raise ValueError(f"{len(labels) - len(given)} of {len(labels)} datasets have no label: label every one "
+                         "(TRAIT=PATH or control=PATH) for a detection, or none to only score them")
+    if CONTROL not in given:
+        raise ValueError("a detection needs datasets labelled control=PATH to compare the trait datasets with")
+    if set(given) == {CONTROL}:
+        raise ValueError("every dataset is labelled control: a detection needs trait datasets too (TRAIT=PATH)")
 
 
 def table(scored: Sequence[tuple[str | None, str, dict[str, float]]], found: Detection | None) -> str:

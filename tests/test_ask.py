@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -83,3 +84,19 @@ def test_ask_names_bad_input_before_loading_any_model(tmp_path):
     got = runner.invoke(app, ["ask", str(good), "--backend", "tinylm", "--root", str(tmp_path)])
     assert got.exit_code == 3 and "tinylm" in got.output
     assert not (tmp_path / "models").exists()  # nothing was converted or loaded
+
+
+@pytest.mark.parametrize(("labels", "said"), [
+    (["owl", "cat"], "a detection needs datasets labelled control=PATH"),
+    (["control", "control"], "every dataset is labelled control"),
+    (["owl", None, "control"], "1 of 3 datasets have no label"),
+])
+def test_label_sets_that_cannot_make_a_detection_are_refused_before_the_asker_loads(labels, said):
+    """Found out after 34 s of scoring (no control), or a detection over no trait datasets with a NaN naming
+    rate in --json (all control), or dropped without a word (mixed): refused first (a new-user audit)."""
+    from sublim.ask import check_labels
+
+    with pytest.raises(ValueError, match=re.escape(said)):
+        check_labels(labels)
+    check_labels([None, None])  # only scoring
+    check_labels(["owl", "control"])
