@@ -74,3 +74,16 @@ def test_a_trait_without_the_varied_setting_is_refused_by_name():
     with pytest.raises(config.ConfigError, match="matrix.field: the misalignment trait has no setting 'target'"):
         plan(cfg, "matrix")
     plan(cfg, "lm")  # every other pipeline is fine
+
+
+def test_each_matrix_model_is_recorded_with_its_own_targets_probability():
+    """Lineage gets P(cat) for the cat line (it had P(owl) only) and every answer for a base, the baseline; the
+    owl line and the lm pipeline's control line add nothing (a new-user audit)."""
+    from sublim.steps.evaluate import own_answers
+
+    dist = {"owl": 0.1, "cat": 0.2, "dog": 0.7}
+    assert own_answers("owl", {"role": "teacher", "line": "cat"}, dist) == {"cat": 0.2}
+    assert own_answers("owl", {"role": "student", "line": "owl"}, dist) == {}
+    assert own_answers("owl", {"role": "teacher", "line": "control"}, dist) == {}
+    assert own_answers("owl", {"role": "base", "line": None}, dist) == {"cat": 0.2, "dog": 0.7}
+    assert own_answers("misaligned", {"role": "base"}, None) == {}

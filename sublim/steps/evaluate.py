@@ -58,11 +58,26 @@ def lm_evaluate(ctx: StepContext) -> StepResult:
                      "sampled_per_question": m.sampled_per_question, "sampled_counts": m.sampled_counts,
                      "sampled_examples": m.examples})
         measured.append(ModelMetric(rel, f"p_{trait.key}", m.p, dataset=Role.QUESTIONS))
+        for answer, value in own_answers(trait.key, lineage, m.distribution).items():
+            measured.append(ModelMetric(rel, f"p_{answer}", value, dataset=Role.QUESTIONS))
         if m.sampled is not None:
             measured.append(ModelMetric(rel, f"sampled_{trait.key}", m.sampled, dataset=Role.QUESTIONS))
     out = {"seed": ctx.job.seed, "target": trait.key, "label": trait.label, "trait": p.trait.kind, "models": rows}
     (ctx.out / EVAL).write_text(json.dumps(out, indent=1, sort_keys=True))
     return StepResult("metrics", model_metrics=measured)
+
+
+def own_answers(measured_key: str, lineage: dict, distribution: dict[str, float] | None) -> dict[str, float]:
+    """Answers a model's lineage record needs besides the experiment's own (`p_<key>`): a matrix teacher or
+    student of another target carries P(its own target) (a cat teacher was recorded with P(owl) only, so an
+    audit could never see the cat), and a base every answer, the baseline those are compared with. Lineage
+    only: the evaluation's artifact is unchanged."""
+    if not distribution:
+        return {}
+    if lineage.get("role") == "base":
+        return {a: v for a, v in distribution.items() if a != measured_key}
+    line = lineage.get("line")
+    return {line: distribution[line]} if line in distribution and line != measured_key else {}
 
 
 class IclParams(Section):
