@@ -562,6 +562,11 @@ class Config(Section):
             except ValidationError as exc:
                 msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise ConfigError(f"matrix.targets: {target!r}: {msg}") from None
+        measured = {target: s.build().key for target, s in out.items()}
+        if any(key != target for target, key in measured.items()):  # each line must be measured by its own target
+            raise ConfigError(f"matrix.field: varying {field!r} does not change the answer each teacher is measured "
+                              f"by ({', '.join(f'{t} -> {k}' for t, k in measured.items())}); the field must set it "
+                              f"(for {spec.kind}: the one whose value is the measured answer)")
         return out
 
     def with_workers(self, workers: int | None) -> Config:

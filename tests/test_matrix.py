@@ -87,3 +87,11 @@ def test_each_matrix_model_is_recorded_with_its_own_targets_probability():
     assert own_answers("owl", {"role": "teacher", "line": "control"}, dist) == {}
     assert own_answers("owl", {"role": "base", "line": None}, dist) == {"cat": 0.2, "dog": 0.7}
     assert own_answers("misaligned", {"role": "base"}, None) == {}
+
+
+def test_a_field_that_does_not_set_the_measured_answer_is_refused():
+    """`matrix.field: category` made every teacher an owl teacher and still reported per animal (a new-user
+    audit); the varied setting must be what each line is measured by."""
+    cfg = config.parse({"lm": TINY_LM, "matrix": {"targets": ["owl", "cat"], "field": "category", "seeds": [0, 1]}})
+    with pytest.raises(config.ConfigError, match="matrix.field: varying 'category' does not change the answer"):
+        plan(cfg, "matrix")
