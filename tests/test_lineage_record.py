@@ -305,3 +305,17 @@ def test_the_same_weights_from_a_sweep_point_and_a_plain_run_are_one_node(tmp_pa
     shutil.copytree(root / base.output, copy)
     (copy / "sublim.json").unlink()
     assert Lineage(client(f"sqlite:///{root / 'mlflow.db'}")).node(model_identity(copy).id).model_ids == [plain.model_id]
+
+
+def test_a_job_of_another_experiment_is_not_nested_across_experiments(tmp_path):
+    """The matrix flow runs the lm experiment's bases: their runs live in sublim-lm, and MLflow nests runs within
+    one experiment only (across, the UI shows them orphaned), so they name the pipeline run that asked for them
+    in a tag instead (a new-user audit)."""
+    lm, matrix = Tracker(tmp_path, "sublim-lm"), Tracker(tmp_path, "sublim-matrix")
+    parent = matrix.open_pipeline_run(driver="prefect", name="prefect-matrix", config={})
+    base = lm.start_job("lm.base@s0.shared", "lm.base", parent_run_id=parent, driver="prefect", params={}, tags={})
+    teacher = matrix.start_job("matrix.teacher@s0.g0.cat", "lm.teacher", parent_run_id=parent, driver="prefect",
+                               params={}, tags={})
+    tags = {run: lm.client.get_run(run).data.tags for run in (base, teacher)}
+    assert "mlflow.parentRunId" not in tags[base] and tags[base]["sublim.requested_by"] == parent
+    assert tags[teacher]["mlflow.parentRunId"] == parent and "sublim.requested_by" not in tags[teacher]

@@ -451,6 +451,7 @@ class Tracker:
         self.experiment = experiment
         self.register = register
         self._registered: set[str] = set()  # registered model names known to exist
+        self._parent_experiments: dict[str, str] = {}  # pipeline run id -> its experiment
         self.uri = uri or tracking_uri(self.root)
         if self.uri.startswith(("http://", "https://")):
             _probe(self.uri)
@@ -523,12 +524,19 @@ class Tracker:
                 f"{T}git_dirty": str(m["git_dirty"]).lower(), f"{T}versions": json.dumps(m["versions"]),
                 **{f"{T}{k}": v for k, v in tags.items()},
             }
-            if parent_run_id:
+            if parent_run_id and self._same_experiment(parent_run_id):
                 run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            elif parent_run_id:  # a job of another experiment's (the matrix runs the lm bases): MLflow nests runs
+                run_tags[f"{T}requested_by"] = parent_run_id  # within one experiment only, else they show orphaned
             run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=job_id)
             flat = flatten(params)
             self.client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in flat.items()])
             return run.info.run_id
+
+    def _same_experiment(self, run_id: str) -> bool:
+        if run_id not in self._parent_experiments:
+            self._parent_experiments[run_id] = self.client.get_run(run_id).info.experiment_id
+        return self._parent_experiments[run_id] == self.experiment_id
 
     def _reap_stale(self, job_id: str | None = None) -> None:
         """Runs (of this job, or any) left RUNNING by a killed process on this host are marked KILLED, and
