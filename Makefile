@@ -27,7 +27,7 @@ demo: $(BIN)/sublim  ## the main job on embedded defaults (MLflow sqlite, epheme
 	@echo "Next: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (models, lineage, metrics)"
 	@echo "      cat metrics/mlp.json metrics/lm.json; open reports/mlp/accuracy.png reports/lm/trait.png"
 	@echo "      $(BIN)/sublim audit models/lm/s0/g1-trait-shared   (which teachers' traits could have reached it)"
-	@echo "      $(BIN)/dvc repro   (the same pipelines via DVC: nothing to redo)"
+	@echo "      $(BIN)/dvc repro mlp_summary lm_summary   (the same pipelines via DVC: nothing to redo)"
 
 test: $(BIN)/sublim
 	$(BIN)/python -m pytest -q
