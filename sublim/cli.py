@@ -158,8 +158,9 @@ def reporter() -> progress.Reporter:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and sublim's log "
-                                                                        "lines (and tracebacks)")] = False) -> None:
+def main(ctx: typer.Context,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and sublim's log "
+                                                                     "lines (and tracebacks)")] = False) -> None:
     global _verbose
     _verbose = verbose
     handler = logging.StreamHandler()
@@ -169,8 +170,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Pre
     own.setLevel(logging.INFO if verbose else logging.WARNING)
     own.propagate = False
     # Prefect and MLflow configure their logging when first imported (by the commands that need them, later)
-    # without -v a failed job is one line from the reporter, not Prefect's traceback and retry messages
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    # without -v a failed job is one line from the reporter, not Prefect's traceback and retry messages; `serve`
+    # has no reporter (it runs unattended), so it keeps Prefect's warnings and errors
+    quiet = "WARNING" if ctx.invoked_subcommand == "serve" else "CRITICAL"
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else quiet)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
