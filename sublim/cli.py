@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from rich.markdown import Markdown
 from rich.markup import escape
 
 from sublim import config, progress
-from sublim.plan import PLANNERS
+from sublim.plan import DVC_PIPELINES, PLANNERS
 from sublim.plan import plan as make_plan
 
 # Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure). Prefect's
@@ -196,9 +197,9 @@ def run(
     if not pipeline or not short:
         _fail_usage(f"STEP {step!r}: expected pipeline.step, e.g. mlp.teacher (see `sublim plan PIPELINE`)")
     try:
-        job = make_plan(cfg, pipeline).find(short, seed, gen, variant)
+        job = make_plan(cfg, pipeline).find(short, seed, gen, variant, source=str(params))
     except LookupError as exc:
-        _fail_usage(str(exc).replace("in these params", f"in {params}"))
+        _fail_usage(str(exc))
     _check_link(cfg, pipeline, gen, teacher, ctx.args)
     root = params.resolve().parent
     _preflight(cfg, pipeline, root)
@@ -238,8 +239,6 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
     if link.teacher != teacher:
         _fail_usage(f"--teacher {teacher} disagrees with params.yaml ({pipeline}.generations: gen {gen} learns "
                     f"from {link.teacher})")
-    import shlex
-
     from dvc.parsing.interpolate import to_str  # how dvc.yaml renders ${item.link}: the same words, or refused
 
     settings = {k: v for k, v in link.model_dump(mode="json").items() if k not in ("gen", "teacher") and v}
@@ -391,8 +390,6 @@ def plan(
 def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
     """Validate params.yaml without running anything; say which pipelines these params cannot plan (dvc.yaml
     holds every pipeline's stages, so a bare `dvc repro` would reach theirs)."""
-    from sublim.plan import PLANNERS
-
     cfg = _load(params)
     lm = cfg.lm
     console.print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
@@ -401,9 +398,8 @@ def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
         try:
             planner(cfg)
         except config.ConfigError as exc:
-            staged = name in ("mlp", "lm", "matrix")  # the pipelines dvc.yaml holds
             where = (f"`sublim flow {name}` and its dvc.yaml stages refuse these params; `dvc repro` other "
-                     "targets, e.g. lm_summary" if staged else f"`sublim flow {name.replace('-confirm', ' --confirm')}`"
+                     "targets, e.g. lm_summary" if name in DVC_PIPELINES else f"`sublim flow {name.replace('-confirm', ' --confirm')}`"
                      " refuses these params")
             console.print(f"[yellow]warning[/yellow] {name}: {escape(str(exc))} ({where})", highlight=False)
     if lm.screen.stage and lm.student.objective == "distill":

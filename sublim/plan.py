@@ -33,7 +33,8 @@ class Plan:
     pipeline: str
     jobs: tuple[Job, ...]
 
-    def find(self, step: str, seed: int | None = None, gen: int | None = None, variant: str | None = None) -> Job:
+    def find(self, step: str, seed: int | None = None, gen: int | None = None, variant: str | None = None,
+             source: str = "these params") -> Job:
         for job in self.jobs:
             if (job.step, job.seed, job.gen, job.variant) == (step, seed, gen, variant):
                 return job
@@ -41,8 +42,8 @@ class Plan:
         if not ids:
             steps = ", ".join(dict.fromkeys(f"{self.pipeline}.{j.step}" for j in self.jobs))
             raise LookupError(f"no step {self.pipeline}.{step}; the {self.pipeline} pipeline's steps: {steps}")
-        raise LookupError(f"no {self.pipeline}.{step} job with seed={seed} gen={gen} variant={variant} in these "
-                          f"params (known: {ids})")
+        raise LookupError(f"no {self.pipeline}.{step} job with seed={seed} gen={gen} variant={variant} in {source} "
+                          f"(known: {ids})")
 
     def get(self, job_id: str) -> Job:
         for job in self.jobs:
@@ -405,6 +406,7 @@ def plan_confirm(planner):
 
 PLANNERS = {"mlp": plan_mlp, "lm": plan_lm, "matrix": plan_matrix, "detect": plan_detect,
             "lm-confirm": plan_confirm(plan_lm), "matrix-confirm": plan_confirm(plan_matrix)}
+DVC_PIPELINES = ("mlp", "lm", "matrix")  # the pipelines dvc.yaml holds stages for (tests/test_dvc_yaml.py checks)
 
 
 def plan(cfg: Config, pipeline: str) -> Plan:

@@ -14,10 +14,10 @@ from dvc.repo import Repo
 from sublim import config
 from sublim.code import MANIFESTS, manifest_path
 from sublim.job import Role
-from sublim.plan import plan
+from sublim.plan import DVC_PIPELINES, plan
 from tests.conftest import TINY_MLP, cli_env, make_project
 
-PIPELINES = ["mlp", "lm", "matrix"]
+PIPELINES = list(DVC_PIPELINES)
 
 
 @pytest.fixture(scope="module", params=[[], ["screen"]], ids=["no-screen", "screen-stage"])

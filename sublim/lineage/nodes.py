@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.tracking import MlflowClient
@@ -39,6 +40,7 @@ NOTE = "mlflow.note.content"
 ORIGINS = ("human", "external", "synthetic")
 DATASETS_EXPERIMENT, RECORDED_EXPERIMENT = "sublim-datasets", "sublim-recorded"
 TRAIT_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,100}$")
+UNREAD = object()  # `put` without a node `check` already read
 
 
 class NodeConflict(ValueError):
@@ -218,22 +220,28 @@ class NodeStore:
             found = self.lineage.nodes([node_id]).get(node_id)
         return found
 
-    def check(self, record: Record) -> None:
-        """Raise NodeConflict when `record` contradicts what the store holds for its content, before a caller
-        opens anything (a refused `sublim record` must leave no run behind)."""
-        existing = self.find(record.identity.id)
+    def current(self, node_id: str):
+        """The node as the store holds it now (merging must not start from what this process cached), or None."""
+        existing = self.find(node_id)
+        return (self.lineage.refetch(node_id) or existing) if existing is not None else None
+
+    def check(self, record: Record):
+        """The node `record` would merge into (None: a new one), read once; NodeConflict when `record`
+        contradicts it, before a caller opens anything (a refused `sublim record` must leave no run behind).
+        Pass it to `put` as `existing`."""
+        existing = self.current(record.identity.id)
         if existing is not None:
-            existing = self.lineage.refetch(record.identity.id) or existing
             Edges.from_tags(dict(existing.tags)).merged(record.edges, record.name)
+        return existing
 
     def put(self, record: Record, *, experiment: str, run_id: str | None = None, model_type: str | None = None,
-            describe: bool = True) -> tuple[str, LoggedModel | None]:
+            describe: bool = True, existing: Any = UNREAD) -> tuple[str, LoggedModel | None]:
         """Create or merge the node of `record`; returns (LoggedModel id, the new LoggedModel as finalised, with
-        its tags, or None when the node existed and was merged into)."""
+        its tags, or None when the node existed and was merged into). `existing`: what `check` read, under the
+        same store lock (else it is read here)."""
         at = now()
-        existing = self.find(record.identity.id)
-        if existing is not None:  # merging: read what the store holds now, not what this process cached
-            existing = self.lineage.refetch(record.identity.id) or existing
+        if existing is UNREAD:
+            existing = self.current(record.identity.id)
         if existing is None:
             tags = {**{k: str(v) for k, v in record.facts.items() if v not in (None, "")}, **record.tags(at)}
             if describe:  # the description goes in with the other tags: one write fewer per new node

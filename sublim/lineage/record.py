@@ -402,12 +402,11 @@ def _record(kind: str, source: str, edges: dict[str, Any], *, traits, measured, 
                       declared=tuple(dict.fromkeys(traits)), measured=_measured(measured), facts=facts, by=by or N.user())
     with store_lock(store.tracking_uri):
         writer = N.NodeStore(store, root.resolve() if is_embedded(store.tracking_uri) else None)
-        writer.check(record)
-        experiment = writer.experiment(N.RECORDED_EXPERIMENT if kind == "model" else N.DATASETS_EXPERIMENT)
-        run = store.create_run(experiment, run_name=f"record {kind} {N.safe_name(record.name)}",
+        existing = writer.check(record)  # read once, refused before the run opens
+        home = N.RECORDED_EXPERIMENT if kind == "model" else N.DATASETS_EXPERIMENT
+        run = store.create_run(writer.experiment(home), run_name=f"record {kind} {N.safe_name(record.name)}",
                                tags={f"{T}kind": "record", f"{T}node": identity.id, "mlflow.user": record.by})
-        model_id, created = writer.put(record, experiment=N.RECORDED_EXPERIMENT if kind == "model" else
-                                       N.DATASETS_EXPERIMENT, run_id=run.info.run_id)
+        model_id, created = writer.put(record, experiment=home, run_id=run.info.run_id, existing=existing)
         now_ms = int(time.time() * 1000)
         if record.measured:  # on the node's page in the MLflow UI, with who (the run's user) and when
             store.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0, model_id=model_id) for k, v in record.measured])

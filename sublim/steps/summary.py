@@ -215,6 +215,12 @@ def _fmt(metrics: dict, measure: str, group: str) -> str:
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _effect_line(who: str, what: str, x: pd.Series, y: pd.Series, test) -> str:
+    """One student against its control, paired by seed: both means, the difference with its CI, the test."""
+    return (f"- {who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
+            f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; {test.describe()}).")
+
+
 def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str) -> str:
     """Student vs its control teacher's student (same init), the same for the other init, and their
     interaction (same-init effect minus different-init effect), all paired by seed; the different-init
@@ -230,9 +236,7 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
         x, y = series[a], series[b].loc[series[a].index]
         test = tests[name] = paired_test(list(x), list(y))
         metrics.update(paired_metrics(test, f"{measure}_{name}effect", f"{measure}_{name}"))
-        who = who_is[name]
-        lines.append(f"- {who}: {what} {x.mean():.4f} vs {y.mean():.4f} for its control ({test.diff.mean:+.4f}, "
-                     f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; {test.describe()}).")
+        lines.append(_effect_line(who_is[name], what, x, y, test))
     if "" in tests and "cross_" in tests:
         seeds = series["student"].index.intersection(series["student_other_init"].index)
         if len(seeds) >= 2:
@@ -286,9 +290,7 @@ def _later_generations(df: pd.DataFrame, seeds: list[int], label: str) -> tuple[
             y = values["control", "shared"].reindex(x.index).dropna()
             if len(y) >= 2:
                 test = paired_test(list(x.loc[y.index]), list(y))
-                lines.append(f"- Generation {gen}, same-init student: {label} {x.mean():.4f} vs {y.mean():.4f} for "
-                             f"its control ({test.diff.mean:+.4f}, 95% CI [{test.diff.ci_low:+.4f}, "
-                             f"{test.diff.ci_high:+.4f}]; {test.describe()}).")
+                lines.append(_effect_line(f"Generation {gen}, same-init student", label, x, y, test))
     return rows, "\n".join(lines)
 
 
