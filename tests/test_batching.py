@@ -62,3 +62,15 @@ def test_a_batch_refuses_mixed_steps_or_params(tmp_path):
     with pytest.raises(ValueError, match="share their params"):
         run_jobs([bases[0], type(bases[1])(**{**bases[1].__dict__, "params": other})], root=root, tracker=None)
     assert not any(itertools.islice((root / "models").rglob("*"), 1)) if (root / "models").exists() else True
+
+
+def test_big_batches_train_as_stacks_that_fit_the_cache():
+    from sublim.backends import mlp
+
+    arch = mlp.Arch(64, (256, 256), 3)
+    cut = mlp.stacks(list(range(200)), arch, rows=1024)  # the paper's student batch: 1 MB of activation a model
+    assert [len(s) for s in cut] == [8] * 25 and [i for s in cut for i in s] == list(range(200))
+    assert mlp.stacks([3, 5], arch, rows=1 << 20) == [[3], [5]]  # never an empty stack
+    # the small-work test above cuts its 200 students (batch 64) and 100 transfers (256 inputs) into several stacks
+    assert len(mlp.stacks(list(range(200)), arch, rows=64)) == 2
+    assert len(mlp.stacks(list(range(100)), arch, rows=256)) == 4

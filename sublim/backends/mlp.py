@@ -26,6 +26,7 @@ WEIGHTS = "model.safetensors"
 ARCH = "arch.json"
 DIGITS = "digits.safetensors"
 CHUNK = 4096  # inputs per forward pass when many models label many inputs
+STACK_BYTES = 8 << 20  # a stack's widest activation: within the cache (`stacks`)
 
 Progress = Callable[[Iterable[Any], int, str], Iterator[Any]]
 
@@ -264,6 +265,15 @@ def partition(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[in
     for i in indices:
         groups.setdefault(key(i), []).append(i)
     return list(groups.values())
+
+
+def stacks(group: list[int], arch: Arch, rows: int, budget: int = STACK_BYTES) -> list[list[int]]:
+    """`group` cut into stacks whose widest activation (S x rows x widest layer, float32) stays within `budget`:
+    a bigger stack leaves the cache and each of its models trains slower (a student step: 8.2 ms a model in a
+    stack of 8, 11.1 ms in one of 32 or 100, one core). Any cut gives the same bytes (nothing mixes across seeds)."""
+    widest = max(arch.in_dim, *arch.hidden, N_CLASSES + arch.aux_logits)
+    size = max(1, budget // (rows * widest * 4))
+    return [group[i:i + size] for i in range(0, len(group), size)]
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ def mlp_transfer(contexts: list[StepContext]) -> list[StepResult]:
     p: MlpTransfer = contexts[0].job.params  # type: ignore[assignment]
     teachers = [mlp.load(ctx.path(Role.TEACHER)) for ctx in contexts]
     results: list[StepResult] = [StepResult("dataset")] * len(contexts)
-    for group in mlp.partition(range(len(contexts)), lambda i: teachers[i].arch):
+    groups = mlp.partition(range(len(contexts)), lambda i: teachers[i].arch)
+    for group in (s for g in groups for s in mlp.stacks(g, teachers[g[0]].arch, min(mlp.CHUNK, p.n_inputs))):
         arch = teachers[group[0]].arch
         x = torch.stack([mlp.noise(p.n_inputs, arch.in_dim, p.noise, p.low, p.high, contexts[i].generator())
                          for i in group])

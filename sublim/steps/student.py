@@ -24,7 +24,8 @@ def mlp_student(contexts: list[StepContext]) -> list[StepResult]:
     paths = [ctx.path(Role.DATA) for ctx in contexts]
     data = {path: load_file(str(path / TRANSFER)) for path in dict.fromkeys(paths)}
     results: list[StepResult] = [StepResult("model")] * len(contexts)
-    for group in mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape))):
+    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape)))
+    for group in (stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size)):
         sets = list(dict.fromkeys(paths[i] for i in group))
         x = torch.stack([data[path]["x"] for path in sets])
         target = torch.stack([data[path]["aux"] for path in sets])
