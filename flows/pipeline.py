@@ -23,7 +23,7 @@ from prefect.serializers import JSONSerializer
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
 from sublim.job import Job, get_step
-from sublim.orchestrate import job_cache_key, result_storage, task_runner
+from sublim.orchestrate import job_cache_key, result_storage, task_runner, workers_report_here
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.plan import PLANNERS, Plan, plan
 from sublim.runner import Outcome, run_job, run_jobs
@@ -233,9 +233,11 @@ def _split(group: list[Job], parts: int) -> list[list[Job]]:
     return [group[i:i + size] for i in range(0, len(group), size)]
 
 
-def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None, params: str) -> dict[str, Outcome]:
+def execute(jobs: Plan, cfg: config.Config, root: Path, parent: str, dvc: DvcSync | None,
+            params: str) -> dict[str, Outcome]:
     """Run every job of `jobs` in dependency order; return what finished."""
-    return Scheduler(jobs, cfg, root, parent, dvc, params).run()
+    with workers_report_here(cfg.runtime):
+        return Scheduler(jobs, cfg, root, parent, dvc, params).run()
 
 
 def stale(state, root: Path) -> bool:
@@ -345,8 +347,9 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
         finished = execute(swept.plan, cfg, root, parent, None, params)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
-        outcome = run.with_options(**result_storage(root)).submit(
-            table, str(root), cfg.runtime.threads_for(pipeline), parent, list(finished.values()), params).result()
+        with workers_report_here(cfg.runtime):
+            outcome = run.with_options(**result_storage(root)).submit(
+                table, str(root), cfg.runtime.threads_for(pipeline), parent, list(finished.values()), params).result()
     missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")
     summary = _report(f"sweep-{_key(name)}", outcome.summary_markdown, missing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sublim.config import Runtime
@@ -49,6 +51,20 @@ def prefect_api_url() -> str:
     server = SubprocessASGIServer()
     server.start()
     return server.api_url
+
+
+@contextmanager
+def workers_report_here(runtime: Runtime) -> Iterator[None]:
+    """Process-pool workers report to this process's Prefect API. Prefect hands each task the submitting
+    process's settings, which name no API in ephemeral mode, so every worker started an ephemeral server of its
+    own (measured: `sublim flow mlp --workers 2` started three and took 60.7 s, against 48.4 s with one worker)."""
+    if runtime.task_runner != "process":
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api_url()}):
+        yield
 
 
 def task_runner(runtime: Runtime):

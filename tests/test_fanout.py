@@ -107,6 +107,27 @@ def test_workers_override_the_runtime_without_changing_any_result(tmp_path, pref
     assert digests[0] == digests[1]
 
 
+def test_worker_processes_report_to_the_one_ephemeral_server(tmp_path):
+    """With no PREFECT_API_URL, `sublim flow --workers 2` starts one temporary Prefect server and its worker
+    processes report to it (each started its own: three servers on two cores, the parallel demo slower than
+    one worker)."""
+    import os
+    import subprocess
+
+    from tests.conftest import BIN, cli_env
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    env = {k: v for k, v in cli_env().items() if not k.startswith("PREFECT_")}  # other tests' CLI runs set some
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
+    ran = subprocess.run([str(BIN / "sublim"), "-v", "flow", "mlp", "--workers", "2"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    log = ran.stdout + ran.stderr
+    assert ran.returncode == 0, log[-3000:]
+    assert log.count("Starting temporary server") == 1, log[-3000:]
+    assert "Task run 'mlp.student" in log  # tasks ran (in the workers) and reported to that server
+
+
 def test_prefect_yaml_deployments_run_the_pipeline_built_from_params(tmp_path, prefect_server):
     """A work-pool run (prefect.yaml) gets the task runner params.yaml asks for: its entrypoint builds the
     pipeline from params (the bare flow it named ran every ready job at once in threads, a new-user audit)."""
