@@ -270,6 +270,15 @@ def _summary_of(jobs: Plan, finished: dict[str, Outcome]) -> str | None:
                  and finished[j.id].summary_markdown), None)
 
 
+def _headed(pipeline: str, cfg: config.Config, summary: str | None) -> str | None:
+    """A confirmation's result says it is one (its table is the tuning run's table on other seeds)."""
+    if not summary or not pipeline.endswith("-confirm"):
+        return summary
+    return (f"### Confirmation: the {pipeline.removesuffix('-confirm')} experiment on seeds "
+            f"{progress.span(cfg.confirm.seeds).removeprefix('s')} (confirm.seeds), never used for tuning"
+            f"\n\n{summary}")
+
+
 def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
     if missing:
         summary = (summary or "") + "\n\n**Not finished:** " + ", ".join(missing)
@@ -324,8 +333,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
     _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
-    summary = _summary_of(jobs, finished)
-    summary = _report(pipeline, summary, missing)
+    summary = _report(pipeline, _headed(pipeline, cfg, _summary_of(jobs, finished)), missing)
     return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
             "dvc_skipped": dvc.skipped}
 

@@ -163,3 +163,16 @@ def test_the_flow_reports_its_summary_jobs_text_not_the_first_one_it_finds():
     assert _summary_of(jobs, finished) == "the detection table"
     del finished[summary.id]  # the summary did not finish: the flow still shows what it has
     assert _summary_of(jobs, finished) == "one probe's panel"
+
+
+def test_a_confirmation_says_it_is_one():
+    """`sublim flow lm --confirm` printed the tuning run's table with nothing saying it was the confirmation (a
+    new-user audit)."""
+    from flows.pipeline import _headed
+
+    cfg = config.parse({})
+    assert _headed("lm", cfg, "| table |") == "| table |"
+    headed = _headed("lm-confirm", cfg, "| table |")
+    assert headed.startswith("### Confirmation: the lm experiment on seeds 200-209 (confirm.seeds), never used")
+    assert headed.endswith("| table |")
+    assert _headed("matrix-confirm", cfg, None) is None
