@@ -347,7 +347,8 @@ class ProbeSpec(Section):
     # 320-322 (exit 1 on 75% of trait datasets, 0% of control-teacher ones); fresh seeds 330-332: 75% and 0%
     relative_threshold: Annotated[float, Field(ge=0)] = 0.1
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait
+    questions: Annotated[int, Field(gt=0)] = 24  # evaluation questions per panel trait: up to this many (a trait
+    # with fewer, e.g. a plug-in's, is asked all it has; the panel is every registered trait, known only at run time)
 
     @model_validator(mode="before")
     @classmethod
