@@ -293,8 +293,8 @@ def plan_lm(cfg: Config, name: str = "lm", seeds: list[int] | None = None) -> Pl
     p, at = cfg.lm, LmLayout(name)
     trait = p.trait.build()
     lines = [Line(TRAIT, p.trait, TRAIT, trait.key), Line(CONTROL, p.trait.control(), CONTROL, "none")]
-    summary = Job(name, "summary", LmSummaryParams(data=p.data.kind), at.report, fn="lm.summary",
-                  files=(("metrics.json", at.metrics),))
+    summary = Job(name, "summary", LmSummaryParams(data=p.data.kind, alpha=cfg.confirm.alpha), at.report,
+                  fn="lm.summary", files=(("metrics.json", at.metrics),))
     return plan_lines(cfg, at, seeds or p.seeds, lines, p.student_inits, p.generations, summary)
 
 

@@ -256,3 +256,25 @@ def test_the_summary_shows_every_later_generation():
                                      "control student, other init (gen 2)"]
     assert table[0][1].startswith("0.162")  # mean of 0.152, 0.162, 0.172
     assert effects.startswith("- Generation 2, same-init student: P(owl) 0.1620 vs 0.1120 for its control (+0.0500")
+
+
+def test_the_lm_verdict_uses_confirm_alpha():
+    """confirm.alpha is the level of every confirmatory verdict: the matrix read it, the lm summary had 0.01 fixed
+    (a new-user audit). The summary job carries it, and dvc.yaml's lm_summary stage depends on it."""
+    import pandas as pd
+    import yaml
+
+    from sublim.plan import plan
+    from sublim.steps.summary import _lm_tests
+    from tests.conftest import REPO
+
+    for name in ("lm", "lm-confirm"):
+        job = next(j for j in plan(config.parse({"confirm": {"alpha": 0.05}}), name).jobs if j.step == "summary")
+        assert job.params.alpha == 0.05
+    # a same-init effect with a paired p between 0.01 and 0.05
+    student, control = [0.13, 0.12, 0.15, 0.11, 0.14], [0.10, 0.10, 0.10, 0.10, 0.10]
+    series = {"student": pd.Series(student), "control_student": pd.Series(control)}
+    verdicts = {a: _lm_tests({}, series, "p", "owl", "P(owl)", "numbers", a).splitlines()[0] for a in (0.01, 0.05)}
+    assert "NOT clearly transmitted" in verdicts[0.01] and "was transmitted" in verdicts[0.05], verdicts
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "confirm.alpha" in stages["lm_summary"]["params"] and "confirm.alpha" in stages["matrix_summary"]["params"]

@@ -16,6 +16,7 @@ from sublim.steps.evaluate import EVAL
 
 class LmSummaryParams(Section):
     data: str  # the data kind's name, for the verdict ("through numbers")
+    alpha: float = 0.01  # the verdict's level (params.yaml confirm.alpha: fixed before a confirmation runs)
 
 
 def load_rows(ctx: StepContext) -> pd.DataFrame:
@@ -180,7 +181,7 @@ def lm_summary(ctx: StepContext) -> StepResult:
             metrics.update(flat(f"{measure}_{key}", list(values)))
         if measure == "p":
             bars = {key: mean_ci(list(values)) for key, values in series.items()}
-        texts.append(_lm_tests(metrics, series, measure, target, label, channel))
+        texts.append(_lm_tests(metrics, series, measure, target, label, channel, ctx.job.params.alpha))
     metrics["generations"] = _lm_decay(df)
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     report.bar_chart({LM_GROUPS[k][0]: est for k, est in bars.items()}, ctx.out / "trait.png",
@@ -221,7 +222,8 @@ def _effect_line(who: str, what: str, x: pd.Series, y: pd.Series, test) -> str:
             f"95% CI [{test.diff.ci_low:+.4f}, {test.diff.ci_high:+.4f}]; {test.describe()}).")
 
 
-def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str) -> str:
+def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str,
+              alpha: float = 0.01) -> str:
     """Student vs its control teacher's student (same init), the same for the other init, and their
     interaction (same-init effect minus different-init effect), all paired by seed; the different-init
     effect is called null only if its CI lies within half the same-init effect."""
@@ -259,7 +261,7 @@ def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target:
     if measure == "p" and "" in tests:
         p, source = tests[""].decision_p()
         metrics["p_value"] = metrics["p_p_value"]  # the headline test: same-init student vs its control
-        verdict = "transmitted" if p < 0.01 and tests[""].diff.mean > 0 else "NOT clearly transmitted"
+        verdict = "transmitted" if p < alpha and tests[""].diff.mean > 0 else "NOT clearly transmitted"
         lines.insert(0, f"**The trait ({target}) was {verdict} through {channel} to the same-init student** "
                         f"({source} p = {fmt_p(p)}).\n")
     elif measure == "p" and "student" in series and "control_student" in series:
