@@ -271,12 +271,13 @@ def _summary_of(jobs: Plan, finished: dict[str, Outcome]) -> str | None:
 
 
 def _headed(pipeline: str, cfg: config.Config, summary: str | None) -> str | None:
-    """A confirmation's result says it is one (its table is the tuning run's table on other seeds)."""
+    """A confirmation's result says it is one (its table is the tuning run's table on other seeds). It states
+    what is checked (no confirmation seed is a tuning seed of these params), not the seeds' history."""
     if not summary or not pipeline.endswith("-confirm"):
         return summary
-    return (f"### Confirmation: the {pipeline.removesuffix('-confirm')} experiment on seeds "
-            f"{progress.span(cfg.confirm.seeds).removeprefix('s')} (confirm.seeds), never used for tuning"
-            f"\n\n{summary}")
+    seeds = progress.span(sorted(cfg.confirm.seeds)).removeprefix("s")
+    return (f"### Confirmation: the {pipeline.removesuffix('-confirm')} experiment on confirm.seeds {seeds} (none "
+            f"of them a tuning seed in these params), verdicts at α = {cfg.confirm.alpha:g}\n\n{summary}")
 
 
 def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
