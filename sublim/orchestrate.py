@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sublim.config import Runtime
-from sublim import code
+from sublim import code, progress
 from sublim.job import Job
 from sublim.runner import Outcome
 
@@ -88,7 +90,14 @@ def task_runner(runtime: Runtime):
     if runtime.task_runner == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        return ProcessPoolTaskRunner(max_workers=runtime.max_workers)
+        if not progress.relaying():
+            return ProcessPoolTaskRunner(max_workers=runtime.max_workers)
+        # a manager's queue: Prefect pickles the runner into every task's context, which a plain one refuses
+        queue = multiprocessing.Manager().Queue()
+        threading.Thread(target=progress.relay_to_current, args=(queue,), name="sublim-progress-relay",
+                         daemon=True).start()
+        return ProcessPoolTaskRunner(max_workers=runtime.max_workers, initializer=progress.relay_into,
+                                     initargs=(queue,))
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=runtime.max_workers)

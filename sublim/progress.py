@@ -2,13 +2,16 @@
 generation loops, and one line per finished job with its key metric.
 
 Drivers report to the process's current `Reporter`; the CLI installs a rich one when stderr is a terminal and
-the silent default stays otherwise (DVC and CI logs stay readable). Tasks that run in other processes (Dask,
-process pools) report to their own silent default; the flow's loop, in the CLI's process, still counts them.
+the silent default stays otherwise (DVC and CI logs stay readable). Process-pool workers (`--workers N`) relay
+the jobs they start and their loops' steps to the flow's process, whose reporter shows them (`Relay`); Dask
+workers report to their own silent default. The flow's loop, in the CLI's process, counts finished jobs either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import statistics
 import threading
 import time
@@ -29,6 +32,9 @@ class Reporter(Protocol):
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None: ...
     def failed(self, job_id: str, message: str) -> None: ...
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]: ...
+    def open_bar(self, desc: str, total: int) -> Any: ...
+    def advance_bar(self, bar: Any, steps: int = 1) -> None: ...
+    def close_bar(self, bar: Any) -> None: ...
     def end(self) -> None: ...
 
 
@@ -50,6 +56,15 @@ class Silent:
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
         yield from items
 
+    def open_bar(self, desc: str, total: int) -> Any:
+        return None
+
+    def advance_bar(self, bar: Any, steps: int = 1) -> None:
+        pass
+
+    def close_bar(self, bar: Any) -> None:
+        pass
+
     def end(self) -> None:
         pass
 
@@ -64,6 +79,66 @@ class Failures(Silent):
     def failed(self, job_id: str, message: str) -> None:
         self.console.print(f"failed: {job_id}: {message.splitlines()[0] if message else 'failed'}",
                            highlight=False, markup=False, soft_wrap=True)
+
+
+class Relay(Silent):
+    """A worker process's reporter: the jobs it starts and its loops' steps go to the flow's process, whose own
+    reporter shows them (`relay_to_current` reads the queue there)."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+        self._bars = itertools.count()
+
+    def started(self, label: str) -> None:
+        self.queue.put(("started", (label,)))
+
+    def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+        bar, done, sent = f"{os.getpid()}-{next(self._bars)}", 0, time.perf_counter()
+        self.queue.put(("open", (bar, desc, total)))
+        try:
+            for item in items:
+                yield item
+                done += 1
+                if time.perf_counter() - sent > 0.2:  # a few messages a second, not one per step
+                    self.queue.put(("advance", (bar, done)))
+                    done, sent = 0, time.perf_counter()
+        finally:
+            self.queue.put(("advance", (bar, done)))
+            self.queue.put(("close", (bar,)))
+
+
+def relay_into(queue: Any) -> None:
+    """Process-pool initializer: this worker reports through `queue`."""
+    global _current
+    _current = Relay(queue)
+
+
+def relay_to_current(queue: Any) -> None:
+    """In the flow's process, until a None arrives or the queue's manager is gone (the process is ending): each
+    relayed event, shown by the current reporter."""
+    bars: dict[str, Any] = {}
+    while True:
+        try:
+            item = queue.get()
+        except (EOFError, OSError):
+            return
+        if item is None:
+            return
+        kind, args = item
+        report = _current
+        if kind == "started":
+            report.started(*args)
+        elif kind == "open":
+            bars[args[0]] = report.open_bar(*args[1:])
+        elif kind == "advance" and args[0] in bars:
+            report.advance_bar(bars[args[0]], args[1])
+        elif kind == "close" and args[0] in bars:
+            report.close_bar(bars.pop(args[0]))
+
+
+def relaying() -> bool:
+    """Whether workers' progress is worth relaying: the current reporter shows it (a terminal's, not a log's)."""
+    return not isinstance(_current, Silent)
 
 
 _current: Reporter = Silent()
@@ -189,15 +264,24 @@ class Rich:
                 self.bar.advance(self._jobs, 1)
 
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
-        with self._lock:
-            self._start()
-            task = self.bar.add_task(f"  {desc}", total=total)
+        task = self.open_bar(desc, total)
         try:
             for item in items:
                 yield item
-                self.bar.advance(task)
+                self.advance_bar(task)
         finally:
-            self.bar.remove_task(task)
+            self.close_bar(task)
+
+    def open_bar(self, desc: str, total: int) -> Any:
+        with self._lock:
+            self._start()
+            return self.bar.add_task(f"  {desc}", total=total)
+
+    def advance_bar(self, bar: Any, steps: int = 1) -> None:
+        self.bar.advance(bar, steps)
+
+    def close_bar(self, bar: Any) -> None:
+        self.bar.remove_task(bar)
 
     def end(self) -> None:
         if self._started:

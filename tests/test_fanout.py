@@ -170,9 +170,75 @@ def test_a_confirmation_says_it_is_one():
     new-user audit)."""
     from flows.pipeline import _headed
 
-    cfg = config.parse({})
+    cfg = config.parse({"confirm": {"seeds": [209, 200, 201, 202], "alpha": 0.05}})
     assert _headed("lm", cfg, "| table |") == "| table |"
     headed = _headed("lm-confirm", cfg, "| table |")
-    assert headed.startswith("### Confirmation: the lm experiment on seeds 200-209 (confirm.seeds), never used")
+    assert headed.startswith("### Confirmation: the lm experiment on confirm.seeds 200-202,209 (none of them a "
+                             "tuning seed in these params), verdicts at α = 0.05")
     assert headed.endswith("| table |")
     assert _headed("matrix-confirm", cfg, None) is None
+
+
+class _Recorder:
+    """A reporter that remembers what it was shown (stands in for the terminal's)."""
+
+    def __init__(self):
+        self.events = []
+
+    def begin(self, title, total):
+        pass
+
+    def started(self, label):
+        self.events.append(("started", label))
+
+    def finished(self, outcomes, cached=False):
+        pass
+
+    def failed(self, job_id, message):
+        pass
+
+    def steps(self, items, total, desc):
+        yield from items
+
+    def open_bar(self, desc, total):
+        self.events.append(("open", desc, total))
+        return desc
+
+    def advance_bar(self, bar, steps=1):
+        self.events.append(("advance", bar, steps))
+
+    def close_bar(self, bar):
+        self.events.append(("close", bar))
+
+    def end(self):
+        pass
+
+
+def test_worker_processes_show_their_jobs_and_loops_on_the_flows_display(tmp_path, prefect_server):
+    """With --workers, the terminal shows the job each worker starts and its training bars, as with one worker
+    (a new-user audit saw only the overall bar: workers reported to a silent reporter of their own)."""
+    from flows.pipeline import build
+    from sublim import progress
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    cfg = config.load(root / "params.yaml").with_workers(2)
+    seen = _Recorder()
+    with progress.use(seen):
+        result = build(cfg)(pipeline="mlp", params=str(root / "params.yaml"), workers=2)
+    assert result["missing"] == []
+    started = {e[1].split(" ")[0].split("@")[0] for e in seen.events if e[0] == "started"}
+    assert {"mlp.teacher", "mlp.student"} <= started, seen.events[:20]
+    opened = [e for e in seen.events if e[0] == "open"]
+    assert any(desc.startswith("student") for _, desc, _ in opened), opened
+    desc, total = next((d, t) for _, d, t in opened if d.startswith("student"))
+    assert sum(e[2] for e in seen.events if e[:2] == ("advance", desc)) >= total and ("close", desc) in seen.events
+
+
+def test_off_a_terminal_workers_relay_nothing():
+    from sublim import progress
+    from sublim.orchestrate import task_runner
+
+    runtime = config.parse({}).runtime.with_workers(2)
+    assert task_runner(runtime)._initializer is None  # the silent default: nothing to show, nothing sent
+    with progress.use(_Recorder()):
+        assert task_runner(runtime)._initializer is progress.relay_into
