@@ -38,7 +38,7 @@ test-slow: $(BIN)/sublim
 serve: $(BIN)/sublim  ## Prefect deployments on params.yaml's schedule (set PREFECT_API_URL for a real server)
 	$(BIN)/sublim serve
 
-bench: $(BIN)/sublim  ## every section (long: mlp_100_seeds ~30 min, matrix ~11 min); BENCH_ARGS="--only demo ..." for some, "--smoke" to check
+bench: $(BIN)/sublim  ## every section (long: mlp_100_seeds ~6 min, matrix ~11 min); BENCH_ARGS="--only demo ..." for some, "--smoke" to check
 	$(BIN)/python benchmarks/run.py $(if $(findstring --smoke,$(BENCH_ARGS)),,--out benchmarks/results.json) $(BENCH_ARGS)
 
 clean:
