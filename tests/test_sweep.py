@@ -44,6 +44,15 @@ def test_a_point_that_changes_no_job_is_reported_not_left_unfinished():
         sweep.parse_sets(["mlp.model.aux_logits=3,3,5"])
 
 
+def test_a_misspelt_key_is_one_error_not_one_refused_point_per_value():
+    """A new-user audit's `--set mlp.model.aux_logitz=2,3` got two 'no valid point: ... Extra inputs are not
+    permitted' lines; a key only some points refuse (a plug-in's own setting) still leaves the others."""
+    with pytest.raises(config.ConfigError, match=r"--set mlp.model.aux_logitz: not a params key"):
+        sweep.build("t", "mlp", {"mlp": {"seeds": [0]}}, {"mlp.model.aux_logitz": [2, 3]})
+    swept = sweep.build("t", "mlp", {"mlp": {"seeds": [0]}}, {"mlp.model.aux_logits": [2, -1]})
+    assert list(swept.reports) == ["mlp.model.aux_logits=2"] and "mlp.model.aux_logits=-1" in swept.invalid
+
+
 def test_jobs_shared_by_points_run_once_and_bad_points_are_reported():
     swept = sweep.build("animals", "lm", _raw(), GRID)
     assert set(swept.reports) == {"lm.trait.target=owl", "lm.trait.target=cat"}
