@@ -126,14 +126,17 @@ def relay_to_current(queue: Any) -> None:
             return
         kind, args = item
         report = _current
-        if kind == "started":
-            report.started(*args)
-        elif kind == "open":
-            bars[args[0]] = report.open_bar(*args[1:])
-        elif kind == "advance" and args[0] in bars:
-            report.advance_bar(bars[args[0]], args[1])
-        elif kind == "close" and args[0] in bars:
-            report.close_bar(bars.pop(args[0]))
+        try:
+            if kind == "started":
+                report.started(*args)
+            elif kind == "open":
+                bars[args[0]] = report.open_bar(*args[1:])
+            elif kind == "advance" and args[0] in bars:
+                report.advance_bar(bars[args[0]], args[1])
+            elif kind == "close" and args[0] in bars:
+                report.close_bar(bars.pop(args[0]))
+        except Exception:  # noqa: BLE001  (a display glitch must not stop the relay, nor any job)
+            continue
 
 
 def relaying() -> bool:
@@ -238,14 +241,14 @@ class Rich:
             self._start()
             if self._jobs is not None:
                 self.bar.remove_task(self._jobs)
-            self._jobs = self.bar.add_task(f"[bold]{title}[/bold] jobs", total=total)
+            self._title = f"[bold]{title}[/bold] jobs"
+            self._jobs = self.bar.add_task(self._title, total=total)
             self._t0 = time.perf_counter()
 
     def started(self, label: str) -> None:
         with self._lock:
-            if self._jobs is not None:
-                title = self.bar.tasks[self._jobs].description.split(" -> ")[0]
-                self.bar.update(self._jobs, description=f"{title} -> {label}")
+            if self._jobs is not None:  # (`bar.tasks` is a list: a task id indexes it only until one is removed)
+                self.bar.update(self._jobs, description=f"{self._title} -> {label}")
 
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
         with self._lock:

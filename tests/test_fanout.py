@@ -242,3 +242,23 @@ def test_off_a_terminal_workers_relay_nothing():
     assert task_runner(runtime)._initializer is None  # the silent default: nothing to show, nothing sent
     with progress.use(_Recorder()):
         assert task_runner(runtime)._initializer is progress.relay_into
+
+
+def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
+    """`sublim flow all` on a terminal: after the first pipeline's bars were removed, naming the current job
+    of the second raised IndexError (rich's task list is not indexed by task id), in the job itself with one
+    worker and in the relay with --workers."""
+    import io
+
+    from rich.console import Console
+
+    from sublim.progress import Rich
+
+    report = Rich(Console(file=io.StringIO(), force_terminal=True))
+    report.begin("mlp", 3)
+    list(report.steps(range(3), 3, "student x2"))
+    report.begin("lm", 5)
+    report.started("lm.base x2 (s0-1)")
+    (task,) = report.bar.tasks
+    assert task.description == "[bold]lm[/bold] jobs -> lm.base x2 (s0-1)"
+    report.end()
