@@ -89,22 +89,28 @@ class Relay(Silent):
         self.queue = queue
         self._bars = itertools.count()
 
+    def _send(self, kind: str, args: tuple) -> None:
+        try:
+            self.queue.put((kind, args))
+        except Exception:  # noqa: BLE001  (the display is gone, e.g. the flow's process is ending: the job goes on)
+            pass
+
     def started(self, label: str) -> None:
-        self.queue.put(("started", (label,)))
+        self._send("started", (label,))
 
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
         bar, done, sent = f"{os.getpid()}-{next(self._bars)}", 0, time.perf_counter()
-        self.queue.put(("open", (bar, desc, total)))
+        self._send("open", (bar, desc, total))
         try:
             for item in items:
                 yield item
                 done += 1
                 if time.perf_counter() - sent > 0.2:  # a few messages a second, not one per step
-                    self.queue.put(("advance", (bar, done)))
+                    self._send("advance", (bar, done))
                     done, sent = 0, time.perf_counter()
         finally:
-            self.queue.put(("advance", (bar, done)))
-            self.queue.put(("close", (bar,)))
+            self._send("advance", (bar, done))
+            self._send("close", (bar,))
 
 
 def relay_into(queue: Any) -> None:

@@ -262,3 +262,15 @@ def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
     (task,) = report.bar.tasks
     assert task.description == "[bold]lm[/bold] jobs -> lm.base x2 (s0-1)"
     report.end()
+
+
+def test_a_worker_whose_display_is_gone_keeps_computing():
+    from sublim.progress import Relay
+
+    class Gone:
+        def put(self, item):
+            raise BrokenPipeError("the manager has shut down")
+
+    relay = Relay(Gone())
+    relay.started("mlp.student x1 (s0)")
+    assert list(relay.steps(range(5), 5, "student x1")) == [0, 1, 2, 3, 4]
