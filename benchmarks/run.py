@@ -971,7 +971,8 @@ def main() -> None:
     if args.smoke and out.resolve() == RESULTS.resolve():
         parser.error(f"--smoke figures are not benchmarks: write them elsewhere than {RESULTS}")
     scale = SMOKE if args.smoke else FULL
-    results = json.loads(out.read_text()) if out.exists() else {}
+    # a smoke run starts afresh: its file never mixes in sections of earlier runs
+    results = json.loads(out.read_text()) if out.exists() and not args.smoke else {}
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     for name in args.only or SECTIONS:
         with tempfile.TemporaryDirectory(prefix=f"sublim-bench-{name}-") as tmp:

@@ -264,9 +264,15 @@ WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at
 
 def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
     try:
-        return cfg.with_workers(workers)
+        cfg = cfg.with_workers(workers)
     except config.ConfigError as exc:
         _fail_usage(str(exc))
+    cores = os.cpu_count() or 1
+    if workers and workers > cores and cfg.runtime.dask_address is None:  # a remote cluster has its own cores
+        console.print(f"[yellow]note[/yellow] --workers {workers}: this machine has {cores} cores; each worker is "
+                      f"a process with one thread, so more than {cores} share them and none finishes sooner",
+                      highlight=False, soft_wrap=True)
+    return cfg
 
 
 @app.command()

@@ -315,3 +315,17 @@ def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
                                                "student": {"steps": 8}}]}})
     _check_link(lm, "lm", 1, 0, ["--generate.temperature", "0.5", "--student.steps", "8"])
     _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
+
+
+def test_more_workers_than_cores_is_noted_not_refused(tmp_path, monkeypatch):
+    """A new-user audit ran `--workers 1000` on 2 cores without a word: it runs, with a note saying why it
+    cannot be faster."""
+    from typer.testing import CliRunner
+
+    from sublim import cli
+
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}}, git=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli, "make_plan", lambda cfg, name: (_ for _ in ()).throw(LookupError("stop here")))
+    result = CliRunner().invoke(cli.app, ["flow", "mlp", "--workers", "5", "-p", str(root / "params.yaml")])
+    assert "--workers 5: this machine has 2 cores" in result.output
