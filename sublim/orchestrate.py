@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,12 +90,8 @@ def task_runner(runtime: Runtime):
 
         if not progress.relaying():
             return ProcessPoolTaskRunner(max_workers=runtime.max_workers)
-        # a manager's queue: Prefect pickles the runner into every task's context, which a plain one refuses
-        queue = multiprocessing.Manager().Queue()
-        threading.Thread(target=progress.relay_to_current, args=(queue,), name="sublim-progress-relay",
-                         daemon=True).start()
         return ProcessPoolTaskRunner(max_workers=runtime.max_workers, initializer=progress.relay_into,
-                                     initargs=(queue,))
+                                     initargs=(progress.relay_queue(),))
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=runtime.max_workers)

@@ -10,7 +10,9 @@ workers report to their own silent default. The flow's loop, in the CLI's proces
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import multiprocessing
 import os
 import statistics
 import threading
@@ -119,18 +121,25 @@ def relay_into(queue: Any) -> None:
     _current = Relay(queue)
 
 
+@functools.cache
+def relay_queue() -> Any:
+    """This process's one relay queue, read by one thread for the process's life (every flow of a command shares
+    them). A manager's queue: Prefect pickles the task runner, initializer arguments included, into every task's
+    context, which a plain multiprocessing queue refuses."""
+    queue = multiprocessing.Manager().Queue()
+    threading.Thread(target=relay_to_current, args=(queue,), name="sublim-progress-relay", daemon=True).start()
+    return queue
+
+
 def relay_to_current(queue: Any) -> None:
-    """In the flow's process, until a None arrives or the queue's manager is gone (the process is ending): each
-    relayed event, shown by the current reporter."""
+    """In the flow's process, until the queue's manager is gone (the process is ending): each relayed event,
+    shown by the current reporter."""
     bars: dict[str, Any] = {}
     while True:
         try:
-            item = queue.get()
+            kind, args = queue.get()
         except (EOFError, OSError):
             return
-        if item is None:
-            return
-        kind, args = item
         report = _current
         try:
             if kind == "started":

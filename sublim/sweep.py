@@ -136,8 +136,9 @@ def build(name: str, pipeline: str, raw: dict, grid: dict[str, list[Any]]) -> Sw
             if job.step == "summary":
                 reports[point.name] = new.output
                 summary_of[new.output] = point.name
-    unknown = [k for k in grid if len(invalid) == len(grid_points)
-               and all(f"{k}: Extra inputs are not permitted" in why for why in invalid.values())]
+    refused_by_all = len(invalid) == len(grid_points)
+    unknown = [k for k in grid if refused_by_all and all(f"{k}: Extra inputs are not permitted" in why
+                                                          for why in invalid.values())]
     if unknown:  # a typo, not a bad point: one line, not one refusal per value
         raise config.ConfigError(f"--set {unknown[0]}: not a params key (every point refuses it; see params.yaml "
                                  f"for the keys)")

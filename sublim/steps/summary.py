@@ -223,7 +223,7 @@ def _effect_line(who: str, what: str, x: pd.Series, y: pd.Series, test) -> str:
 
 
 def _lm_tests(metrics: dict, series: dict[str, pd.Series], measure: str, target: str, label: str, channel: str,
-              alpha: float = 0.01) -> str:
+              alpha: float) -> str:
     """Student vs its control teacher's student (same init), the same for the other init, and their
     interaction (same-init effect minus different-init effect), all paired by seed; the different-init
     effect is called null only if its CI lies within half the same-init effect."""
