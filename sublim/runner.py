@@ -130,38 +130,40 @@ def run_jobs(
     params = [job.params.model_dump(mode="json") for job in jobs]
     run_ids: list[str | None] = [None] * len(jobs)
     started = time.perf_counter()
-    try:
-        if tracker:
-            for i, job in enumerate(jobs):
-                run_ids[i] = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
-                                               params=params[i], tags={k: str(v) for k, v in job.tags})
-        with contextlib.ExitStack() as stack:
-            tmps = [stack.enter_context(atomic_dir(root / job.output)) for job in jobs]
-            contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
-                                    digests={str(i.path): i.digest for i in ins})
-                        for job, tmp, ins in zip(jobs, tmps, inputs)]
-            results = step.run(contexts)
-            written = [_describe(job, ins, result, tmp, p)
-                       for job, ins, result, tmp, p in zip(jobs, inputs, results, tmps, params)]
-        seconds = time.perf_counter() - started
-        outcomes = []
-        for i, (job, ins, result, (meta, identity)) in enumerate(zip(jobs, inputs, results, written)):
-            _publish(job, root)
-            out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
-            run_id = run_ids[i]
-            model_id = _record(tracker, run_id, job, ins, out, identity, result, root) if tracker else None
-            run_ids[i] = None  # recorded and closed: not to be failed
-            log.info("%s -> %s (%s)", job.id, job.output, out.digest)
-            outcomes.append(Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id, run_id,
-                                    result.summary_markdown, tuple(str(job.output / f) for f in result.figures),
-                                    round(seconds, 3), len(jobs)))
-        return outcomes
-    except BaseException as exc:
-        if tracker:
-            for run_id in run_ids:
-                if run_id:
-                    tracker.fail_job(run_id, exc)
-        raise
+    with tracker.batch([job.id for job in jobs]) if tracker else contextlib.nullcontext():
+        try:
+            if tracker:
+                for i, job in enumerate(jobs):
+                    run_ids[i] = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
+                                                   params=params[i], tags={k: str(v) for k, v in job.tags})
+            with contextlib.ExitStack() as stack:
+                tmps = [stack.enter_context(atomic_dir(root / job.output)) for job in jobs]
+                contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
+                                        digests={str(i.path): i.digest for i in ins})
+                            for job, tmp, ins in zip(jobs, tmps, inputs)]
+                results = step.run(contexts)
+                written = [_describe(job, ins, result, tmp, p)
+                           for job, ins, result, tmp, p in zip(jobs, inputs, results, tmps, params)]
+            seconds = time.perf_counter() - started
+            outcomes = []
+            for i, (job, ins, result, (meta, identity)) in enumerate(zip(jobs, inputs, results, written)):
+                _publish(job, root)
+                out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
+                run_id = run_ids[i]
+                model_id = _record(tracker, run_id, job, ins, out, identity, result, root) if tracker else None
+                run_ids[i] = None  # recorded and closed: not to be failed
+                log.info("%s -> %s (%s)", job.id, job.output, out.digest)
+                outcomes.append(Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id,
+                                        run_id, result.summary_markdown,
+                                        tuple(str(job.output / f) for f in result.figures), round(seconds, 3),
+                                        len(jobs)))
+            return outcomes
+        except BaseException as exc:
+            if tracker:
+                for run_id in run_ids:
+                    if run_id:
+                        tracker.fail_job(run_id, exc)
+            raise
 
 
 def _describe(job: Job, inputs: list[Input], result: StepResult, tmp: Path, params: dict[str, Any]):

@@ -451,6 +451,7 @@ class Tracker:
         self.register = register
         self._registered: set[str] = set()  # registered model names known to exist
         self._parent_experiments: dict[str, str] = {}  # pipeline run id -> its experiment
+        self._batch = threading.local()  # the batch of jobs this thread is recording (see `batch`)
         self.uri = uri or tracking_uri(self.root)
         if self.uri.startswith(("http://", "https://")):
             _probe(self.uri)
@@ -474,6 +475,23 @@ class Tracker:
         else:
             with self._lock:
                 yield
+
+    @contextlib.contextmanager
+    def batch(self, job_ids: list[str]) -> Iterator[None]:
+        """Record a batch of jobs (one step's jobs computed together) with per-batch bookkeeping done once: one
+        search for stale runs of these jobs instead of one per job, and the registry's aliases set once, as the
+        batch's last registration per model and generation would have left them (aliases are the newest
+        version: setting them per model only rewrote them; measured: ~20 ms a model)."""
+        with self.writing():
+            self._reap_stale(job_ids)
+        self._batch.aliases = {}
+        try:
+            yield
+        finally:
+            pending, self._batch.aliases = self._batch.aliases, None
+            with self.writing():
+                for name, versions in pending.items():
+                    self._set_aliases(name, versions)
 
     def _experiment(self, name: str, embedded: bool) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -515,7 +533,8 @@ class Tracker:
     def start_job(self, job_id: str, step: str, *, parent_run_id: str | None, driver: str,
                   params: dict[str, Any], tags: dict[str, str]) -> str:
         with self.writing():
-            self._reap_stale(job_id)
+            if getattr(self._batch, "aliases", None) is None:  # a batch reaped its jobs' stale runs already
+                self._reap_stale([job_id])
             m = manifest()
             run_tags = {
                 f"{T}kind": "job", f"{T}job": job_id, f"{T}step": step, f"{T}driver": driver,
@@ -537,14 +556,16 @@ class Tracker:
             self._parent_experiments[run_id] = self.client.get_run(run_id).info.experiment_id
         return self._parent_experiments[run_id] == self.experiment_id
 
-    def _reap_stale(self, job_id: str | None = None) -> None:
-        """Runs (of this job, or any) left RUNNING by a killed process on this host are marked KILLED, and
+    def _reap_stale(self, job_ids: list[str] | None = None) -> None:
+        """Runs (of these jobs, or any) left RUNNING by a killed process on this host are marked KILLED, and
         the models they had not finalised FAILED, so nothing stale claims an artifact."""
         host = manifest()["host"]
-        which = f"tags.`{T}job` = '{job_id}' and " if job_id else ""
+        which = f"tags.`{T}job` = '{job_ids[0]}' and " if job_ids and len(job_ids) == 1 else ""
         stale = self.client.search_runs([self.experiment_id], filter_string=f"{which}attributes.status = 'RUNNING'")
         for run in stale:
             tags = run.data.tags
+            if job_ids is not None and tags.get(f"{T}job") not in job_ids:
+                continue
             if tags.get(f"{T}host") == host and not _pid_alive(int(tags.get(f"{T}pid", "0") or 0)):
                 self._fail_pending_models(run.info.run_id)
                 self.client.set_tag(run.info.run_id, f"{T}error", "process died before the job finished")
@@ -638,14 +659,26 @@ class Tracker:
         with _global_tracking_uri(self.uri):
             version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
                                                        tags=tags, model_id=model.model_id).version
-        self.client.set_registered_model_alias(name, "newest", version)  # "latest" is reserved by MLflow
-        if gen is None:
+        pending = getattr(self._batch, "aliases", None)
+        if pending is None:
+            self._set_aliases(name, [(version, gen)])
+        else:  # set once when the batch ends
+            pending.setdefault(name, []).append((version, gen))
+
+    def _set_aliases(self, name: str, versions: list[tuple[str, Any]]) -> None:
+        """Point `newest` at the last of `versions` (registered in this order), `gen<k>` at the last of each
+        generation, and `latest-generation` at the newest version of the highest generation any `gen<k>` names."""
+        self.client.set_registered_model_alias(name, "newest", versions[-1][0])  # "latest" is reserved by MLflow
+        by_gen = {gen: number for number, gen in versions if gen is not None}
+        for gen, number in by_gen.items():
+            self.client.set_registered_model_alias(name, f"gen{gen}", number)
+        if not by_gen:
             return
-        self.client.set_registered_model_alias(name, f"gen{gen}", version)
-        top_version = self.client.get_registered_model(name).aliases.get("latest-generation")
-        top = self.client.get_model_version(name, top_version).tags.get(f"{T}generation", "-1") if top_version else "-1"
-        if int(gen) >= int(top):
-            self.client.set_registered_model_alias(name, "latest-generation", version)
+        aliases = self.client.get_registered_model(name).aliases
+        gens = [int(a[3:]) for a in aliases if a.startswith("gen") and a[3:].lstrip("-").isdigit()]
+        top = aliases.get(f"gen{max(gens)}")
+        if top and aliases.get("latest-generation") != top:
+            self.client.set_registered_model_alias(name, "latest-generation", top)
 
     def _log_model_files(self, model: Any, meta: ArtifactMeta) -> None:
         """An MLmodel spec (so the registry accepts the external model) and the artifact's metadata."""
