@@ -285,8 +285,6 @@ def flow(
 ) -> None:
     """Run a whole pipeline as a Prefect flow (embedded Prefect server unless PREFECT_API_URL is set)."""
     cfg = _with_workers(_load(params), workers)
-    from flows.pipeline import build
-
     names = ALL if pipeline == "all" else [pipeline]
     if confirm and (lacking := [n for n in names if n not in CONFIRMABLE]):
         _fail_usage(f"--confirm: the {' and '.join(lacking)} pipeline has no confirmation run (there are: "
@@ -297,8 +295,14 @@ def flow(
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
             _fail_usage(_with_all(exc))
+    from sublim import orchestrate
+
+    server = orchestrate.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
+    from flows.pipeline import build
+
+    for name in names:
         _preflight(cfg, name, params.resolve().parent)
-    with progress.use(reporter()):
+    with orchestrate.reporting_to(server), progress.use(reporter()):
         results = []
         for name in names:
             results.append(build(cfg)(pipeline=name, params=str(params), workers=workers))
@@ -337,12 +341,15 @@ def sweep(
         for why in swept.invalid.values():
             _one_line(f"no valid point: {why}")
         raise typer.Exit(2)
+    from sublim import orchestrate
+
+    server = orchestrate.EarlyServer.start()
     _preflight(cfg, pipeline, params.resolve().parent)
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
     from flows.pipeline import build, sublim_sweep
 
-    with progress.use(reporter()):
+    with orchestrate.reporting_to(server), progress.use(reporter()):
         result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params),
                                           workers=workers)
     out().print(Markdown(result.get("summary") or ""))
