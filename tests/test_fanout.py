@@ -275,3 +275,14 @@ def test_a_worker_whose_display_is_gone_keeps_computing():
     relay = Relay(Gone())
     relay.started("mlp.student x1 (s0)")
     assert list(relay.steps(range(5), 5, "student x1")) == [0, 1, 2, 3, 4]
+
+
+def test_no_early_server_when_an_api_is_configured(prefect_server):
+    """PREFECT_API_URL (here, the test harness's server) is used as it is: the CLI starts no server of its own."""
+    from sublim.orchestrate import EarlyServer, reporting_to
+
+    assert EarlyServer.start() is None
+    with reporting_to(None):
+        from prefect.settings import get_current_settings
+
+        assert get_current_settings().api.url  # the configured one, untouched
