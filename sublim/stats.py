@@ -46,8 +46,10 @@ class Estimate:
         return f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
-    """Mean with a Student-t interval over seeds; a single value (or no spread) gets a degenerate interval."""
+def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean with a Student-t interval over seeds; a single value (or no spread) gets a degenerate interval.
+    `bounds`: the range the quantity lives in; the interval is cut to it, which keeps its coverage exactly (the
+    true mean is always inside the bounds), instead of reading, over two seeds, "accuracy -0.19 to 0.35"."""
     from scipy import stats  # lazily: 1 s of import for every DVC stage process otherwise
 
     x = np.asarray(values, dtype=float)
@@ -55,7 +57,15 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
     if len(x) < 2 or float(x.std(ddof=1)) == 0.0:
         return Estimate(mean, mean, mean, len(x), [float(v) for v in x])
     half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return Estimate(mean, mean - half, mean + half, len(x), [float(v) for v in x])
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(mean, low, high, len(x), [float(v) for v in x])
+
+
+def rate_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
+    """`mean_ci` of a rate, probability or accuracy over seeds: its interval within [0, 1]."""
+    return mean_ci(values, level, bounds=(0.0, 1.0))
 
 
 @dataclass(frozen=True)

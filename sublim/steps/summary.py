@@ -10,7 +10,7 @@ import pandas as pd
 from sublim import report
 from sublim.config import Section
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.stats import PairedTest, fmt_p, interaction_test, mean_ci, null_with_power, paired_test
+from sublim.stats import PairedTest, fmt_p, interaction_test, null_with_power, paired_test, rate_ci
 from sublim.steps.evaluate import EVAL
 
 
@@ -36,8 +36,8 @@ def per_seed(df: pd.DataFrame, value: str, **match) -> pd.Series:
 
 
 def flat(name: str, values: list[float]) -> dict:
-    """`name` = mean over seeds, `name_ci95` = [low, high], `name_per_seed` = values: easy for `dvc metrics`."""
-    est = mean_ci(values)
+    """A rate over seeds: `name` = its mean, `name_ci95` = [low, high] within [0, 1], `name_per_seed` = values."""
+    est = rate_ci(values)
     return {name: est.mean, f"{name}_ci95": [est.ci_low, est.ci_high], f"{name}_per_seed": est.values}
 
 
@@ -70,12 +70,12 @@ def mlp_summary(ctx: StepContext) -> StepResult:
     metrics["n_seeds"] = int(df.seed.nunique())
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     _per_seed_csv(df, ctx.out / "per_seed.csv")
-    bars = {label: mean_ci(list(g.sort_values("seed").accuracy)) for label, g in df.groupby("label", sort=False)}
+    bars = {label: rate_ci(list(g.sort_values("seed").accuracy)) for label, g in df.groupby("label", sort=False)}
     report.bar_chart(bars, ctx.out / "accuracy.png", ylabel="held-out digit accuracy", chance=0.1,
                      title="Subliminal transfer through auxiliary logits (95% CI over seeds)")
     figures = ["accuracy.png"]
     if df.generation.max() > 1:
-        series = {init: {int(g): mean_ci(list(grp.accuracy)) for g, grp in sub.groupby("generation")}
+        series = {init: {int(g): rate_ci(list(grp.accuracy)) for g, grp in sub.groupby("generation")}
                   for init, sub in df[df.role.isin(["teacher", "student", "control"])].groupby("init")}
         report.line_chart(series, ctx.out / "generations.png", ylabel="digit accuracy",
                           title="Trait across generations of students")
@@ -125,7 +125,7 @@ def paired_metrics(test: PairedTest, effect_key: str, stem: str) -> dict:
 def _decay(df: pd.DataFrame) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for (gen, init), grp in df[df.role.isin(["teacher", "student", "control"])].groupby(["generation", "init"]):
-        est = mean_ci(list(grp.sort_values("seed").accuracy))
+        est = rate_ci(list(grp.sort_values("seed").accuracy))
         out[f"g{int(gen)}-{init}"] = {"acc": est.mean, "ci95": [est.ci_low, est.ci_high]}
     return out
 
@@ -180,7 +180,7 @@ def lm_summary(ctx: StepContext) -> StepResult:
         for key, values in series.items():
             metrics.update(flat(f"{measure}_{key}", list(values)))
         if measure == "p":
-            bars = {key: mean_ci(list(values)) for key, values in series.items()}
+            bars = {key: rate_ci(list(values)) for key, values in series.items()}
         texts.append(_lm_tests(metrics, series, measure, target, label, channel, ctx.job.params.alpha))
     metrics["generations"] = _lm_decay(df)
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -189,7 +189,7 @@ def lm_summary(ctx: StepContext) -> StepResult:
                      title=f"Trait rate per model, 95% CI over {len(seeds)} seeds")
     figures = ["trait.png"]
     if df.generation.max() > 1:
-        series = {line: {int(g): mean_ci(list(grp.p_target)) for g, grp in sub.groupby("generation")}
+        series = {line: {int(g): rate_ci(list(grp.p_target)) for g, grp in sub.groupby("generation")}
                   for line, sub in df[(df.init == "shared") & df.line.notna()].groupby("line")}
         report.line_chart(series, ctx.out / "generations.png", ylabel=label, title="Trait across generations")
         figures.append("generations.png")
@@ -285,8 +285,8 @@ def _later_generations(df: pd.DataFrame, seeds: list[int], label: str) -> tuple[
             values[line, init] = p
             sampled = lm_values(df, line, init, gen, "sampled_rate", seeds).dropna()
             who = ("student" if line == "trait" else "control student") + (", other init" if init == "other" else "")
-            rows.append([f"{who} (gen {gen})", str(mean_ci(list(p))),
-                         str(mean_ci(list(sampled))) if len(sampled) else "-"])
+            rows.append([f"{who} (gen {gen})", str(rate_ci(list(p))),
+                         str(rate_ci(list(sampled))) if len(sampled) else "-"])
         if ("trait", "shared") in values and ("control", "shared") in values:
             x = values["trait", "shared"]
             y = values["control", "shared"].reindex(x.index).dropna()
@@ -300,6 +300,6 @@ def _lm_decay(df: pd.DataFrame) -> dict[str, dict]:
     out: dict[str, dict] = {}
     sub = df[df.line.notna() & (df.init == "shared")]
     for (gen, line), grp in sub.groupby(["generation", "line"]):
-        est = mean_ci(list(grp.sort_values("seed").p_target))
+        est = rate_ci(list(grp.sort_values("seed").p_target))
         out[f"g{int(gen)}-{line}"] = {"p": est.mean, "ci95": [est.ci_low, est.ci_high]}
     return out
