@@ -61,7 +61,8 @@ class Scale:
     """Every size a section uses: the real benchmark's, or a smoke run's (same code path, tiny numbers)."""
 
     smoke: bool = False
-    repeats: int = 3  # runs of the overhead pair and of demo_mlp: median and spread (the long flows run once)
+    repeats: int = 3  # runs of demo_mlp and tinylm_stack: median and spread (the long flows run once)
+    pairs: int = 5  # bare/flow pairs of the overhead: single pairs ranged 1.05-1.18 on this machine's noise
     mlp: dict = field(default_factory=dict)  # mlp overrides of params.yaml (none: its 5-seed defaults)
     many_seeds: int = 100  # mlp_100_seeds
     demo: dict = field(default_factory=dict)  # params overrides for `sublim flow all`
@@ -85,7 +86,7 @@ SWEEP_LM = {"seeds": [0, 1, 2, 3], "student_inits": ["shared"],
 FULL = Scale(sweep_lm=SWEEP_LM)
 SMALL_LM = deep_update(TINY_LM, {"seeds": [0], "student_inits": ["shared"]})
 SMOKE = Scale(
-    smoke=True, repeats=2, mlp=TINY_MLP, many_seeds=3,
+    smoke=True, repeats=2, pairs=2, mlp=TINY_MLP, many_seeds=3,
     demo={"mlp": TINY_MLP, "lm": SMALL_LM},
     matrix={"lm": SMALL_LM, "matrix": {"targets": ["owl", "cat"], "seeds": [0], "student_inits": ["shared"]}},
     lm_model=TINY_LM["model"], generation=(64, 32, 8), stack=(4, 8, 2), eval_pretrain_steps=20, eval_samples=3, screen_prompts=48,
@@ -379,7 +380,7 @@ def overhead(tmp: Path, scale: Scale) -> dict:
     startup = prefect_up()
     get_step("mlp.data")  # import every step module before any timing
     bare_s, flow_s, store_s, same_bytes, same_batches = [], [], [], True, True
-    for i in range(scale.repeats):
+    for i in range(scale.pairs):
         root = make_project(tmp / f"bare{i}", {"mlp": scale.mlp}, git=False)
         seconds, bare_out = bare_run(root)
         bare_s.append(seconds)
