@@ -295,14 +295,14 @@ def flow(
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
             _fail_usage(_with_all(exc))
-    from sublim import orchestrate
+    from sublim import prefect_server
 
-    server = orchestrate.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
+    server = prefect_server.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
     from flows.pipeline import build
 
     for name in names:
         _preflight(cfg, name, params.resolve().parent)
-    with orchestrate.reporting_to(server), progress.use(reporter()):
+    with prefect_server.reporting_to(server), progress.use(reporter()):
         results = []
         for name in names:
             results.append(build(cfg)(pipeline=name, params=str(params), workers=workers))
@@ -341,15 +341,15 @@ def sweep(
         for why in swept.invalid.values():
             _one_line(f"no valid point: {why}")
         raise typer.Exit(2)
-    from sublim import orchestrate
+    from sublim import prefect_server
 
-    server = orchestrate.EarlyServer.start()
+    server = prefect_server.EarlyServer.start()
     _preflight(cfg, pipeline, params.resolve().parent)
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
     from flows.pipeline import build, sublim_sweep
 
-    with orchestrate.reporting_to(server), progress.use(reporter()):
+    with prefect_server.reporting_to(server), progress.use(reporter()):
         result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params),
                                           workers=workers)
     out().print(Markdown(result.get("summary") or ""))

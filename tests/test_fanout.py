@@ -279,7 +279,7 @@ def test_a_worker_whose_display_is_gone_keeps_computing():
 
 def test_no_early_server_when_an_api_is_configured(prefect_server):
     """PREFECT_API_URL (here, the test harness's server) is used as it is: the CLI starts no server of its own."""
-    from sublim.orchestrate import EarlyServer, reporting_to
+    from sublim.prefect_server import EarlyServer, reporting_to
 
     assert EarlyServer.start() is None
     with reporting_to(None):
