@@ -24,6 +24,10 @@ class EarlyServer:
     since the flows run with PREFECT_API_URL naming this server."""
 
     def __init__(self) -> None:
+        self._spawn()
+        atexit.register(self.stop)
+
+    def _spawn(self) -> None:
         import prefect
 
         self.port = _free_port()
@@ -32,7 +36,6 @@ class EarlyServer:
             sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "error", "--lifespan", "on"], env=_server_env())
-        atexit.register(self.stop)
         logging.getLogger("sublim").info("Starting temporary Prefect server on %s", self.url)
 
     @classmethod
@@ -43,14 +46,19 @@ class EarlyServer:
         return None if get_current_settings().api.url else cls()
 
     def wait(self) -> None:
-        """Until the server answers (Prefect's own startup timeout; a crashed server is an error at once)."""
+        """Until the server answers, within Prefect's own startup timeout. A server that exits (its port taken
+        meanwhile) is started again on another port, twice; then it is an error."""
         import httpx
         from prefect.settings import get_current_settings
 
         deadline = time.monotonic() + get_current_settings().server.ephemeral.startup_timeout_seconds
+        respawns = 2  # the free port was released for uvicorn to bind: another process may have taken it since
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}")
+                if not respawns:
+                    raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}")
+                respawns -= 1
+                self._spawn()
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return

@@ -286,3 +286,42 @@ def test_no_early_server_when_an_api_is_configured(prefect_server):
         from prefect.settings import get_current_settings
 
         assert get_current_settings().api.url  # the configured one, untouched
+
+
+def test_an_early_server_that_exits_is_started_again_on_another_port(tmp_path):
+    """The CLI picks a free port and releases it for the server to bind: if another process took it meanwhile the
+    server exits, and is started again on a new port (twice, then the exit is an error)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from sublim.prefect_server import EarlyServer, _free_port
+
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "health").write_text("ok")  # a stand-in server answering /api/health
+
+    def stand_in(answers_after: int):
+        spawned: list[int] = []
+
+        class Server(EarlyServer):
+            def _spawn(self) -> None:
+                self.port = _free_port()
+                self.url = f"http://127.0.0.1:{self.port}/api"
+                argv = ([sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory",
+                         str(tmp_path)] if len(spawned) >= answers_after else [sys.executable, "-c", "exit(3)"])
+                spawned.append(self.port)
+                self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        return Server(), spawned
+
+    server, spawned = stand_in(answers_after=1)
+    try:
+        server.wait()
+        assert len(spawned) == 2 and server.port == spawned[-1]
+    finally:
+        server.stop()
+    server, spawned = stand_in(answers_after=99)
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        server.wait()
+    assert len(spawned) == 3
