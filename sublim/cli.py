@@ -119,7 +119,8 @@ class FindingExits(UsageExit3):
             raise typer.Exit(EXIT_INTERNAL) from None
 
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file; its folder is the project: data, models, "
+                                                              "metrics, reports and mlflow.db are read and written there")]
 ALL = ["mlp", "lm"]  # `all`: the two experiments `make demo` runs
 CONFIRMABLE = {"lm", "matrix"}  # pipelines with a `<pipeline>-confirm` run on confirm.seeds
 PIPELINES_HELP = f"a pipeline: {', '.join(PLANNERS)}, or all ({' and '.join(ALL)})"

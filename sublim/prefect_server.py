@@ -35,7 +35,10 @@ class EarlyServer:
         self.process = subprocess.Popen([
             sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "error", "--lifespan", "on"], env=_server_env())
+            "--log-level", "error", "--lifespan", "on"], env=_server_env(),
+            # its own session: a Ctrl-C reaches the CLI, which stops the server once Prefect has flushed to it (in
+            # the terminal's process group it died at once, and Prefect retried it for minutes)
+            start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         logging.getLogger("sublim").info("Starting temporary Prefect server on %s", self.url)
 
     @classmethod
@@ -75,6 +78,15 @@ class EarlyServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the CLI dies, even killed without its exit
+    handlers (a SIGTERM or SIGKILL from a scheduler or a cancelled CI job), so no server outlives it."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:

@@ -4,6 +4,8 @@ the pipeline finishes and the summary names what is missing. A transient error i
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -325,3 +327,26 @@ def test_an_early_server_that_exits_is_started_again_on_another_port(tmp_path):
     with pytest.raises(RuntimeError, match="exited with code 3"):
         server.wait()
     assert len(spawned) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_the_early_server_dies_with_the_cli_and_ignores_the_terminals_ctrl_c(tmp_path):
+    """A CLI killed without running its exit handlers (SIGTERM, SIGKILL) takes its server with it (one was left
+    running, orphaned: a new-user audit); the server is in a session of its own, so a Ctrl-C to the terminal's
+    process group reaches the CLI only, which stops the server after Prefect's last flush."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = ("import os, signal, sys\nfrom sublim.prefect_server import EarlyServer\ns = EarlyServer()\n"
+              "print(s.process.pid, os.getpgid(s.process.pid), os.getpgid(0), flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    pid, server_group, cli_group = map(int, ran.stdout.split())
+    assert ran.returncode == -signal.SIGKILL and server_group != cli_group
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists(), "the server outlived the CLI"
