@@ -107,23 +107,15 @@ def _server_env() -> dict[str, str]:
 def reporting_to(server: EarlyServer | None) -> Iterator[None]:
     """Flows inside report to `server` (once it answers); None: the configured API.
     Threads Prefect starts itself (forwarding worker processes' logs and events) read the process-global
-    settings, not the caller's, and worker processes the environment: both name the server too, as Prefect's
-    own test harness does, or each would start a temporary server of its own."""
+    settings, not the caller's: those name the server too, as Prefect's own test harness does, or each would
+    start a temporary server of its own. Worker processes get the settings with each task."""
     if server is None:
         yield
         return
     from prefect.context import SettingsContext, _temporary_global_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    before = os.environ.get("PREFECT_API_URL")
-    try:
-        server.wait()
-        os.environ["PREFECT_API_URL"] = server.url
-        with temporary_settings(updates={PREFECT_API_URL: server.url}), \
-                _temporary_global_settings_context(SettingsContext.get()):
-            yield
-    finally:  # the server stops at exit, after Prefect's services have flushed their last logs and events to it
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
+    server.wait()  # it stops at exit, after Prefect's services have flushed their last logs and events to it
+    with temporary_settings(updates={PREFECT_API_URL: server.url}), \
+            _temporary_global_settings_context(SettingsContext.get()):
+        yield

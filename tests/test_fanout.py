@@ -294,9 +294,6 @@ def test_an_early_server_that_exits_is_started_again_on_another_port(tmp_path):
     """The CLI picks a free port and releases it for the server to bind: if another process took it meanwhile the
     server exits, and is started again on a new port (twice, then the exit is an error)."""
     import subprocess
-    import sys
-
-    import pytest
 
     from sublim.prefect_server import EarlyServer, _free_port
 

@@ -493,6 +493,10 @@ class Tracker:
                 for name, versions in pending.items():
                     self._set_aliases(name, versions)
 
+    def _pending_aliases(self) -> dict[str, list[tuple[str, Any]]] | None:
+        """The aliases this thread's batch will set when it ends (None: not in a batch)."""
+        return getattr(self._batch, "aliases", None)
+
     def _experiment(self, name: str, embedded: bool) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
@@ -533,7 +537,7 @@ class Tracker:
     def start_job(self, job_id: str, step: str, *, parent_run_id: str | None, driver: str,
                   params: dict[str, Any], tags: dict[str, str]) -> str:
         with self.writing():
-            if getattr(self._batch, "aliases", None) is None:  # a batch reaped its jobs' stale runs already
+            if self._pending_aliases() is None:  # in a batch, its jobs' stale runs were reaped already
                 self._reap_stale([job_id])
             m = manifest()
             run_tags = {
@@ -659,7 +663,7 @@ class Tracker:
         with _global_tracking_uri(self.uri):
             version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
                                                        tags=tags, model_id=model.model_id).version
-        pending = getattr(self._batch, "aliases", None)
+        pending = self._pending_aliases()
         if pending is None:
             self._set_aliases(name, [(version, gen)])
         else:  # set once when the batch ends
