@@ -129,7 +129,7 @@ def flow_run(root: Path, pipeline: str, workers: int | None = None) -> tuple[flo
     """One pipeline through the Prefect flow, in-process (`workers`: as `sublim flow --workers`): (seconds to
     create the MLflow store, flow seconds, the flow's outcomes by job id). The store is created first, outside
     the timing, as a server would be."""
-    from flows.pipeline import build
+    from flows.pipeline import run_flow, sublim_pipeline
     from sublim.pipeline import tracker
 
     cfg = _config(root).with_workers(workers)
@@ -137,7 +137,7 @@ def flow_run(root: Path, pipeline: str, workers: int | None = None) -> tuple[flo
     tracker(cfg, pipeline, root)
     store_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = build(cfg)(pipeline=pipeline, params=str(root / "params.yaml"), workers=workers)
+    result = run_flow(sublim_pipeline, cfg, pipeline=pipeline, params=str(root / "params.yaml"), workers=workers)
     wall = time.perf_counter() - t0
     if result["missing"]:
         raise RuntimeError(f"{pipeline} flow did not finish {result['missing']}")
@@ -891,7 +891,7 @@ def _server_audit(tmp: Path, uri: str, leaf: str, verdict: str) -> float:
 def _timed_sweep(root: Path, runner: str, workers: int, threads: int) -> tuple[float, dict]:
     import yaml
 
-    from flows.pipeline import build, sublim_sweep
+    from flows.pipeline import run_flow, sublim_sweep
     from sublim import config
 
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -899,8 +899,8 @@ def _timed_sweep(root: Path, runner: str, workers: int, threads: int) -> tuple[f
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = config.load(root / "params.yaml")
     t0 = time.perf_counter()
-    result = build(cfg, sublim_sweep)(name="animals", grid={"lm.trait.target": ["owl", "cat"]}, pipeline="lm",
-                                      params=str(root / "params.yaml"))
+    result = run_flow(sublim_sweep, cfg, name="animals", grid={"lm.trait.target": ["owl", "cat"]}, pipeline="lm",
+                      params=str(root / "params.yaml"))
     wall = time.perf_counter() - t0
     assert not result["missing"], result["missing"]
     return wall, {k: o.digest for k, o in result["outcomes"].items()}

@@ -10,17 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, serve
+from prefect.states import State
 
-from flows.pipeline import build
+from flows.pipeline import build, final, outcome_of
 from sublim import config
 
 
 @flow(name="sublim-scheduled", log_prints=True)
-def scheduled_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict:
+def scheduled_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE) -> dict | State:
     """prefect.yaml's entrypoint: the pipeline as a subflow built from `params`, so a work-pool run uses the
     task runner and workers its runtime section asks for (the bare `sublim_pipeline` entrypoint ran every
-    ready job at once in threads, whatever params.yaml said)."""
-    return build(config.load(params))(pipeline=pipeline, params=params)
+    ready job at once in threads, whatever params.yaml said). Failed, with the subflow's message, when jobs did
+    not finish."""
+    return final(outcome_of(build(config.load(params))(pipeline=pipeline, params=params, return_state=True)))
 
 
 def deployments(params: Path, *, cron: str | None = None):

@@ -19,6 +19,7 @@ from prefect.futures import as_completed
 from prefect.results import ResultStore, resolve_result_storage
 from prefect.runtime import flow_run, task_run
 from prefect.serializers import JSONSerializer
+from prefect.states import Failed, State
 
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
@@ -335,8 +336,8 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = _report(pipeline, _headed(pipeline, cfg, _summary_of(jobs, finished)), missing)
-    return {"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
-            "dvc_skipped": dvc.skipped}
+    return final({"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
+                   "dvc_skipped": dvc.skipped})
 
 
 @flow(name="sublim-sweep", log_prints=True, flow_run_name=_sweep_run_name)
@@ -362,8 +363,33 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     missing = sorted(j.id for j in swept.plan.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing and not swept.invalid else "FAILED")
     summary = _report(f"sweep-{_key(name)}", outcome.summary_markdown, missing)
-    return {"summary": summary, "outcomes": {**finished, table.id: outcome}, "missing": missing,
-            "invalid": swept.invalid, "table": str(table.output)}
+    return final({"summary": summary, "outcomes": {**finished, table.id: outcome}, "missing": missing,
+                   "invalid": swept.invalid, "table": str(table.output)})
+
+
+def final(result: dict) -> dict | State:
+    """The flow's result; a Failed state carrying it when jobs did not finish (or sweep points were invalid), so
+    the Prefect UI, automations and a deployment's run history show the failure, not "Completed"."""
+    problems = []
+    if result["missing"]:
+        problems.append(f"{len(result['missing'])} jobs did not finish: {', '.join(result['missing'])}")
+    if result.get("invalid"):
+        problems.append(f"{len(result['invalid'])} invalid points: {', '.join(result['invalid'])}")
+    return Failed(message="; ".join(problems), data=result) if problems else result
+
+
+def outcome_of(state: State) -> dict:
+    """A pipeline or sweep flow's result dict, from its final state (`flow(..., return_state=True)`), failed or
+    not; a flow that crashed (no result dict) raises its error."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def run_flow(which, cfg: config.Config, **parameters) -> dict:
+    """Run a pipeline (or sweep) flow with the task runner `cfg` asks for; its result dict even when jobs failed."""
+    return outcome_of(build(cfg, which)(**parameters, return_state=True))
 
 
 def _key(name: str) -> str:

@@ -299,14 +299,14 @@ def flow(
     from sublim import prefect_server
 
     server = prefect_server.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
-    from flows.pipeline import build
+    from flows.pipeline import run_flow, sublim_pipeline
 
     for name in names:
         _preflight(cfg, name, params.resolve().parent)
     with prefect_server.reporting_to(server), progress.use(reporter()):
         results = []
         for name in names:
-            results.append(build(cfg)(pipeline=name, params=str(params), workers=workers))
+            results.append(run_flow(sublim_pipeline, cfg, pipeline=name, params=str(params), workers=workers))
             if results[-1]["missing"]:
                 break
     for result in results:
@@ -348,11 +348,11 @@ def sweep(
     _preflight(cfg, pipeline, params.resolve().parent)
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
-    from flows.pipeline import build, sublim_sweep
+    from flows.pipeline import run_flow, sublim_sweep
 
     with prefect_server.reporting_to(server), progress.use(reporter()):
-        result = build(cfg, sublim_sweep)(name=name, grid=grid, pipeline=pipeline, params=str(params),
-                                          workers=workers)
+        result = run_flow(sublim_sweep, cfg, name=name, grid=grid, pipeline=pipeline, params=str(params),
+                          workers=workers)
     out().print(Markdown(result.get("summary") or ""))
     console.print(f"table: {result['table']}/effects.csv", highlight=False)
     if result["missing"] or result["invalid"]:

@@ -33,15 +33,21 @@ def _failing(monkeypatch, step: str, seed: int, times: int | None):
 
 
 def _run(root):
-    from flows.pipeline import build
+    from flows.pipeline import run_flow, sublim_pipeline
 
-    return build(config.load(root / "params.yaml"))(pipeline="mlp", params=str(root / "params.yaml"))
+    params = root / "params.yaml"
+    return run_flow(sublim_pipeline, config.load(params), pipeline="mlp", params=str(params))
 
 
 def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_server, monkeypatch):
     root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    from flows.pipeline import build, outcome_of
+
     _failing(monkeypatch, "mlp.transfer", seed=1, times=None)
-    result = _run(root)
+    state = build(config.load(root / "params.yaml"))(pipeline="mlp", params=str(root / "params.yaml"),
+                                                      return_state=True)
+    assert state.is_failed() and state.message.startswith("5 jobs did not finish: mlp.evaluate@s1")  # the UI says so
+    result = outcome_of(state)
     assert result["missing"] == ["mlp.evaluate@s1", "mlp.student@s1.g1.other", "mlp.student@s1.g1.shared",
                                  "mlp.summary", "mlp.transfer@s1.g1"]
     assert "mlp.student@s0.g1.shared" in result["outcomes"] and "mlp.evaluate@s0" in result["outcomes"]

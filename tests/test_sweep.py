@@ -83,13 +83,13 @@ def test_a_point_draws_what_the_plain_pipeline_draws():
 
 
 def _sweep(root, runner: str):
-    from flows.pipeline import build, sublim_sweep
+    from flows.pipeline import run_flow, sublim_sweep
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["runtime"].update(task_runner=runner, max_workers=2 if runner == "dask" else 1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = config.load(root / "params.yaml")
-    return build(cfg, sublim_sweep)(name="animals", grid=GRID, pipeline="lm", params=str(root / "params.yaml"))
+    return run_flow(sublim_sweep, cfg, name="animals", grid=GRID, pipeline="lm", params=str(root / "params.yaml"))
 
 
 @pytest.fixture(scope="module")
