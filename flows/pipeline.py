@@ -299,7 +299,7 @@ def run_name(pipeline: str, params: str, sweep_name: str | None = None) -> str:
         return f"{pipeline} (invalid params)"
     seeds = getattr(getattr(cfg, pipeline, None), "seeds", None)
     what = f"{pipeline} {progress.span(sorted(seeds))}" if seeds else pipeline
-    prefix = f"sweep {sweep_name} " if sweep_name else ""
+    prefix = "" if sweep_name is None else "sweep " if sweep_name == "sweep" else f"sweep {sweep_name} "
     return f"{prefix}{what} params-{cfg.digest()[:8]}"
 
 

@@ -62,11 +62,13 @@ def test_audit_across_generations(flow_run):
 def test_registry_aliases_point_at_the_latest_generation(flow_run):
     root, _ = flow_run
     client = MlflowClient(tracking_uri(root))
-    latest = client.get_model_version_by_alias("sublim-lm-student", "latest-generation")
-    assert latest.tags["sublim.generation"] == "2"
-    assert client.get_model_version_by_alias("sublim-lm-student", "gen1").tags["sublim.generation"] == "1"
-    teachers = client.search_model_versions("name = 'sublim-lm-teacher'")
-    assert len(teachers) == 4  # two teachers (trait, control) per seed
+    latest = client.get_model_version_by_alias("sublim-lm-student-trait-shared", "latest-generation")
+    assert latest.tags["sublim.generation"] == "2" and latest.tags["sublim.path"].endswith("g2-trait-shared")
+    gen1 = client.get_model_version_by_alias("sublim-lm-student-trait-shared", "gen1")
+    assert gen1.tags["sublim.generation"] == "1" and gen1.tags["sublim.path"].endswith("g1-trait-shared")
+    for line in ("trait", "control"):  # one trait and one control teacher per seed, each line registered apart
+        teachers = client.search_model_versions(f"name = 'sublim-lm-teacher-{line}-shared'")
+        assert len(teachers) == 2 and all(v.tags["sublim.path"].endswith(f"g0-{line}-shared") for v in teachers)
 
 
 def test_changing_one_generation_touches_only_it_and_later_ones(flow_run):

@@ -353,3 +353,18 @@ def test_the_early_server_dies_with_the_cli_and_ignores_the_terminals_ctrl_c(tmp
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists(), "the server outlived the CLI"
+
+
+def test_flow_runs_are_named_by_pipeline_seeds_and_params(tmp_path):
+    """A flow run's name says what it runs (Prefect's random words did not): a sweep named by default is not
+    called "sweep sweep"."""
+    from flows.pipeline import run_name
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1, 2]}}, git=False)
+    params = str(root / "params.yaml")
+    digest = config.load(params).digest()[:8]
+    assert run_name("mlp", params) == f"mlp s0-2 params-{digest}"
+    assert run_name("lm", params, "sweep").startswith("sweep lm s")
+    assert run_name("lm", params, "animals").startswith("sweep animals lm s")
+    (root / "bad.yaml").write_text("mlp: {seeds: nope}\n")
+    assert run_name("mlp", str(root / "bad.yaml")) == "mlp (invalid params)"

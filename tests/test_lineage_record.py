@@ -360,5 +360,31 @@ def test_a_batch_sets_the_registry_aliases_once_as_registering_one_at_a_time_wou
     assert aliases["alone"] == aliases["batched"] == {"newest": 5, "gen1": 3, "gen2": 2, "gen0": 4,
                                                       "latest-generation": 2}
     assert calls["batched"] < calls["alone"] / 2
+    versions = {v.version: v.tags for v in alone.client.search_model_versions("name = 'alone-student'")}
+    assert versions[2]["sublim.generation"] == "2" and "sublim.generation" not in versions[5]  # not "None"
     status = {job: batched.client.get_run(run).info.status for job, run in stale.items()}
     assert status == {"mine": "KILLED", "other": "RUNNING"}  # another job's stale run: the pipeline's reap
+
+
+def test_models_register_per_step_line_and_init(tmp_path):
+    """A registered model holds one kind of model (step, line, init): `newest` of the trait teachers is never
+    a control teacher registered after it, and a different-init student is not a version of the same-init one."""
+    from sublim.artifacts import ArtifactMeta
+    from sublim.lineage.record import registered_name
+
+    tracker = Tracker(tmp_path, "sublim-lm")
+    kinds = [("teacher", "trait", "shared"), ("teacher", "control", "shared"), ("student", "trait", "other"),
+             ("student", "trait", "shared"), ("base", None, "other")]
+    for i, (step, line, init) in enumerate(kinds):
+        model = tracker.client.create_logged_model(tracker.experiment_id, name=f"m{i}", tags={N.ID: f"id{i}"})
+        lineage = {"role": "control", "init": init, "seed": 0, **({"line": line} if line else {})}
+        meta = ArtifactMeta(kind="model", job=f"j{i}", step=f"lm.{step}", params={}, parents={}, lineage=lineage)
+        tracker._register(model, None, meta, f"digest{i}", Path(f"models/m{i}"))
+    names = {m.name for m in tracker.client.search_registered_models()}
+    assert names == {"sublim-lm-teacher-trait-shared", "sublim-lm-teacher-control-shared", "sublim-lm-base-other",
+                     "sublim-lm-student-trait-other", "sublim-lm-student-trait-shared"}
+    newest = tracker.client.get_model_version_by_alias("sublim-lm-teacher-trait-shared", "newest")
+    assert newest.tags["sublim.path"] == "models/m0"
+    odd = ArtifactMeta(kind="model", job="j", step="matrix.teacher", params={}, parents={},
+                       lineage={"line": "sea otter", "init": "shared"})
+    assert registered_name("sublim-matrix", odd) == "sublim-matrix-teacher-sea-otter-shared"  # no spaces in name@alias

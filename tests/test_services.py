@@ -89,7 +89,7 @@ def test_scheduled_deployment_runs_against_real_servers(tmp_path):
         student = models["models/mlp/s0/g1-shared"]
         assert student.tags["sublim.init_from"] == models["models/mlp/s0/base-shared"].tags["sublim.digest"]
         assert student.tags["sublim.data_from"] == models["models/mlp/s0/g0-shared"].tags["sublim.digest"]
-        assert lineage.get_model_version_by_alias("sublim-mlp-student", "gen1").tags["sublim.path"] == \
+        assert lineage.get_model_version_by_alias("sublim-mlp-student-shared", "gen1").tags["sublim.path"] == \
             "models/mlp/s0/g1-shared"
         audit = subprocess.run([str(BIN / "sublim"), "audit", "models/mlp/s0/g1-shared", "--json"], cwd=root,
                                env=env, capture_output=True, text=True)

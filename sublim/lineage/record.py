@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -442,6 +443,14 @@ def record_dataset(path: str | Path, *, generated_by: str | None = None, prompts
                    traits=(), measured=None, name=name, root=root, uri=uri, by=by)
 
 
+def registered_name(experiment: str, meta: ArtifactMeta) -> str:
+    """`<experiment>-<step>[-<line>][-<init>]` (`sublim-lm-student-control-other`), in the characters a
+    `name@alias` reference allows."""
+    kind = meta.step.rpartition(".")[2] or meta.lineage.get("role", "model")
+    parts = [experiment, kind, *(str(meta.lineage[k]) for k in ("line", "init") if meta.lineage.get(k))]
+    return re.sub(r"[^\w.-]", "-", "-".join(parts))
+
+
 class Tracker:
     """MLflow for one pipeline (one experiment): parent run, job runs, lineage nodes, datasets, metrics."""
 
@@ -645,21 +654,25 @@ class Tracker:
         return run.info.run_id
 
     def _register(self, model: Any, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
-        """One registered model per experiment and role; aliases `newest`, `gen<k>` (newest of generation k)
-        and `latest-generation` (newest of the highest generation registered)."""
+        """One registered model per experiment, step, line and init (`sublim-lm-student-trait-shared`: its
+        versions are the seeds' and reruns' models of one kind, so an alias never hands out a control model for
+        a trait one); aliases `newest`, `gen<k>` (newest of generation k) and `latest-generation` (newest of the
+        highest generation registered)."""
         from mlflow.exceptions import MlflowException
 
-        role = meta.lineage.get("role", "model")
-        name = f"{self.experiment}-{role}"
+        name = registered_name(self.experiment, meta)
         if name not in self._registered:  # once per tracker: a registered model is never deleted by sublim
             try:
-                self.client.create_registered_model(name, description=f"sublim {role} models of {self.experiment}")
+                kind = ", ".join(f"{k} {meta.lineage[k]}" for k in ("role", "line", "init") if meta.lineage.get(k))
+                self.client.create_registered_model(name, description=f"sublim {meta.step} models of "
+                                                                      f"{self.experiment} ({kind})")
             except MlflowException:
                 self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
             self._registered.add(name)
         gen = meta.lineage.get("generation")
-        tags = {f"{T}digest": digest, f"{T}path": str(path), f"{T}generation": str(gen),
-                f"{T}seed": str(meta.lineage.get("seed")), f"{T}id": model.tags.get(N.ID, "")}
+        facts = {"digest": digest, "path": path, "generation": gen, "seed": meta.lineage.get("seed"),
+                 "id": model.tags.get(N.ID, "")}
+        tags = {f"{T}{k}": str(v) for k, v in facts.items() if v is not None}  # a base has no generation: no tag
         with _global_tracking_uri(self.uri):
             version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
                                                        tags=tags, model_id=model.model_id).version
