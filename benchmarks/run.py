@@ -299,7 +299,7 @@ def at_issue_workload(tmp: Path, scale: Scale, done: Path, *options: str) -> dic
     for job in given:
         assert not plan.upstream(job), f"{job.id}: a base with upstream jobs would need their results too"
         shutil.copytree(done / job.output, root / job.output)
-        key = job_cache_key(job, [], root, cfg.runtime.threads_for("lm"))
+        key = job_cache_key(job, {}, root, cfg.runtime.threads_for("lm"))
         shutil.copyfile(records[0] / key, records[1] / key)
     ran = flow_cli(root, "all", *options)
     digests = lock_digests(root)

@@ -24,14 +24,14 @@ from prefect.states import Failed, State
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
 from sublim.job import Job, get_step
-from sublim.orchestrate import job_cache_key, result_storage, task_runner, workers_report_here
+from sublim.orchestrate import job_cache_key, result_storage, task_runner, upstream_digests, workers_report_here
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.plan import PLANNERS, Plan, plan
 from sublim.runner import Outcome, run_job, run_jobs
 
 
 def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
-    return job_cache_key(inputs["job"], inputs["upstream"], Path(inputs["root"]), inputs["threads"])
+    return job_cache_key(inputs["job"], upstream_digests(inputs["upstream"]), Path(inputs["root"]), inputs["threads"])
 
 
 @task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2)
@@ -43,7 +43,8 @@ def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Ou
     progress.current().started(job.id)
     track = tracker(config.load(params), job.pipeline, Path(root))
     outcome = run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id,
-                      driver="prefect", progress=progress.steps)
+                      driver="prefect", progress=progress.steps,
+                      key=job_cache_key(job, upstream_digests(upstream), Path(root), threads))
     logger.info("finished %s", _result_line(outcome))
     return outcome
 
@@ -63,7 +64,7 @@ def _group_name() -> str:
 
 @task(task_run_name=_group_name, persist_result=False)
 def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, params: str,
-              retries: int) -> list[Outcome | Failure]:
+              retries: int, keys: list[str]) -> list[Outcome | Failure]:
     """Jobs of one batchable step and params (seeds, inits) computed as one batch; each still gets its own
     artifact, digest, MLflow run and lineage. If the batch fails, each job runs alone (same bytes, by the
     batching guarantee) with `retries` retries, so one bad job fails only itself."""
@@ -75,11 +76,12 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     kwargs = dict(root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect",
                   progress=progress.steps)
     try:
-        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs))
+        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs, keys=keys))
     except Exception as exc:  # noqa: BLE001  (isolated below: each job alone)
         if len(jobs) > 1:
             logger.warning("%s failed (%s); running its jobs one by one", label, exc)
-        outcomes = [_alone(job, kwargs, retries if len(jobs) > 1 else retries - 1, logger) for job in jobs]
+        outcomes = [_alone(job, {**kwargs, "key": key}, retries if len(jobs) > 1 else retries - 1, logger)
+                    for job, key in zip(jobs, keys)]
     for o in outcomes:
         if isinstance(o, Outcome):
             logger.info("finished %s", _result_line(o))
@@ -130,40 +132,49 @@ class Scheduler:
         self.report = progress.current()
 
     def key(self, job: Job) -> str:
-        return job_cache_key(job, [self.finished[u.id] for u in self.upstream[job.id]], self.root, self.threads)
+        return job_cache_key(job, upstream_digests([self.finished[u.id] for u in self.upstream[job.id]]), self.root,
+                             self.threads)
 
     def cached(self, job: Job) -> Outcome | None:
-        """The stored result of this exact job (same params, code, inputs), if its output still has that digest."""
+        """The stored result of this exact job (same params, code, inputs), if its output still has that digest;
+        else, if its output is on disk, the outcome MLflow holds of a run of this exact job that made it (`dvc
+        repro` or `sublim run` did), stored for the next time."""
         key = self.key(job)
         try:
-            if not self.store.exists(key):
-                return None
-            outcome = self.store.read(key).result
+            outcome = self.store.read(key).result if self.store.exists(key) else None
         except Exception:  # noqa: BLE001  (an unreadable record is a cache miss)
+            outcome = None
+        path = self.root / job.output
+        if outcome is not None:
+            return outcome if path.exists() and digest(path) == outcome.digest else None
+        if not path.exists():
             return None
-        path = self.root / outcome.output
-        return outcome if path.exists() and digest(path) == outcome.digest else None
+        told = tracker(self.cfg, job.pipeline, self.root).recorded_outcome(key, digest(path))
+        if told is None:
+            return None
+        outcome = Outcome(**{**told, "figures": tuple(told["figures"])})
+        self.store.write(obj=outcome, key=key)
+        return outcome
 
     def submit(self, jobs: list[Job]) -> None:
         """Submit ready jobs: batchable ones grouped by step and params, the others one task each."""
         groups: dict[tuple[str, str], list[Job]] = {}
         unblocked: list[Job] = []
         for job in jobs:
-            if get_step(job.step_name).batch is None:
-                self._single(job)
-                continue
             hit = self.cached(job)
             if hit is not None:
                 self.report.finished([hit], cached=True)
                 unblocked += self._done(job, hit)
-                continue
-            groups.setdefault((job.step_name, job.params.model_dump_json()), []).append(job)
+            elif get_step(job.step_name).batch is None:
+                self._single(job)
+            else:
+                groups.setdefault((job.step_name, job.params.model_dump_json()), []).append(job)
         if unblocked:
             self.submit(list({j.id: j for j in unblocked}.values()))
         for group in groups.values():
             for chunk in _split(group, self._parallel()):
                 future = run_group.submit(chunk, str(self.root), self.threads, self.parent, self.params,
-                                          self.cfg.runtime.retries)
+                                          self.cfg.runtime.retries, [self.key(j) for j in chunk])
                 self.running[future.task_run_id] = (chunk, future, "group")
 
     def _parallel(self) -> int:

@@ -198,7 +198,8 @@ def run(
     if not pipeline or not short:
         _fail_usage(f"STEP {step!r}: expected pipeline.step, e.g. mlp.teacher (see `sublim plan PIPELINE`)")
     try:
-        job = make_plan(cfg, pipeline).find(short, seed, gen, variant, source=str(params))
+        jobs = make_plan(cfg, pipeline)
+        job = jobs.find(short, seed, gen, variant, source=str(params))
     except LookupError as exc:
         _fail_usage(str(exc))
     _check_link(cfg, pipeline, gen, teacher, ctx.args)
@@ -207,7 +208,7 @@ def run(
     with progress.use(reporter()) as report:
         report.begin(job.id, 1)
         try:
-            outcome = run_dvc_stage(cfg, job, root, progress=progress.steps)
+            outcome = run_dvc_stage(cfg, job, root, progress=progress.steps, upstream=jobs.upstream(job))
         except (ArtifactError, ValueError) as exc:
             report.end()
             _one_line(str(exc))

@@ -8,14 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sublim.config import Runtime
 from sublim import code, progress
+from sublim.artifacts import digest
+from sublim.config import Runtime
 from sublim.job import Job
 from sublim.runner import Outcome
 
 
-def job_cache_key(job: Job, upstream: list[Outcome], root: Path, threads: int) -> str:
+def job_cache_key(job: Job, upstream: dict[str, str], root: Path, threads: int) -> str:
     """Same job, same resolved params and thread count, same step code, same input bytes -> same result.
+    `upstream`: the digest of each upstream job's output, by job id. Every driver tags the job's MLflow run
+    with it, so a flow finds what `dvc repro` made (`Tracker.recorded_outcome`).
 
     The parent MLflow run and other per-invocation values are deliberately not part of it.
     """
@@ -26,9 +29,18 @@ def job_cache_key(job: Job, upstream: list[Outcome], root: Path, threads: int) -
     h.update(json.dumps(job.params.model_dump(mode="json"), sort_keys=True).encode())
     h.update(f"threads={threads}".encode())  # float sums, and so digests, depend on it
     h.update(code.job_digest(job).encode())
-    for outcome in sorted(upstream, key=lambda o: o.job_id):
-        h.update(f"{outcome.job_id}={outcome.digest}".encode())
+    for job_id, made in sorted(upstream.items()):
+        h.update(f"{job_id}={made}".encode())
     return f"sublim-{job.id}-{h.hexdigest()[:24]}"
+
+
+def upstream_digests(outcomes: list[Outcome]) -> dict[str, str]:
+    return {o.job_id: o.digest for o in outcomes}
+
+
+def key_on_disk(job: Job, upstream: list[Job], root: Path, threads: int) -> str:
+    """The job's cache key from its upstream jobs' outputs as they are on disk (what a DVC stage has)."""
+    return job_cache_key(job, {u.id: digest(Path(root) / u.output) for u in upstream}, root, threads)
 
 
 def result_storage(root: Path) -> dict:

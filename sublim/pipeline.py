@@ -18,6 +18,7 @@ from sublim.artifacts import clean_partials
 from sublim.config import PARAMS_FILE, Config
 from sublim.job import Job
 from sublim.lineage.record import Tracker
+from sublim.orchestrate import key_on_disk
 from sublim.runner import Outcome, quiet, run_job
 
 log = logging.getLogger("sublim")
@@ -63,15 +64,18 @@ def workspace_lock(root: Path, timeout: float) -> Iterator[None]:
         lock.release()
 
 
-def run_dvc_stage(cfg: Config, job: Job, root: Path, progress=quiet) -> Outcome:
-    """A DVC stage (or a bare `sublim run`): one job, under the parent run shared by all stages of these params."""
+def run_dvc_stage(cfg: Config, job: Job, root: Path, progress=quiet, upstream: list[Job] = ()) -> Outcome:
+    """A DVC stage (or a bare `sublim run`): one job, under the parent run shared by all stages of these params.
+    `upstream`: the jobs whose outputs it reads, for its cache key (so a later flow takes up what it made)."""
     driver = "dvc" if os.environ.get("DVC_STAGE") else "cli"
     track = tracker(cfg, job.pipeline, root)
     parent = track.open_pipeline_run(driver=driver, name=f"{driver}-{cfg.digest()[:8]}",
                                      config=cfg.model_dump(mode="json"), reuse_key=f"{driver}-{cfg.digest()}")
+    threads = cfg.runtime.threads_for(job.pipeline)
     with workspace_lock(root, cfg.runtime.lock_timeout_s):
-        return run_job(job, root=root, tracker=track, threads=cfg.runtime.threads_for(job.pipeline), parent_run_id=parent,
-                       driver=driver, progress=progress)
+        ready = all((Path(root) / u.output).exists() for u in upstream)  # else run_job names what is missing
+        return run_job(job, root=root, tracker=track, threads=threads, parent_run_id=parent, driver=driver,
+                       progress=progress, key=key_on_disk(job, upstream, root, threads) if ready else None)
 
 
 class DvcSync:

@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,11 @@ def run_job(
     parent_run_id: str | None = None,
     driver: str = "cli",
     progress=quiet,
+    key: str | None = None,
 ) -> Outcome:
     """One job: a batch of one (what each DVC stage runs)."""
     return run_jobs([job], root=root, tracker=tracker, threads=threads, parent_run_id=parent_run_id, driver=driver,
-                    progress=progress)[0]
+                    progress=progress, keys=[key] if key else None)[0]
 
 
 def run_jobs(
@@ -108,9 +109,12 @@ def run_jobs(
     parent_run_id: str | None = None,
     driver: str = "cli",
     progress=quiet,
+    keys: list[str] | None = None,
 ) -> list[Outcome]:
     """Jobs of one step computed together (a batchable step computes them as one batch), each with its own
     checked inputs, MLflow run, atomic artifact, digest and lineage record, exactly as it gets alone.
+    `keys`: the jobs' cache keys (`orchestrate.job_cache_key`); each run is tagged with its key and outcome, so a
+    flow can take up what another driver made (`Tracker.recorded_outcome`).
 
     All or nothing: if the step raises, every job's run is marked FAILED and no artifact is published."""
     if not jobs:
@@ -134,8 +138,9 @@ def run_jobs(
         try:
             if tracker:
                 for i, job in enumerate(jobs):
+                    tags = {k: str(v) for k, v in job.tags} | ({"cache_key": keys[i]} if keys else {})
                     run_ids[i] = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
-                                                   params=params[i], tags={k: str(v) for k, v in job.tags})
+                                                   params=params[i], tags=tags)
             with contextlib.ExitStack() as stack:
                 tmps = [stack.enter_context(atomic_dir(root / job.output)) for job in jobs]
                 contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
@@ -149,14 +154,14 @@ def run_jobs(
             for i, (job, ins, result, (meta, identity)) in enumerate(zip(jobs, inputs, results, written)):
                 _publish(job, root)
                 out = Input("output", job.output, digest(root / job.output), meta, identity.id if identity else None)
-                run_id = run_ids[i]
-                model_id = _record(tracker, run_id, job, ins, out, identity, result, root) if tracker else None
+                outcome = Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, None, run_ids[i],
+                                  result.summary_markdown, tuple(str(job.output / f) for f in result.figures),
+                                  round(seconds, 3), len(jobs))
+                if tracker:
+                    outcome = replace(outcome, model_id=_record(tracker, outcome, job, ins, out, identity, result, root))
                 run_ids[i] = None  # recorded and closed: not to be failed
                 log.info("%s -> %s (%s)", job.id, job.output, out.digest)
-                outcomes.append(Outcome(job.id, str(job.output), out.digest, result.kind, result.metrics, model_id,
-                                        run_id, result.summary_markdown,
-                                        tuple(str(job.output / f) for f in result.figures), round(seconds, 3),
-                                        len(jobs)))
+                outcomes.append(outcome)
             return outcomes
         except BaseException as exc:
             if tracker:
@@ -180,14 +185,14 @@ def _describe(job: Job, inputs: list[Input], result: StepResult, tmp: Path, para
     return meta, identity
 
 
-def _record(tracker: Tracker, run_id: str, job: Job, inputs: list[Input], out: Input, identity, result: StepResult,
-            root: Path) -> str | None:
+def _record(tracker: Tracker, outcome: Outcome, job: Job, inputs: list[Input], out: Input, identity,
+            result: StepResult, root: Path) -> str | None:
     ids = {str(i.path): i.id for i in inputs}
     model_metrics = [(ids.get(str(m.model)) or artifact_id(root / m.model, root), m.key, m.value, m.dataset)
                      for m in result.model_metrics]
-    return tracker.finish_job(run_id, step=job.step_name, inputs=inputs, output=out, identity=identity,
+    return tracker.finish_job(outcome.run_id, step=job.step_name, inputs=inputs, output=out, identity=identity,
                               metrics=result.metrics, model_metrics=model_metrics,
-                              figures=[root / job.output / f for f in result.figures])
+                              figures=[root / job.output / f for f in result.figures], outcome=asdict(outcome))
 
 
 def _publish(job: Job, root: Path) -> None:

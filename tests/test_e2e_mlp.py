@@ -128,7 +128,7 @@ def test_changed_output_is_rebuilt_not_trusted(flow_run):
     assert tampered.read_bytes() == original  # and restored the true output (deterministic)
 
 
-def test_dvc_repro_gives_the_flow_digests(flow_run, tmp_path):
+def test_dvc_repro_gives_the_flow_digests_and_a_later_flow_takes_them_up(flow_run, tmp_path):
     root, result = flow_run
     fresh = make_project(tmp_path / "fresh", {"mlp": TINY_MLP})
     target = "mlp_student@1-link0-shared"
@@ -140,3 +140,23 @@ def test_dvc_repro_gives_the_flow_digests(flow_run, tmp_path):
     for path, md5 in produced.items():
         assert md5 == digest(root / path), path
     assert produced["models/mlp/s1/g1-shared"] == result["outcomes"]["mlp.student@s1.g1.shared"].digest
+
+    # a flow after `dvc repro` takes up what the stages made and recorded, and computes only the rest
+    from flows.pipeline import build
+
+    again = build(config.load(fresh / "params.yaml"))(pipeline="mlp", params=str(fresh / "params.yaml"))
+    runs = MlflowClient(tracking_uri(fresh)).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri(fresh)).search_experiments()], "tags.`sublim.kind` = 'job'")
+    by_driver: dict[str, set[str]] = {}
+    for run in runs:
+        by_driver.setdefault(run.data.tags["sublim.driver"], set()).add(run.data.tags["sublim.job"])
+    made = {"mlp.data", "mlp.base@s1.shared", "mlp.teacher@s1.g0", "mlp.transfer@s1.g1", "mlp.student@s1.g1.shared"}
+    assert by_driver["dvc"] == made and not made & by_driver["prefect"]
+    assert by_driver["prefect"] | made == set(result["outcomes"])
+    dvc_runs = {r.data.tags["sublim.job"]: r.info.run_id for r in runs if r.data.tags["sublim.driver"] == "dvc"}
+    for job in made:  # the outcome the stage reported, its run and model included
+        taken, first = again["outcomes"][job], result["outcomes"][job]
+        assert taken.run_id == dvc_runs[job] and taken.digest == first.digest and taken.metrics == first.metrics
+        assert (taken.model_id is None) == (first.model_id is None)
+    assert {k: o.digest for k, o in again["outcomes"].items()} == {k: o.digest for k, o in result["outcomes"].items()}
+    assert again["summary"] == result["summary"]

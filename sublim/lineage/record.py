@@ -41,6 +41,7 @@ from mlflow.entities import (
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_MODEL_IS_EXTERNAL, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from sublim.artifacts import ArtifactMeta, read_meta
 from sublim.artifacts import digest as md5_of
@@ -713,10 +714,11 @@ class Tracker:
 
     def finish_job(self, run_id: str, *, step: str, inputs: list[Input], output: Input, identity: Identity | None,
                    metrics: dict[str, float], model_metrics: list[tuple[str, str, float, str | None]],
-                   figures: list[Path]) -> str | None:
+                   figures: list[Path], outcome: dict[str, Any] | None = None) -> str | None:
         """Record the inputs, the output's lineage node (a model: run output; a dataset: run input with
         context `generated`) and metrics, then close the run. Returns the output's model id when a model.
-        `model_metrics`: (node id, key, value, dataset input name) measurements of other models."""
+        `model_metrics`: (node id, key, value, dataset input name) measurements of other models. `outcome`:
+        what the job reports to its driver, kept as a tag for `recorded_outcome`."""
         with self.writing():
             node_models = {i.id: self.ensure_input(i) for i in inputs if i.id and i.meta.kind in ("model", "dataset")}
             models = [LoggedModelInput(node_models[i.id]) for i in inputs if i.id and i.meta.kind == "model"]
@@ -738,6 +740,9 @@ class Tracker:
             tags = [RunTag(f"{T}output", str(output.path)), RunTag(f"{T}output_digest", output.digest)]
             if identity is not None:
                 tags.append(RunTag(f"{T}output_id", identity.id))
+            told = json.dumps({**outcome, "model_id": out_model}) if outcome else ""
+            if told and len(told) <= MAX_TAG_VAL_LENGTH:  # a longer one (a huge summary) is not taken up: the job reruns
+                tags.append(RunTag(f"{T}outcome", told))
             named: dict[str, list[str]] = {}
             for i in inputs:  # e.g. sublim.in.teacher = <digest>: which artifacts this run consumed, queryable
                 named.setdefault(i.name, []).append(i.digest)
@@ -745,6 +750,16 @@ class Tracker:
             self._log_metrics(run_id, inputs, metrics, model_metrics, out_model, node_models, tags)
             self.client.set_terminated(run_id, "FINISHED")
             return out_model
+
+    def recorded_outcome(self, key: str, output_digest: str) -> dict[str, Any] | None:
+        """What a finished run of this exact job (cache key) reported, if it made the output now on disk: a flow
+        takes up what `dvc repro` or `sublim run` made and recorded, instead of computing it again."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{T}cache_key` = '{key}' and tags.`{T}output_digest` = '{output_digest}' "
+                          f"and attributes.status = 'FINISHED'")
+        told = runs[0].data.tags.get(f"{T}outcome") if runs else None
+        return json.loads(told) if told else None
 
     def _log_metrics(self, run_id: str, inputs: list[Input], metrics: dict[str, float],
                      model_metrics: list[tuple[str, str, float, str | None]], out_model: str | None,
