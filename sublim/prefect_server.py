@@ -113,9 +113,10 @@ def reporting_to(server: EarlyServer | None) -> Iterator[None]:
         yield
         return
     from prefect.context import SettingsContext, _temporary_global_settings_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     server.wait()  # it stops at exit, after Prefect's services have flushed their last logs and events to it
-    with temporary_settings(updates={PREFECT_API_URL: server.url}), \
+    # no UI URL: it has no UI and stops with this command, so Prefect's "View at <url>" lines would be dead links
+    with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_UI_URL: ""}), \
             _temporary_global_settings_context(SettingsContext.get()):
         yield

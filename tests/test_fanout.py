@@ -135,6 +135,7 @@ def test_worker_processes_report_to_the_one_ephemeral_server(tmp_path):
     assert log.count("Starting temporary Prefect server") == 1, log[-3000:]  # the CLI's, started early
     assert log.count("Starting temporary server") == 0, log[-3000:]  # none of Prefect's own, in any process
     assert "Task run 'mlp.student" in log  # tasks ran (in the workers) and reported to that server
+    assert "View at" not in log  # the temporary server has no UI and stops at exit: no dead links
 
 
 def test_prefect_yaml_deployments_run_the_pipeline_built_from_params(tmp_path, prefect_server):
