@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -623,17 +624,30 @@ def read_raw(path: Path | str = PARAMS_FILE) -> Any:
         raise ConfigError(f"{path}: is a directory, not a params file")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    return _yaml(path.read_bytes(), str(path))
+
+
+def _yaml(content: bytes, source: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(content.decode("utf-8"))
     except yaml.YAMLError as exc:  # one line: where, and what the parser expected
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {' '.join(problem.split())}") from None
+        raise ConfigError(f"{source}: not valid YAML{where}: {' '.join(problem.split())}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
 
 def load(path: Path | str = PARAMS_FILE) -> Config:
-    """Read and validate a params file."""
-    return parse(read_raw(path), str(path))
+    """Read and validate a params file. The same file with the same bytes gives the same (frozen) Config
+    without validating it again: every task of a flow loads the flow's params (~20 ms each)."""
+    path = Path(path)
+    if not path.is_file():
+        return parse(read_raw(path), str(path))  # names the problem
+    return _load(str(path), path.read_bytes())
+
+
+@lru_cache(maxsize=16)
+def _load(source: str, content: bytes) -> Config:
+    return parse(_yaml(content, source), source)

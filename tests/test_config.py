@@ -106,3 +106,18 @@ def test_check_warns_of_pipelines_these_params_cannot_plan(tmp_path):
     assert "warning matrix: matrix.seeds: [2, 3, 4] not among lm.seeds [0, 1]" in said
     params.write_text(yaml.safe_dump({"lm": {"seeds": [0, 1]}, "matrix": {"seeds": [0, 1]}}))
     assert "warning" not in CliRunner().invoke(app, ["check", "-p", str(params)]).output
+
+
+def test_a_params_file_is_validated_once_per_content(tmp_path):
+    """Every task of a flow loads the flow's params: the same bytes give the same frozen Config; an edit is read."""
+    path = tmp_path / "params.yaml"
+    path.write_text("mlp:\n  seeds: [0, 1]\n")
+    first = config.load(path)
+    assert config.load(path) is first
+    path.write_text("mlp:\n  seeds: [0, 1, 2]\n")
+    assert config.load(path).mlp.seeds == [0, 1, 2]
+    path.write_text("mlp:\n  seeds: [0, 1]\n  nope: 1\n")
+    with pytest.raises(config.ConfigError, match="nope"):
+        config.load(path)
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
