@@ -301,9 +301,11 @@ def flow(
 
     server = prefect_server.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
     from flows.pipeline import run_flow, sublim_pipeline
+    from sublim.code import pipeline_jobs, warm
 
     for name in names:
         _preflight(cfg, name, params.resolve().parent)
+    warm(pipeline_jobs(cfg, PLANNERS))  # while the server boots: every flow writes every manifest
     with prefect_server.reporting_to(server), progress.use(reporter()):
         results = []
         for name in names:
@@ -346,7 +348,10 @@ def sweep(
     from sublim import prefect_server
 
     server = prefect_server.EarlyServer.start()
+    from sublim.code import warm
+
     _preflight(cfg, pipeline, params.resolve().parent)
+    warm(swept.plan.jobs)  # while the server boots
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
     from flows.pipeline import run_flow, sublim_sweep

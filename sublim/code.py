@@ -164,6 +164,13 @@ def job_digest(job: Job) -> str:
     return hashlib.md5(manifest(job_files(job)).encode()).hexdigest()
 
 
+def warm(jobs: Iterable[Job]) -> None:
+    """Walk these jobs' code now; the walks and file digests are remembered, so the flow's manifests and cache
+    keys find them done. The CLI does it while Prefect's server boots (~0.6 s for every pipeline's jobs)."""
+    for job in jobs:
+        job_digest(job)
+
+
 def write_manifests(jobs: Iterable[Job], root: Path) -> list[Path]:
     """One manifest per step (the union over its jobs), rewritten only when it changed (DVC then sees no
     change either)."""
