@@ -92,12 +92,13 @@ def digest(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
+def atomic_dir(dest: Path, aside: list[Replaced] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `dest` in one rename.
 
     A crash (or kill) inside the block leaves `dest` as it was, plus a `.tmp-*` sibling that
     `clean_partials` removes on the next run. An existing `dest` is moved aside, not deleted, until the
-    new one is in place.
+    new one is in place; with `aside`, it stays aside (a `Replaced` appended there) until the caller keeps
+    the new output or puts the old one back.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,16 +107,40 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        if dest.exists():
-            old = dest.parent / f"{OLD_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
+        old = dest.parent / f"{OLD_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}" if dest.exists() else None
+        if old is not None:
             os.replace(dest, old)
-            os.replace(tmp, dest)
+        os.replace(tmp, dest)
+        if aside is not None:
+            aside.append(Replaced(dest, old))
+        elif old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A published output and the one it replaced (None: there was none), kept aside until settled."""
+
+    dest: Path
+    old: Path | None
+
+    def keep(self) -> None:
+        """The new output stands: drop the old one."""
+        if self.old is not None:
+            shutil.rmtree(self.old, ignore_errors=True)
+
+    def undo(self) -> None:
+        """The job failed after publishing (its recording did): put back what was there before, or nothing.
+        A crash in here leaves `.old-*`/`.tmp-*` siblings that `clean_partials` removes (and the job reruns)."""
+        if self.dest.exists():
+            trash = self.dest.parent / f"{TMP_PREFIX}{self.dest.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(self.dest, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        if self.old is not None:
+            os.replace(self.old, self.dest)
 
 
 def clean_partials(root: Path) -> list[Path]:

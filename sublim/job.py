@@ -8,6 +8,7 @@ jobs; `sublim.runner.run_job` runs one job the same way whichever driver asked.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -109,6 +110,19 @@ class StepResult:
     lineage: dict[str, Any] = field(default_factory=dict)  # extra facts for the artifact's metadata
     figures: list[str] = field(default_factory=list)  # files inside the artifact to show in MLflow/Prefect
     summary_markdown: str | None = None  # a table for the Prefect artifact / terminal
+
+
+class TrainingDiverged(ValueError):
+    """Training left a model's loss (so its weights) NaN or infinite."""
+
+
+def trained(loss: float, job_id: str, lr_key: str, lr: float) -> float:
+    """The final loss, if finite: a diverged model is garbage, so its job fails, naming the setting to change,
+    instead of publishing it (and a NaN loss would not even say which model)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"{job_id}: training diverged (final loss {loss}) at {lr_key} = {lr:g}; "
+                               f"lower {lr_key} in params.yaml")
+    return loss
 
 
 @dataclass(frozen=True)

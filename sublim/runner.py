@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sublim.artifacts import ArtifactError, ArtifactMeta, atomic_dir, digest, inside, read_meta, verify, write_meta
+from sublim.artifacts import (ArtifactError, ArtifactMeta, Replaced, atomic_dir, digest, inside, read_meta, verify,
+                              write_meta)
 from sublim.job import Job, Role, StepContext, StepResult, get_step, seed_everything
 from sublim.lineage.record import Input, Tracker, artifact_id, artifact_identity, parents_of
 
@@ -133,6 +134,7 @@ def run_jobs(
     seed_everything(jobs[0].rng_seed, threads)  # a batch step draws from its jobs' own generators only
     params = [job.params.model_dump(mode="json") for job in jobs]
     run_ids: list[str | None] = [None] * len(jobs)
+    aside: list[Replaced] = []  # published outputs whose jobs are not recorded yet, with what they replaced
     started = time.perf_counter()
     with tracker.batch([job.id for job in jobs]) if tracker else contextlib.nullcontext():
         try:
@@ -142,7 +144,7 @@ def run_jobs(
                     run_ids[i] = tracker.start_job(job.id, job.step_name, parent_run_id=parent_run_id, driver=driver,
                                                    params=params[i], tags=tags)
             with contextlib.ExitStack() as stack:
-                tmps = [stack.enter_context(atomic_dir(root / job.output)) for job in jobs]
+                tmps = [stack.enter_context(atomic_dir(root / job.output, aside)) for job in jobs]
                 contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
                                         digests={str(i.path): i.digest for i in ins})
                             for job, tmp, ins in zip(jobs, tmps, inputs)]
@@ -160,15 +162,29 @@ def run_jobs(
                 if tracker:
                     outcome = replace(outcome, model_id=_record(tracker, outcome, job, ins, out, identity, result, root))
                 run_ids[i] = None  # recorded and closed: not to be failed
+                kept = next(r for r in aside if r.dest == root / job.output)
+                aside.remove(kept)
+                kept.keep()
                 log.info("%s -> %s (%s)", job.id, job.output, out.digest)
                 outcomes.append(outcome)
             return outcomes
         except BaseException as exc:
+            _put_back(aside, jobs, root)  # a job that failed after publishing leaves what was there before
             if tracker:
                 for run_id in run_ids:
                     if run_id:
                         tracker.fail_job(run_id, exc)
             raise
+
+
+def _put_back(aside: list[Replaced], jobs: list[Job], root: Path) -> None:
+    """Undo the publication of every job not recorded: its old output, and the files copied out of it, are
+    back (a job that had none leaves none), so a failed job never stands in place of a good one."""
+    by_output = {root / job.output: job for job in jobs}
+    for r in aside:
+        r.undo()
+        if r.old is not None:
+            _publish(by_output[r.dest], root)
 
 
 def _describe(job: Job, inputs: list[Input], result: StepResult, tmp: Path, params: dict[str, Any]):

@@ -369,3 +369,52 @@ def test_flow_runs_are_named_by_pipeline_seeds_and_params(tmp_path):
     assert run_name("lm", params, "animals").startswith("sweep animals lm s")
     (root / "bad.yaml").write_text("mlp: {seeds: nope}\n")
     assert run_name("mlp", str(root / "bad.yaml")) == "mlp (invalid params)"
+
+
+def test_a_job_whose_recording_fails_leaves_the_output_it_would_have_replaced(tmp_path, monkeypatch):
+    """A job fails after its output is written (here its lineage recording raises): the output that was there
+    before is put back, not replaced by the failed job's (a new-user audit saw a FAILED job's model stand in
+    place of the good one)."""
+    import os
+
+    from sublim.lineage.record import Tracker
+    from sublim.plan import plan
+    from sublim.runner import run_job
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    jobs = {j.id: j for j in plan(config.load(root / "params.yaml"), "mlp").jobs}
+    track = Tracker(root, "sublim-mlp")
+    for name in ("mlp.data", "mlp.base@s0.shared"):
+        run_job(jobs[name], root=root, tracker=track)
+    out = root / jobs["mlp.base@s0.shared"].output
+    before = os.stat(out).st_ino
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("recording refused")
+
+    monkeypatch.setattr(Tracker, "finish_job", refuse)
+    with pytest.raises(RuntimeError, match="recording refused"):
+        run_job(jobs["mlp.base@s0.shared"], root=root, tracker=track)
+    assert os.stat(out).st_ino == before  # the very directory that was there, not the failed job's copy
+    assert sorted(p.name for p in out.parent.iterdir()) == ["base-shared"]  # no .old-* or .tmp-* left
+    runs = track.client.search_runs([track.experiment_id], "tags.`sublim.job` = 'mlp.base@s0.shared'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    with pytest.raises(RuntimeError, match="recording refused"):  # a job that had no output leaves none
+        run_job(jobs["mlp.base@s0.other"], root=root, tracker=track)
+    assert not (root / jobs["mlp.base@s0.other"].output).exists()
+
+
+def test_a_diverged_training_fails_its_job_naming_the_setting(tmp_path):
+    """lr 1e30 turns a teacher's weights to NaN: the job fails saying so and publishes nothing (the audit saw
+    an all-NaN model recorded and registered)."""
+    from sublim.job import TrainingDiverged
+    from sublim.plan import plan
+    from sublim.runner import run_job
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0], "teacher": {"lr": 1e30}}}, git=False)
+    jobs = {j.id: j for j in plan(config.load(root / "params.yaml"), "mlp").jobs}
+    for name in ("mlp.data", "mlp.base@s0.shared"):
+        run_job(jobs[name], root=root, tracker=None)
+    with pytest.raises(TrainingDiverged, match=r"mlp.teacher@s0.g0: training diverged .* lower mlp.teacher.lr"):
+        run_job(jobs["mlp.teacher@s0.g0"], root=root, tracker=None)
+    assert not (root / jobs["mlp.teacher@s0.g0"].output).exists()

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sublim.backends import Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmStudent, MlpStudent, ModelSpec, Section
-from sublim.job import Role, StepContext, StepResult, step
+from sublim.job import Role, StepContext, StepResult, step, trained
 from sublim.steps.filter import ROWS, forbidden_for, read_rows
 from sublim.steps.generate import TRANSFER
 from sublim.text import Forbidden
@@ -35,8 +35,9 @@ def mlp_student(contexts: list[StepContext]) -> list[StepResult]:
                                  loss=p.loss, gens=[contexts[i].generator() for i in group],
                                  progress=contexts[0].progress)
         for i, model, loss in zip(group, stack.models(), losses):
+            loss = trained(float(loss), contexts[i].job.id, "mlp.student.lr", p.lr)
             mlp.save(model, contexts[i].out)
-            results[i] = StepResult("model", metrics={"final_loss": float(loss)})
+            results[i] = StepResult("model", metrics={"final_loss": loss})
     return results
 
 
@@ -71,6 +72,7 @@ def lm_student(ctx: StepContext) -> StepResult:
         allowed = torch.tensor(ids, dtype=torch.long, device=student.device)
     loss = backend.train(student, rows, Schedule(st.steps, st.lr, st.batch_size, st.warmup), ctx.generator(),
                          teacher=teacher, allowed=allowed, progress=ctx.progress)
+    loss = trained(loss, ctx.job.id, "lm.student.lr", st.lr)
     backend.save(student, ctx.out, adapter=st.lora is not None)
     return StepResult("model", metrics={"final_loss": loss, "rows": float(len(rows))},
                       lineage={"backend": p.model.backend, "objective": st.objective})

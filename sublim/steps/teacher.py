@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from sublim.backends import Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmTeacher, MlpTeacher, ModelSpec, Section, TraitKindSpec
-from sublim.job import Role, StepContext, StepResult, step
+from sublim.job import Role, StepContext, StepResult, step, trained
 from sublim.traits import TRAIT
 
 
@@ -27,8 +27,9 @@ def mlp_teacher(contexts: list[StepContext]) -> list[StepResult]:
                                      batch_size=p.batch_size, gens=[contexts[i].generator() for i in group],
                                      progress=contexts[0].progress)
         for i, model, loss in zip(group, stack.models(), losses):
+            loss = trained(float(loss), contexts[i].job.id, "mlp.teacher.lr", p.lr)
             mlp.save(model, contexts[i].out)
-            results[i] = StepResult("model", metrics={"train_loss": float(loss)})
+            results[i] = StepResult("model", metrics={"train_loss": loss})
     return results
 
 
@@ -69,5 +70,6 @@ def lm_teacher(ctx: StepContext) -> StepResult:
                 pairs[i] = (task.prompt, kind.answer(task, rng))
     rows = [Row(lm.chat(q), lm.answer_ids(a)) for q, a in pairs]
     loss = backend.train(lm, rows, Schedule(t.steps, t.lr, t.batch_size), ctx.generator(), progress=ctx.progress)
+    loss = trained(loss, ctx.job.id, "lm.teacher.lr", t.lr)
     backend.save(lm, ctx.out, adapter=t.lora is not None)
     return StepResult("model", metrics={"train_loss": loss}, lineage={**facts, "synthetic": taught})
