@@ -388,3 +388,26 @@ def test_models_register_per_step_line_and_init(tmp_path):
     odd = ArtifactMeta(kind="model", job="j", step="matrix.teacher", params={}, parents={},
                        lineage={"line": "sea otter", "init": "shared"})
     assert registered_name("sublim-matrix", odd) == "sublim-matrix-teacher-sea-otter-shared"  # no spaces in name@alias
+
+
+def test_a_model_made_again_takes_the_aliases_back(tmp_path):
+    """A setting changed and changed back makes the first weights again: no new version (the node exists), but
+    `newest` and `gen<k>` point at that version again, not at the other setting's model (a new-user audit saw
+    them name a model no longer on disk)."""
+    from sublim.artifacts import ArtifactMeta
+
+    tracker = Tracker(tmp_path, "sublim-lm")
+    _register_in_turn(tracker, [1, 1])  # m0 (v1), then the other setting's m1 (v2)
+    name = "sublim-lm-student"
+    assert tracker.client.get_registered_model(name).aliases["newest"] == 2
+    first = tracker.client.search_logged_models([tracker.experiment_id], filter_string="name = 'm0'")[0]
+    meta = ArtifactMeta(kind="model", job="j0", step="lm.student", params={}, parents={},
+                        lineage={"role": "student", "generation": 1, "seed": 0})
+    tracker._reregister(first.model_id, None, meta, "digest0", Path("models/m0"))
+    aliases = tracker.client.get_registered_model(name).aliases
+    assert aliases["newest"] == aliases["gen1"] == aliases["latest-generation"] == 1
+    assert len(tracker.client.search_model_versions(f"name = '{name}'")) == 2
+    other = Tracker(tmp_path, "sublim-other")  # weights with no version under their name get one
+    model = other.client.create_logged_model(other.experiment_id, name="x", tags={N.ID: "idx"})
+    other._reregister(model.model_id, None, meta, "digestx", Path("models/x"))
+    assert other.client.get_registered_model("sublim-other-student").aliases["newest"] == 1

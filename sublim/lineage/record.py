@@ -624,7 +624,40 @@ class Tracker:
             self._log_model_files(created, meta)
             if self.register:
                 self._register(created, run_id, meta, digest, path)
+        elif self.register:  # these weights again (a setting changed and changed back): the aliases follow them
+            self._reregister(model_id, run_id, meta, digest, path)
         return model_id
+
+    def _reregister(self, model_id: str, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
+        """Point the aliases at the registered version of a model made again, registering it if its name has
+        none (registered before models were named by step, line and init)."""
+        name = registered_name(self.experiment, meta)
+        versions = self.client.search_model_versions(f"name = '{name}'") if self._exists(name) else []
+        mine = [v for v in versions if (v.model_id or v.source.removeprefix("models:/")) == model_id]
+        if not mine:
+            self._register(self.client.get_logged_model(model_id), run_id, meta, digest, path)
+            return
+        self._alias(name, max(mine, key=lambda v: int(v.version)).version, meta.lineage.get("generation"))
+
+    def _alias(self, name: str, version: str, gen: Any) -> None:
+        """Aliases to `version` now, or when the batch ends."""
+        pending = self._pending_aliases()
+        if pending is None:
+            self._set_aliases(name, [(version, gen)])
+        else:
+            pending.setdefault(name, []).append((version, gen))
+
+    def _exists(self, name: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        if name in self._registered:
+            return True
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            return False
+        self._registered.add(name)
+        return True
 
     def ensure_input(self, inp: Input) -> str:
         """The node of an input artifact; one that was never recorded (say, a kill between writing it and
@@ -677,11 +710,7 @@ class Tracker:
         with _global_tracking_uri(self.uri):
             version = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
                                                        tags=tags, model_id=model.model_id).version
-        pending = self._pending_aliases()
-        if pending is None:
-            self._set_aliases(name, [(version, gen)])
-        else:  # set once when the batch ends
-            pending.setdefault(name, []).append((version, gen))
+        self._alias(name, version, gen)
 
     def _set_aliases(self, name: str, versions: list[tuple[str, Any]]) -> None:
         """Point `newest` at the last of `versions` (registered in this order), `gen<k>` at the last of each
