@@ -275,6 +275,10 @@ def test_references_resolve(store, tmp_path):
                 "  ", "a'b", "x\ny"):
         with pytest.raises(RefError):
             resolve(bad, Lineage(client))
+    with pytest.raises(RefError, match=r"registered model reg has no alias nope \(aliases: champion\)"):
+        resolve("reg@nope", Lineage(client))
+    with pytest.raises(RefError, match=r"no registered model re in .*\(registered: reg\)"):
+        resolve("re@newest", Lineage(client))  # an old or mistyped name: the registered ones are listed
 
 
 # --- pictures ---------------------------------------------------------------------------------------------------

@@ -387,6 +387,8 @@ def resolve(ref: str, lineage: Lineage, root: Path | None = None, *, kind: str |
         registered = _registered(match, lineage.client)
         if registered is not None:
             return _logged_model(registered, lineage.client, what)
+        if ref.startswith("models:/") or match["sep"] == "@" or match["which"].isdigit():  # not a path
+            raise RefError(f"{what} {ref!r}: {_no_registered(match, lineage.client)}")
     if "@" in ref and "/" in ref.split("@")[0]:
         try:
             return hub_identity(ref).id
@@ -397,6 +399,23 @@ def resolve(ref: str, lineage: Lineage, root: Path | None = None, *, kind: str |
                        f"({ref}@<commit>), it is never fetched")
     raise RefError(f"{what} {ref!r}: no such path, and not a model id (m-...), name/version, name@alias, "
                    "org/name@commit or content id")
+
+
+def _no_registered(match: re.Match, client: MlflowClient) -> str:
+    """Why a `name@alias` or `name/version` names nothing, with the registered names and aliases to choose from
+    (models are registered per experiment, step, line and init: `sublim-lm-student-trait-shared`)."""
+    try:
+        models = {m.name: m for m in client.search_registered_models()}
+    except Exception:  # noqa: BLE001  (a store without a registry)
+        models = {}
+    name = match["name"]
+    if name in models:
+        have = ", ".join(sorted(models[name].aliases)) or "none"
+        return f"registered model {name} has no {'alias' if match['sep'] == '@' else 'version'} {match['which']} " \
+               f"(aliases: {have})"
+    similar = sorted(n for n in models if n.startswith(name) or name.startswith(n)) or sorted(models)
+    listed = ", ".join(similar[:12]) + (" ..." if len(similar) > 12 else "")
+    return f"no registered model {name} in {client.tracking_uri} (registered: {listed or 'none'})"
 
 
 def _registered(match: re.Match, client: MlflowClient) -> str | None:

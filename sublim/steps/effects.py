@@ -96,7 +96,8 @@ def effects(ctx: StepContext) -> StepResult:
         records.append({"point": point, **{key: v for (_, key), v in zip(columns, values)}, "status": status})
     table = report.markdown_table(["point", *(h for h, _ in columns), "status"], rows)
     done = sum(r["status"] == "ok" for r in records)
-    text = f"**Sweep {params.name}: {done}/{len(records)} points finished.**\n\n{table}\n"
+    title = "Sweep" if params.name == "sweep" else f"Sweep {params.name}"  # the default name: not "Sweep sweep"
+    text = f"**{title}: {done}/{len(records)} points finished.**\n\n{table}\n"
     (ctx.out / "table.md").write_text(text)
     (ctx.out / "effects.json").write_text(json.dumps(records, indent=1))
     with open(ctx.out / "effects.csv", "w", newline="") as fh:
@@ -108,7 +109,7 @@ def effects(ctx: StepContext) -> StepResult:
     if drawn and drawn[1]:
         key, series = drawn
         report.line_chart(series, ctx.out / "sweep.png", xlabel=key, ylabel=", ".join(h for h, _ in CURVES[ctx.job.pipeline]),
-                          title=f"Sweep {params.name}: mean and 95% CI over seeds")
+                          title=f"{title}: mean and 95% CI over seeds")
         figures.append("sweep.png")
     return StepResult("metrics", metrics={"points_finished": float(done), "points": float(len(records))},
                       figures=figures, summary_markdown=text)
