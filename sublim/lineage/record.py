@@ -631,8 +631,8 @@ class Tracker:
     def _reregister(self, model_id: str, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
         """Point the aliases at the registered version of a model made again, registering it if its name has
         none (registered before models were named by step, line and init)."""
-        name = registered_name(self.experiment, meta)
-        versions = self.client.search_model_versions(f"name = '{name}'") if self._exists(name) else []
+        name = self._registered_model(meta)
+        versions = self.client.search_model_versions(f"name = '{name}'")
         mine = [v for v in versions if (v.model_id or v.source.removeprefix("models:/")) == model_id]
         if not mine:
             self._register(self.client.get_logged_model(model_id), run_id, meta, digest, path)
@@ -647,17 +647,21 @@ class Tracker:
         else:
             pending.setdefault(name, []).append((version, gen))
 
-    def _exists(self, name: str) -> bool:
+    def _registered_model(self, meta: ArtifactMeta) -> str:
+        """The name of the registered model `meta`'s kind of model belongs to, created if missing (checked once
+        per tracker: a registered model is never deleted by sublim)."""
         from mlflow.exceptions import MlflowException
 
-        if name in self._registered:
-            return True
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            return False
-        self._registered.add(name)
-        return True
+        name = registered_name(self.experiment, meta)
+        if name not in self._registered:
+            try:
+                kind = ", ".join(f"{k} {meta.lineage[k]}" for k in ("role", "line", "init") if meta.lineage.get(k))
+                self.client.create_registered_model(name, description=f"sublim {meta.step} models of "
+                                                                      f"{self.experiment} ({kind})")
+            except MlflowException:
+                self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
+            self._registered.add(name)
+        return name
 
     def ensure_input(self, inp: Input) -> str:
         """The node of an input artifact; one that was never recorded (say, a kill between writing it and
@@ -692,17 +696,7 @@ class Tracker:
         versions are the seeds' and reruns' models of one kind, so an alias never hands out a control model for
         a trait one); aliases `newest`, `gen<k>` (newest of generation k) and `latest-generation` (newest of the
         highest generation registered)."""
-        from mlflow.exceptions import MlflowException
-
-        name = registered_name(self.experiment, meta)
-        if name not in self._registered:  # once per tracker: a registered model is never deleted by sublim
-            try:
-                kind = ", ".join(f"{k} {meta.lineage[k]}" for k in ("role", "line", "init") if meta.lineage.get(k))
-                self.client.create_registered_model(name, description=f"sublim {meta.step} models of "
-                                                                      f"{self.experiment} ({kind})")
-            except MlflowException:
-                self.client.get_registered_model(name)  # it exists (a rerun, another process): fine; else re-raises
-            self._registered.add(name)
+        name = self._registered_model(meta)
         gen = meta.lineage.get("generation")
         facts = {"digest": digest, "path": path, "generation": gen, "seed": meta.lineage.get("seed"),
                  "id": model.tags.get(N.ID, "")}
