@@ -26,6 +26,7 @@ from sublim.artifacts import digest
 from sublim.job import Job, get_step
 from sublim.orchestrate import job_cache_key, result_storage, task_runner, upstream_digests, workers_report_here
 from sublim.pipeline import DvcSync, tracker, workspace_lock
+from sublim.prefect_server import temporary_unless_configured
 from sublim.plan import PLANNERS, Plan, plan
 from sublim.runner import Outcome, run_job, run_jobs
 
@@ -400,7 +401,8 @@ def outcome_of(state: State) -> dict:
 
 def run_flow(which, cfg: config.Config, **parameters) -> dict:
     """Run a pipeline (or sweep) flow with the task runner `cfg` asks for; its result dict even when jobs failed."""
-    return outcome_of(build(cfg, which)(**parameters, return_state=True))
+    with temporary_unless_configured():
+        return outcome_of(build(cfg, which)(**parameters, return_state=True))
 
 
 def _key(name: str) -> str:

@@ -113,10 +113,32 @@ def reporting_to(server: EarlyServer | None) -> Iterator[None]:
         yield
         return
     from prefect.context import SettingsContext, _temporary_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server.wait()  # it stops at exit, after Prefect's services have flushed their last logs and events to it
-    # no UI URL: it has no UI and stops with this command, so Prefect's "View at <url>" lines would be dead links
-    with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_UI_URL: ""}), \
+    with temporary_settings(updates={PREFECT_API_URL: server.url, **for_temporary_server()}), \
             _temporary_global_settings_context(SettingsContext.get()):
+        yield
+
+
+def for_temporary_server() -> dict:
+    """Settings for flows reporting to a server that stops with this command (this module's, or the one Prefect
+    starts itself when PREFECT_API_URL is unset). No UI URL: it has no UI, so Prefect's "View at <url>" lines
+    would be dead links. No flow-run heartbeats: they let a lasting server mark a vanished run Crashed, but this
+    one is gone with the run, and stopping the heartbeat thread held each flow's end up to 1 s (0.5 s on average)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL
+
+    return {PREFECT_UI_URL: "", PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+
+
+@contextmanager
+def temporary_unless_configured() -> Iterator[None]:
+    """`for_temporary_server` where Prefect will start its own temporary server (PREFECT_API_URL unset): flows run
+    in-process by the bench and the tests; a configured server keeps Prefect's defaults."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield
+        return
+    with temporary_settings(updates=for_temporary_server()):
         yield

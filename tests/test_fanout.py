@@ -297,6 +297,22 @@ def test_no_early_server_when_an_api_is_configured(prefect_server):
         assert get_current_settings().api.url  # the configured one, untouched
 
 
+def test_flows_on_a_temporary_server_send_no_heartbeats(prefect_server):
+    """A server that stops with the command gets no flow-run heartbeats (joining their thread held each flow's end
+    up to 1 s); a configured server (here the harness's) keeps Prefect's heartbeats."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from sublim.prefect_server import temporary_unless_configured
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None
+    with temporary_unless_configured():
+        assert get_current_settings().flows.heartbeat_frequency == default
+    with temporary_settings(updates={PREFECT_API_URL: None}), temporary_unless_configured():
+        assert get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().ui_url == ""
+
+
 def test_an_early_server_that_exits_is_started_again_on_another_port(tmp_path):
     """The CLI picks a free port and releases it for the server to bind: if another process took it meanwhile the
     server exits, and is started again on a new port (twice, then the exit is an error)."""
