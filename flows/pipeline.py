@@ -343,9 +343,9 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
         code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)  # the `code` stage's output
         dvc.commit([code.MANIFESTS])
         finished = execute(jobs, cfg, root, parent, dvc, params)
+        _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)  # while DVC commits
         committed = dvc.close()
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
-    _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
     summary = _report(pipeline, _headed(pipeline, cfg, _summary_of(jobs, finished)), missing)
     return final({"summary": summary, "outcomes": finished, "missing": missing, "dvc_committed": committed,
