@@ -3,6 +3,8 @@ the pipeline finishes and the summary names what is missing. A transient error i
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import sys
 from pathlib import Path
@@ -136,6 +138,14 @@ def test_worker_processes_report_to_the_one_ephemeral_server(tmp_path):
     assert log.count("Starting temporary server") == 0, log[-3000:]  # none of Prefect's own, in any process
     assert "Task run 'mlp.student" in log  # tasks ran (in the workers) and reported to that server
     assert "View at" not in log  # the temporary server has no UI and stops at exit: no dead links
+    # the CLI skips the interpreter's teardown at exit, but not the flush of Prefect's logs: the flow's last line
+    # reached the server before it stopped
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "prefect-home" / "prefect.db")) as db:
+        flow_lines = [m for (m,) in db.execute("SELECT message FROM log WHERE task_run_id IS NULL")]
+    assert any("Finished in state Completed" in m for m in flow_lines), flow_lines[-5:]
+    assert "Error logging to API" not in log
 
 
 def test_prefect_yaml_deployments_run_the_pipeline_built_from_params(tmp_path, prefect_server):
