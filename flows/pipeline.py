@@ -65,10 +65,11 @@ def _group_name() -> str:
 
 @task(task_run_name=_group_name, persist_result=False)
 def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, params: str,
-              retries: int, keys: list[str]) -> list[Outcome | Failure]:
+              retries: int, keys: list[str]) -> list[Outcome | Failure] | State:
     """Jobs of one batchable step and params (seeds, inits) computed as one batch; each still gets its own
     artifact, digest, MLflow run and lineage. If the batch fails, each job runs alone (same bytes, by the
-    batching guarantee) with `retries` retries, so one bad job fails only itself."""
+    batching guarantee) with `retries` retries, so one bad job fails only itself. A batch with failed jobs ends
+    Failed (the Prefect UI shows it so, naming them), its state still carrying every job's result."""
     logger = get_run_logger()
     label = _group_name()
     logger.info("started %s: %s", label, ", ".join(j.id for j in jobs))
@@ -86,6 +87,9 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     for o in outcomes:
         if isinstance(o, Outcome):
             logger.info("finished %s", _result_line(o))
+    failed = [o.job_id for o in outcomes if isinstance(o, Failure)]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}", data=outcomes)
     return outcomes
 
 
@@ -213,7 +217,8 @@ class Scheduler:
 
     def _settle(self, jobs: list[Job], future, kind: str) -> list[Job]:
         logger = get_run_logger()
-        if not future.state.is_completed():
+        results = _results(future.state, kind)
+        if results is None:
             for job in jobs:
                 logger.error("%s did not finish: %s", job.id, future.state.message)
                 self.report.failed(job.id, future.state.message or "")
@@ -223,7 +228,6 @@ class Scheduler:
                            jobs[0].output)
             self._single(jobs[0], refresh=True)
             return []
-        results = future.state.result() if kind == "group" else [future.state.result()]
         done = [r for r in results if isinstance(r, Outcome)]
         if done:
             self.report.finished(done, cached=future.state.name == "Cached")
@@ -237,6 +241,15 @@ class Scheduler:
                 self.store.write(obj=result, key=self.key(job))  # so a rerun, or a lone job, finds it
             ready += self._done(job, result)
         return ready
+
+
+def _results(state: State, kind: str) -> list | None:
+    """A finished task's results, one per job: a single job's outcome, or a batch's outcomes and failures (its
+    state Failed when some jobs failed); None when the task itself failed."""
+    if state.is_completed():
+        return state.result() if kind == "group" else [state.result()]
+    data = state.result(raise_on_failure=False) if kind == "group" and state.is_failed() else None
+    return data if isinstance(data, list) else None
 
 
 def _split(group: list[Job], parts: int) -> list[list[Job]]:

@@ -63,6 +63,16 @@ def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_se
     # the batch of both seeds failed as a whole; each job then ran alone, so seed 0's transfer finished
     ok = mlflow.search_runs([exp.experiment_id], filter_string="tags.`sublim.job` = 'mlp.transfer@s0.g1'")
     assert sorted(r.info.status for r in ok) == ["FAILED", "FINISHED"]
+    # in the Prefect UI that batch's task is Failed, naming its failed job; the other batches are Completed
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as api:
+        tasks = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    states = {t.name: (t.state.type.value, t.state.message) for t in tasks}
+    assert states["mlp.transfer x2 (s0-1)"] == ("FAILED", "1 of 2 jobs failed: mlp.transfer@s1.g1")
+    assert states["mlp.teacher x2 (s0-1)"][0] == "COMPLETED"
 
 
 def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monkeypatch):
