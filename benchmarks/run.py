@@ -156,9 +156,11 @@ def compute_by_step(outcomes: dict, jobs) -> dict[str, float]:
 
 
 def cli(root: Path, *args: str) -> float:
-    """`sublim ARGS` in `root` as a user runs it (own process, own Prefect server); its wall time."""
+    """`sublim ARGS` in `root` as a user runs it (own process, own Prefect server); its wall time. The project's
+    own copy of the code runs (the code being benchmarked), not whichever checkout the venv installed."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["sublim", *args], cwd=root, env=cli_env(), capture_output=True, text=True)
+    env = {**cli_env(), "PYTHONPATH": str(root)}
+    proc = subprocess.run(["sublim", *args], cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"sublim {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
