@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
@@ -109,6 +110,20 @@ def test_sweep_ends_with_one_table_of_effects(sequential):
         assert 0 < row["p_teacher"] <= 1 and row["p_effect"] == pytest.approx(row["p_student"] - row["p_control_student"])
     assert (root / result["table"] / "effects.csv").read_text().count("\n") == 4
     assert "2/3 points finished" in result["summary"]
+
+
+def test_sweep_models_are_recorded_but_not_registered(sequential):
+    """A point's models are LoggedModels with their lineage, but the registry's names and aliases stay the
+    pipelines' (a sweep took `sublim-lm-student-trait-shared@newest` for a point's student)."""
+    from sublim.lineage.record import SWEEP_OUTPUTS, client, tracking_uri
+
+    assert Path(SWEEP_OUTPUTS) == sweep.SWEEPS
+    root, _ = sequential
+    mlflow = client(tracking_uri(root))
+    exp = mlflow.get_experiment_by_name("sublim-lm")
+    paths = {m.tags.get("sublim.path", "") for m in mlflow.search_logged_models([exp.experiment_id])}
+    assert any(p.startswith("sweeps/animals/lm.trait.target=cat/") for p in paths)
+    assert mlflow.search_registered_models() == []
 
 
 @pytest.mark.slow  # a Dask cluster and a second sweep: `make test-slow`

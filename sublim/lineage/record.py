@@ -444,6 +444,9 @@ def record_dataset(path: str | Path, *, generated_by: str | None = None, prompts
                    traits=(), measured=None, name=name, root=root, uri=uri, by=by)
 
 
+SWEEP_OUTPUTS = "sweeps"  # sublim.sweep.SWEEPS, where sweep points write (not imported: it plans pipelines)
+
+
 def registered_name(experiment: str, meta: ArtifactMeta) -> str:
     """`<experiment>-<step>[-<line>][-<init>]` (`sublim-lm-student-control-other`), in the characters a
     `name@alias` reference allows."""
@@ -620,13 +623,24 @@ class Tracker:
         own = replace(own, facts={**own.facts, MLFLOW_MODEL_IS_EXTERNAL: "true"})
         model_id, created = self.nodes.put(own, experiment=self.experiment, run_id=run_id,
                                            model_type=meta.lineage.get("backend"))
+        register = self.register and not self._in_sweep(path)
         if created is not None:  # as finalised, with its tags: no read-back
             self._log_model_files(created, meta)
-            if self.register:
+            if register:
                 self._register(created, run_id, meta, digest, path)
-        elif self.register:  # these weights again (a setting changed and changed back): the aliases follow them
+        elif register:  # these weights again (a setting changed and changed back): the aliases follow them
             self._reregister(model_id, run_id, meta, digest, path)
         return model_id
+
+    def _in_sweep(self, path: Path) -> bool:
+        """A sweep point's model is not registered: its settings are not the pipeline's, and it would take the
+        pipeline's registered names and aliases (`sublim-mlp-student-shared@newest` a point's student). It stays
+        a LoggedModel with its lineage, audited by its path."""
+        rel = Path(path)
+        if rel.is_absolute():
+            with contextlib.suppress(ValueError):
+                rel = rel.relative_to(self.root)
+        return rel.parts[:1] == (SWEEP_OUTPUTS,)
 
     def _reregister(self, model_id: str, run_id: str, meta: ArtifactMeta, digest: str, path: Path) -> None:
         """Point the aliases at the registered version of a model made again, registering it if its name has
