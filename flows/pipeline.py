@@ -23,7 +23,7 @@ from prefect.states import Failed, State
 
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
-from sublim.job import Job, get_step
+from sublim.job import Deterministic, Job, get_step
 from sublim.orchestrate import job_cache_key, result_storage, task_runner, upstream_digests, workers_report_here
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.prefect_server import temporary_unless_configured
@@ -35,7 +35,13 @@ def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
     return job_cache_key(inputs["job"], upstream_digests(inputs["upstream"]), Path(inputs["root"]), inputs["threads"])
 
 
-@task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2)
+def _worth_retrying(task, task_run, state) -> bool:
+    """Prefect's retry condition: not an error the same job would raise again (a diverged training)."""
+    return not isinstance(state.data, Deterministic)
+
+
+@task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2,
+      retry_condition_fn=_worth_retrying)
 def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Outcome], params: str) -> Outcome:
     """One job. `upstream` carries the digests this job's cache key depends on; `params` is the file the flow
     was started with (its tracking settings apply)."""
@@ -100,7 +106,10 @@ def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:
         except Exception as exc:  # noqa: BLE001  (reported as this job's failure)
             logger.error("%s failed (attempt %d of %d): %s", job.id, attempt + 1, retries + 1, exc)
             last = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, Deterministic):
+                break
     return Failure(job.id, last)
+
 
 
 def _result_line(o: Outcome) -> str:
@@ -282,6 +291,8 @@ def _lineage_picture(track, run_id: str, out: Path, pipeline: str) -> None:
     from sublim.lineage.query import Lineage
 
     g = graph.of_experiment(Lineage(track.client, [track.experiment_id]), track.experiment_id)
+    if not g.nodes:  # nothing recorded yet (the first job failed): no picture to draw
+        return
     for file in graph.write(g, out):
         track.client.log_artifact(run_id, str(file), "lineage")
     create_markdown_artifact(f"```mermaid\n{g.mermaid()}```\n", key=f"{pipeline}-lineage",
@@ -306,9 +317,12 @@ def _headed(pipeline: str, cfg: config.Config, summary: str | None) -> str | Non
             f"of them a tuning seed in these params), verdicts at α = {cfg.confirm.alpha:g}\n\n{summary}")
 
 
+NOT_FINISHED = "\n\n**Not finished:** "  # the summary's last paragraph when jobs did not finish
+
+
 def _report(pipeline: str, summary: str | None, missing: list[str]) -> str | None:
     if missing:
-        summary = (summary or "") + "\n\n**Not finished:** " + ", ".join(missing)
+        summary = (summary or "") + NOT_FINISHED + ", ".join(missing)
         get_run_logger().error("%d jobs did not finish: %s", len(missing), ", ".join(missing))
     if summary:
         create_markdown_artifact(summary, key=f"{pipeline}-results", description=f"{pipeline} results")

@@ -60,8 +60,7 @@ class App(typer.Typer):
             _one_line(exc.format_message())
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            _one_line("interrupted")
-            sys.exit(130)
+            code = INTERRUPTED
         except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
             if verbose:
                 raise
@@ -69,7 +68,43 @@ class App(typer.Typer):
                                                                         OSError | ValueError) else str(exc)
                       .strip("'\""))
             sys.exit(1)
+        if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
+            _one_line("interrupted")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+
+
+class ReaderGone:
+    """stdout whose reader may leave early (`sublim plan mlp | head -3`, `sublim audit M | grep -q risk`): what
+    it no longer reads is dropped, not an error, so the command ends with its own exit code (an audit's
+    verdict), not a broken pipe's."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        """From now on the stream writes to /dev/null (its buffered text too, at the next flush)."""
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 app = App(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -316,11 +351,21 @@ def flow(
             if results[-1]["missing"]:
                 break
     for result in results:
-        out().print(Markdown(result.get("summary") or ""))
+        _show_summary(result.get("summary"))
     if results[-1].get("dvc_skipped"):
         console.print(f"[yellow]note[/yellow] {escape(results[-1]['dvc_skipped'])}", highlight=False)
     if results[-1]["missing"]:
         raise typer.Exit(1)
+
+
+def _show_summary(summary: str | None) -> None:
+    """A flow's result table; the jobs that did not finish on one line, however many (a log stays greppable)."""
+    from flows.pipeline import NOT_FINISHED
+
+    table, _, missing = (summary or "").partition(NOT_FINISHED)
+    out().print(Markdown(table))
+    if missing:
+        out().print(f"Not finished: {missing}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -362,7 +407,7 @@ def sweep(
     with prefect_server.reporting_to(server), progress.use(reporter()):
         result = run_flow(sublim_sweep, cfg, name=name, grid=grid, pipeline=pipeline, params=str(params),
                           workers=workers)
-    out().print(Markdown(result.get("summary") or ""))
+    _show_summary(result.get("summary"))
     console.print(f"table: {result['table']}/effects.csv", highlight=False)
     if result["missing"] or result["invalid"]:
         raise typer.Exit(1)
@@ -914,6 +959,7 @@ def entrypoint() -> NoReturn:
     would have done that matters still happens, in its order: other threads are joined, exit handlers run
     (Prefect's log and event workers flush to the temporary server, which then stops), logging and stdout and
     stderr are flushed. An error that -v re-raises leaves the normal way, with its traceback."""
+    sys.stdout = ReaderGone(sys.stdout)
     try:
         app()
         code: int | str | None = 0

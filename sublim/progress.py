@@ -40,6 +40,13 @@ class Reporter(Protocol):
     def end(self) -> None: ...
 
 
+def first_line(job_id: str, message: str) -> str:
+    """An error's first line, without the job id a step's own message may repeat (`TrainingDiverged: mlp.student@s0
+    ...: training diverged` after the id already printed)."""
+    line = message.splitlines()[0] if message else "failed"
+    return line.replace(f"{job_id}: ", "", 1)
+
+
 class Silent:
     """Reports nothing; step loops run untouched."""
 
@@ -79,8 +86,8 @@ class Failures(Silent):
         self.console = console
 
     def failed(self, job_id: str, message: str) -> None:
-        self.console.print(f"failed: {job_id}: {message.splitlines()[0] if message else 'failed'}",
-                           highlight=False, markup=False, soft_wrap=True)
+        self.console.print(f"failed: {job_id}: {first_line(job_id, message)}", highlight=False, markup=False,
+                           soft_wrap=True)
 
 
 class Relay(Silent):
@@ -274,10 +281,11 @@ class Rich:
                 self.bar.advance(self._jobs, len(outcomes))
 
     def failed(self, job_id: str, message: str) -> None:
+        from rich.markup import escape
+
         with self._lock:
             self._start()
-            self.bar.console.print(f"[red]✗[/red] {job_id}: {message.splitlines()[0] if message else 'failed'}",
-                                   highlight=False)
+            self.bar.console.print(f"[red]✗[/red] {job_id}: {escape(first_line(job_id, message))}", highlight=False)
             if self._jobs is not None:
                 self.bar.advance(self._jobs, 1)
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sublim.artifacts import ArtifactMeta, write_meta
 from sublim.cli import app
 from sublim.lineage.record import client, tracking_uri
-from tests.conftest import TINY_MLP, make_project
+from tests.conftest import REPO, TINY_MLP, make_project
 
 TEACHER = ["run", "mlp.teacher", "--seed", "0", "--gen", "0"]
 FILTER = ["run", "lm.filter", "--seed", "0", "--gen", "1", "--variant", "trait"]
@@ -329,3 +329,42 @@ def test_more_workers_than_cores_is_noted_not_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "make_plan", lambda cfg, name: (_ for _ in ()).throw(LookupError("stop here")))
     result = CliRunner().invoke(cli.app, ["flow", "mlp", "--workers", "5", "-p", str(root / "params.yaml")])
     assert "--workers 5: this machine has 2 cores" in result.output
+
+
+def test_a_reader_that_leaves_early_does_not_change_the_exit_code(tmp_path):
+    """`sublim plan mlp | head -3` exited 1 and `sublim audit M --json | head` 4 ("internal error:
+    BrokenPipeError"), so a clean audit read as at risk: output nobody reads is dropped, the code is the
+    command's own."""
+    import os
+    import subprocess
+    import sys
+
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": list(range(40))}}, git=False)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write: every write meets a broken pipe
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sublim.cli", "plan", "mlp", "-p", str(root / "params.yaml")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    """typer turns Ctrl-C into a silent exit 130: a user (or a log) saw a flow stop without a word."""
+    import sys
+
+    from sublim import cli
+
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}}, git=False)
+
+    def interrupted(cfg, name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "make_plan", interrupted)
+    monkeypatch.setattr(sys, "argv", ["sublim", "plan", "mlp"])
+    with pytest.raises(SystemExit) as exited:  # the real entry point's app
+        cli.app(["plan", "mlp", "-p", str(root / "params.yaml")])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

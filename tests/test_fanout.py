@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from sublim import config
-from sublim.job import STEPS, get_step
+from sublim.job import STEPS, TrainingDiverged, get_step
 from sublim.lineage.record import client, tracking_uri
 from tests.conftest import TINY_MLP, make_project
 
 
-def _failing(monkeypatch, step: str, seed: int, times: int | None):
-    """Make `step` raise for `seed` (`times` times, or always), also inside a batch holding other seeds (the
-    whole batch raises, as a real error would); jobs of other seeds run the real step."""
+def _failing(monkeypatch, step: str, seed: int, times: int | None, error: type[Exception] = RuntimeError):
+    """Make `step` raise `error` for `seed` (`times` times, or always), also inside a batch holding other seeds
+    (the whole batch raises, as a real error would); jobs of other seeds run the real step."""
     real = get_step(step)
     calls = {"n": 0}
 
@@ -27,7 +27,7 @@ def _failing(monkeypatch, step: str, seed: int, times: int | None):
         for ctx in contexts:
             if ctx.job.seed == seed and (times is None or calls["n"] < times):
                 calls["n"] += 1
-                raise RuntimeError(f"injected failure in {ctx.job.id}")
+                raise error(f"injected failure in {ctx.job.id}")
         return real.run(contexts)
 
     monkeypatch.setitem(STEPS, step, dataclasses.replace(real, fn=lambda ctx: batch([ctx])[0], batch=batch))
@@ -88,7 +88,24 @@ def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monke
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("failed: ")]
     assert lines == ["failed: mlp.transfer@s1.g1: RuntimeError: injected failure in mlp.transfer@s1.g1"], lines
-    assert "Not finished" in result.output and "Traceback" not in result.output
+    assert "Traceback" not in result.output
+    not_finished = [line for line in result.output.splitlines() if line.startswith("Not finished: ")]
+    assert not_finished == ["Not finished: mlp.evaluate@s1, mlp.student@s1.g1.other, mlp.student@s1.g1.shared, "
+                            "mlp.summary, mlp.transfer@s1.g1"]  # one line, however long the list
+
+
+def test_a_failed_jobs_line_names_the_job_once():
+    """A step's own message may start with the job id (a log line must say which model diverged); the failure
+    line, which starts with it, does not repeat it."""
+    from sublim.job import trained
+    from sublim.progress import first_line
+
+    with pytest.raises(TrainingDiverged) as err:
+        trained(float("nan"), "mlp.student@s0.g1.shared", "mlp.student.lr", 1e30)
+    assert str(err.value).startswith("mlp.student@s0.g1.shared: ")
+    assert first_line("mlp.student@s0.g1.shared", f"TrainingDiverged: {err.value}\nmore") == (
+        "TrainingDiverged: training diverged (final loss nan) at mlp.student.lr = 1e+30; lower mlp.student.lr in "
+        "params.yaml")
 
 
 def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):
@@ -96,6 +113,27 @@ def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):
     calls = _failing(monkeypatch, "mlp.transfer", seed=0, times=1)
     result = _run(root)
     assert calls["n"] == 1 and result["missing"] == []
+
+
+def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_server, monkeypatch):
+    """A diverged training diverges again: a batch's failed job runs alone once (to tell it from its siblings),
+    then fails; a one-job task (Prefect's own retries) fails at its first attempt."""
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}, "runtime": {"retries": 2}}, git=False)
+    calls = _failing(monkeypatch, "mlp.transfer", seed=1, times=None, error=TrainingDiverged)
+    result = _run(root)
+    assert calls["n"] == 2  # the batch, then alone: not 1 + 3 attempts
+    assert "mlp.transfer@s1.g1" in result["missing"] and "mlp.transfer@s0.g1" not in result["missing"]
+
+    root = make_project(tmp_path / "q", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 2}}, git=False)
+    data = {"n": 0}
+
+    def diverging(ctx):
+        data["n"] += 1
+        raise TrainingDiverged("injected")
+
+    monkeypatch.setitem(STEPS, "mlp.data", dataclasses.replace(get_step("mlp.data"), fn=diverging))
+    assert get_step("mlp.data").batch is None  # Prefect's task retries apply, not the batch's
+    assert "mlp.data" in _run(root)["missing"] and data["n"] == 1
 
 
 @pytest.mark.parametrize("runner", ["thread", "process"])
