@@ -23,7 +23,7 @@ from prefect.states import Failed, State
 
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
-from sublim.job import Deterministic, Job, get_step
+from sublim.job import Job, TrainingDiverged, get_step
 from sublim.orchestrate import job_cache_key, result_storage, task_runner, upstream_digests, workers_report_here
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.prefect_server import temporary_unless_configured
@@ -35,9 +35,14 @@ def _cache_key(ctx: TaskRunContext, inputs: dict) -> str:
     return job_cache_key(inputs["job"], upstream_digests(inputs["upstream"]), Path(inputs["root"]), inputs["threads"])
 
 
+# Errors the same job raises again (same inputs, seed and threads give the same floats): a retry only spends
+# the time again
+DETERMINISTIC = (TrainingDiverged,)
+
+
 def _worth_retrying(task, task_run, state) -> bool:
     """Prefect's retry condition: not an error the same job would raise again (a diverged training)."""
-    return not isinstance(state.data, Deterministic)
+    return not isinstance(state.data, DETERMINISTIC)
 
 
 @task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{job.id}", retry_delay_seconds=2,
@@ -106,7 +111,7 @@ def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:
         except Exception as exc:  # noqa: BLE001  (reported as this job's failure)
             logger.error("%s failed (attempt %d of %d): %s", job.id, attempt + 1, retries + 1, exc)
             last = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, Deterministic):
+            if isinstance(exc, DETERMINISTIC):
                 break
     return Failure(job.id, last)
 

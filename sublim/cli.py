@@ -754,6 +754,8 @@ def graph(
     exp = lin.client.get_experiment_by_name(ref) if ref.strip() else None
     if exp is not None:
         g = graphs.of_experiment(lin, exp.experiment_id, datasets=datasets)
+        if not g.nodes:
+            _fail(f"{ref}: nothing recorded in this experiment yet; no lineage to draw")
     else:
         node = _node(lin, _resolve(lin, ref, root, "MODEL|EXPERIMENT"), ref)
         if node.kind != "model":

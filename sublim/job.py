@@ -112,12 +112,7 @@ class StepResult:
     summary_markdown: str | None = None  # a table for the Prefect artifact / terminal
 
 
-class Deterministic(Exception):
-    """An error the same job would raise again (same inputs, seed and threads give the same floats): a retry
-    would only spend the time again, so drivers do not retry it."""
-
-
-class TrainingDiverged(Deterministic, ValueError):
+class TrainingDiverged(ValueError):
     """Training left a model's loss (so its weights) NaN or infinite."""
 
 

@@ -133,7 +133,13 @@ def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_ser
 
     monkeypatch.setitem(STEPS, "mlp.data", dataclasses.replace(get_step("mlp.data"), fn=diverging))
     assert get_step("mlp.data").batch is None  # Prefect's task retries apply, not the batch's
-    assert "mlp.data" in _run(root)["missing"] and data["n"] == 1
+    assert "mlp.data" in _run(root)["missing"] and data["n"] == 1  # and the flow ended (no picture to draw)
+    from typer.testing import CliRunner
+
+    from sublim.cli import app
+
+    drawn = CliRunner().invoke(app, ["lineage", "graph", "sublim-mlp", "--root", str(root), "--out", str(tmp_path)])
+    assert drawn.exit_code == 3 and "nothing recorded in this experiment yet" in drawn.output, drawn.output
 
 
 @pytest.mark.parametrize("runner", ["thread", "process"])

@@ -320,9 +320,8 @@ def _draw(graph: Graph, path: Path) -> Path:
                 if any(e.relation == r for e in graph.edges)]
     if risky:
         handles.append(Line2D([], [], color=RISK, lw=2.2, label="at-risk path"))
-    if handles:  # none when nothing was recorded (a flow whose first job failed)
-        ax.legend(handles=handles, loc="upper right", fontsize=7, ncol=min(4, len(handles)), frameon=False,
-                  bbox_to_anchor=(1.0, 1.0))
+    ax.legend(handles=handles, loc="upper right", fontsize=7, ncol=min(4, len(handles)), frameon=False,
+              bbox_to_anchor=(1.0, 1.0))
     ax.set_title(graph.title, fontsize=10, loc="left")
     # fixed margins, not tight_layout (the axes are off and their limits set): a flow draws this picture at
     # every run, and measuring every label for a tight layout took a quarter of the drawing; fast PNG
