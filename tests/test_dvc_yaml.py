@@ -159,3 +159,27 @@ def test_a_module_sets_closure_is_remembered_until_one_of_its_files_changes(tmp_
     stat = (pkg / "a.py").stat()
     os.utime(pkg / "a.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime, even on coarse clocks
     assert "zpkg_closure/b.py" in code._cached_closure(modules)
+
+
+def test_the_committed_dvc_lock_holds_the_manifests_this_code_writes(tmp_path):
+    """A change to code a step uses must come with its stages rerun and dvc.lock committed: otherwise a fresh
+    clone's `dvc status` lists them as changed, `dvc repro` and `dvc exp run` recompute them, and the demo's
+    outputs cannot be checked against the lock. (A driver's code, as the CLI's or the flow's, is in no
+    manifest: it changes no result.)"""
+    import hashlib
+    import os
+
+    import yaml
+
+    root = make_project(tmp_path / "p", git=False)
+    proc = subprocess.run(["sublim", "code"], cwd=root, env={**cli_env(), "PYTHONPATH": str(root)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lock = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.lock").read_text())
+    locked = {dep["path"]: dep["md5"] for stage in lock["stages"].values() for dep in stage.get("deps", [])
+              if dep["path"].startswith(".sublim/code/")}
+    assert locked, "dvc.lock names no code manifest"
+    written = {path: hashlib.md5((root / path).read_bytes()).hexdigest() for path in locked
+               if os.path.exists(root / path)}
+    stale = sorted(path for path in locked if written.get(path) != locked[path])
+    assert not stale, f"dvc.lock is stale for {stale}: rerun their stages (`dvc repro`) and commit dvc.lock"
