@@ -384,6 +384,8 @@ def sweep(
     from sublim import sweep as sweeps
 
     cfg = _with_workers(_load(params), workers)
+    if pipeline not in PLANNERS:  # named first: every point of `sublim sweep xyz` would be refused for it
+        _fail_usage(f"unknown pipeline {pipeline!r}; known: {', '.join(PLANNERS)}")
     try:
         grid = sweeps.parse_sets(sets or [])
         swept = sweeps.build(name, pipeline, config.read_raw(params) or {}, grid)  # refuse bad input before Prefect
@@ -460,7 +462,7 @@ def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
     holds every pipeline's stages, so a bare `dvc repro` would reach theirs)."""
     cfg = _load(params)
     lm = cfg.lm
-    console.print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
+    out().print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
                   f"data {lm.data.kind}, trait {lm.trait.kind})", highlight=False)
     for name, planner in PLANNERS.items():
         try:

@@ -368,3 +368,13 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
         cli.app(["plan", "mlp", "-p", str(root / "params.yaml")])
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_sweep_names_an_unknown_pipeline_and_check_answers_on_stdout(tmp_path):
+    """A new-user audit: `sublim sweep xyz --set a=1,2` complained about `--set a`, never about xyz; `sublim
+    check | grep ok` found nothing (the verdict went to stderr)."""
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}}, git=False)
+    swept = CliRunner().invoke(app, ["sweep", "xyz", "--set", "a=1,2", "-p", str(root / "params.yaml")])
+    assert swept.exit_code == 2 and "unknown pipeline 'xyz'" in swept.output, swept.output
+    checked = CliRunner().invoke(app, ["check", "-p", str(root / "params.yaml")])
+    assert checked.exit_code == 0 and ": ok (config digest" in checked.stdout, checked.output
