@@ -9,12 +9,15 @@ finish and the summary lists what is missing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.results import ResultStore, resolve_result_storage
 from prefect.runtime import flow_run, task_run
@@ -360,6 +363,18 @@ def _sweep_run_name() -> str:
     return f"{run_name(p.get('pipeline', 'lm'), p.get('params', config.PARAMS_FILE), p.get('name'))} ({points} points)"
 
 
+@contextlib.contextmanager
+def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
+    """Ctrl-C or a SIGTERM ends the pipeline's MLflow run KILLED at once (it stayed RUNNING until the next
+    flow reaped it); an error is the caller's to report."""
+    try:
+        yield
+    except (KeyboardInterrupt, TerminationSignal):
+        with contextlib.suppress(Exception):  # the store may be what is going away
+            track.close_pipeline_run(run_id, "KILLED")
+        raise
+
+
 @flow(name="sublim", log_prints=True, flow_run_name=_pipeline_run_name)
 def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, workers: int | None = None) -> dict:
     """Run every job of `pipeline` in dependency order; summarise what finished and what did not.
@@ -370,7 +385,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config=cfg.model_dump(mode="json"))
-    with workspace_lock(root, cfg.runtime.lock_timeout_s):
+    with workspace_lock(root, cfg.runtime.lock_timeout_s), _killed_on_interrupt(track, parent):
         dvc = DvcSync(root, Path(params))
         code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)  # the `code` stage's output
         dvc.commit([code.MANIFESTS])
@@ -398,7 +413,8 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config={"sweep": name, "grid": grid, **cfg.model_dump(mode="json")})
-    with workspace_lock(root, cfg.runtime.lock_timeout_s):  # sweeps/ is outside dvc.yaml: `dvc add` to version it
+    # sweeps/ is outside dvc.yaml: `dvc add` to version it
+    with workspace_lock(root, cfg.runtime.lock_timeout_s), _killed_on_interrupt(track, parent):
         finished = execute(swept.plan, cfg, root, parent, None, params)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
         with workers_report_here(cfg.runtime):

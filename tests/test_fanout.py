@@ -498,3 +498,20 @@ def test_a_diverged_training_fails_its_job_naming_the_setting(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"mlp.teacher@s0.g0: training diverged .* lower mlp.teacher.lr"):
         run_job(jobs["mlp.teacher@s0.g0"], root=root, tracker=None)
     assert not (root / jobs["mlp.teacher@s0.g0"].output).exists()
+
+
+def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, monkeypatch):
+    """An interrupted flow's pipeline run stayed RUNNING in MLflow until the next flow reaped it."""
+    import flows.pipeline
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows.pipeline, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(root)
+    store = client(tracking_uri(root))
+    runs = store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
