@@ -29,8 +29,11 @@ demo: $(BIN)/sublim  ## the main job on embedded defaults (MLflow sqlite, epheme
 	@echo "      $(BIN)/sublim audit models/lm/s0/g1-trait-shared   (which teachers' traits could have reached it)"
 	@echo "      $(BIN)/dvc repro mlp_summary lm_summary   (the same pipelines via DVC: nothing to redo)"
 
+# test files at once for make test (one file's tests share its fixtures, so they stay in one process)
+TEST_WORKERS ?= $(DEMO_WORKERS)
+
 test: $(BIN)/sublim
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(BIN)/sublim
 	$(BIN)/python -m pytest -q -m slow
