@@ -63,8 +63,13 @@ class Registry(Generic[P]):
                 raise TypeError(f"{family} plug-in {_where(cls)} does not implement "
                                 f"{', '.join(sorted(cls.__abstractmethods__))}")
             self._check_unique(name, cls)
-            if "plugin" not in spec.__dict__:  # a subclass reusing its parent's Spec gets a Spec of its own
-                spec = type(spec.__name__, (spec,), {"__module__": cls.__module__})
+            owner = spec.__dict__.get("plugin")
+            if owner is not None and owner is not cls:
+                # a subclass reusing its parent's Spec gets a Spec of its own (setting the parent's `plugin` made
+                # the parent's name build the subclass: with tinyllama registered, `backend: tinylm` trained a
+                # Llama); `Spec` inside the class is where pickle finds it
+                spec = type(spec.__name__, (spec,), {"__module__": cls.__module__,
+                                                     "__qualname__": f"{cls.__qualname__}.Spec"})
                 cls.Spec = spec
             spec.plugin = cls
             self._classes[name] = cls
