@@ -119,7 +119,6 @@ def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:
     return Failure(job.id, last)
 
 
-
 def _result_line(o: Outcome) -> str:
     return f"{o.job_id} -> {o.output} md5 {o.digest}; {progress.describe([o])}"
 

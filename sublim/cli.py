@@ -463,7 +463,7 @@ def check(params: ParamsOpt = Path(config.PARAMS_FILE)) -> None:
     cfg = _load(params)
     lm = cfg.lm
     out().print(f"{params}: ok (config digest {cfg.digest()[:12]}; lm: backend {lm.model.backend}, "
-                  f"data {lm.data.kind}, trait {lm.trait.kind})", highlight=False)
+                f"data {lm.data.kind}, trait {lm.trait.kind})", highlight=False)
     for name, planner in PLANNERS.items():
         try:
             planner(cfg)
