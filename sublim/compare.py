@@ -122,7 +122,7 @@ def table(rows: list[Comparison], measure: str = "p") -> str:
     body = []
     for c in rows:
         e, effect_test = c.effect, c.effect_test
-        cells = [c.run.label, f"{e.mean:+.4f} [{e.ci_low:+.4f}, {e.ci_high:+.4f}]",
+        cells = [c.run.label, f"{e.mean:+.4f} {e.ci_text('+.4f')}",
                  f"{effect_test.wins}/{e.n}, p = {fmt_p(effect_test.p_value)}" if effect_test else "—"]
         if c.removed is None:
             cells += ["(reference)", "—"]

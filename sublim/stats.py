@@ -29,25 +29,40 @@ RTOL = 1e-12  # relative tie tolerance, see the module docstring
 EXACT_MAX_N = 20  # sign-flip: all 2^n patterns up to here, seeded Monte Carlo above
 RESAMPLES = 100_000  # Monte Carlo sign patterns when n > EXACT_MAX_N
 SEED = 0  # the Monte Carlo seed: the same data always gives the same p
+NO_INTERVAL = "(one seed: no interval)"
 
 
 @dataclass(frozen=True)
 class Estimate:
     mean: float
-    ci_low: float
+    ci_low: float  # equal to the mean where there is no interval (one value): see `has_interval`
     ci_high: float
-    n: int
+    n: int  # values behind it; 0 where only the interval is known (read back from a report)
     values: list[float]
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def has_interval(self) -> bool:
+        """One seed has no spread to build an interval from: its mean is shown alone, never as [m, m], which
+        reads as certainty."""
+        return self.n != 1
+
+    @property
+    def ci95(self) -> list[float] | None:
+        """The interval as reports store it: None without one."""
+        return [self.ci_low, self.ci_high] if self.has_interval else None
+
+    def ci_text(self, spec: str = ".3f") -> str:
+        return f"[{self.ci_low:{spec}}, {self.ci_high:{spec}}]" if self.has_interval else NO_INTERVAL
+
     def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+        return f"{self.mean:.3f} {self.ci_text()}"
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> Estimate:
-    """Mean with a Student-t interval over seeds; a single value (or no spread) gets a degenerate interval.
+    """Mean with a Student-t interval over seeds; no spread gets a degenerate interval, one value none.
     `bounds`: the range the quantity lives in; the interval is cut to it, which keeps its coverage exactly (the
     true mean is always inside the bounds), instead of reading, over two seeds, "accuracy -0.19 to 0.35"."""
     from scipy import stats  # lazily: 1 s of import for every DVC stage process otherwise

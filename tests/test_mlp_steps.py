@@ -85,6 +85,19 @@ def test_summary_metrics_file(done):
     assert "teacher" in (root / "reports/mlp/table.md").read_text()
 
 
+def test_one_seed_summary_shows_no_interval(tmp_path):
+    """With one seed the summary gives each accuracy alone, not a zero-width interval read as certainty."""
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    for job in plan(config.load(root / "params.yaml"), "mlp").jobs:
+        run_job(job, root=root, tracker=None)
+    m = json.loads((root / "metrics/mlp.json").read_text())
+    assert m["n_seeds"] == 1 and m["teacher_acc_per_seed"] == [m["teacher_acc"]]
+    assert m["teacher_acc_ci95"] is None and m["student_cross_init_acc_ci95"] is None
+    table = (root / "reports/mlp/table.md").read_text()
+    assert table.count("(one seed: no interval)") == 5  # two bases, the teacher, the two students
+    assert f"{m['teacher_acc']:.3f} [" not in table
+
+
 def test_same_params_same_digests(done, tmp_path):
     root, cfg, outcomes = done
     again = make_project(tmp_path / "again", {"mlp": TINY_MLP}, git=False)

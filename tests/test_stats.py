@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sp
 
 from sublim.stats import (
+    NO_INTERVAL,
     diagonal_contrast,
     difference_test,
     holm,
@@ -55,9 +56,16 @@ def test_a_rates_interval_is_the_t_interval_cut_to_0_1():
     assert cut_cover == t_cover
 
 
-def test_mean_ci_single_value_is_degenerate():
+def test_one_value_has_no_interval():
+    """One seed read "0.143 [0.143, 0.143]", which looks like certainty: it has no interval, and says so."""
     est = mean_ci([0.5])
-    assert (est.mean, est.ci_low, est.ci_high, est.n) == (0.5, 0.5, 0.5, 1)
+    assert (est.mean, est.n, est.has_interval, est.ci95) == (0.5, 1, False, None)
+    assert str(est) == "0.500 (one seed: no interval)" and est.ci_text("+.4f") == NO_INTERVAL
+    tied = mean_ci([0.5, 0.5])  # two seeds that agree: a real t interval, of width zero
+    assert (tied.has_interval, tied.ci95, str(tied)) == (True, [0.5, 0.5], "0.500 [0.500, 0.500]")
+    five = mean_ci([0.1, 0.4, 0.35, 0.2, 0.3])
+    assert str(five) == f"{five.mean:.3f} [{five.ci_low:.3f}, {five.ci_high:.3f}]" and five.ci95 == [five.ci_low,
+                                                                                                   five.ci_high]
 
 
 # --- the paired test -----------------------------------------------------------------------------------------

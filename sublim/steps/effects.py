@@ -57,11 +57,12 @@ def curves(pipeline: str, records: list[dict], reports: dict[str, dict]) -> tupl
             rest = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings[point].items() if k != key)
             for label, metric in CURVES[pipeline]:
                 m = reports[point]
-                if m.get(metric) is None or not m.get(f"{metric}_ci95"):
+                if m.get(metric) is None:
                     continue
-                low, high = m[f"{metric}_ci95"]
+                ci = m.get(f"{metric}_ci95")  # None for one seed: the point is drawn with no bar
+                low, high = ci or (m[metric], m[metric])
                 name = f"{label} ({rest})" if rest else label
-                series.setdefault(name, {})[x] = Estimate(m[metric], low, high, 0, [])
+                series.setdefault(name, {})[x] = Estimate(m[metric], low, high, 0 if ci else 1, [])
         return key, series
     return None
 

@@ -45,7 +45,7 @@ def teacher_strength(df: pd.DataFrame, targets: list[str]) -> dict[str, dict]:
     for t in targets:
         own = [float(r.distribution[t]) for r in teachers[teachers.line == t].itertuples()]
         est = stats.rate_ci(own)
-        out[t] = {"p_own": est.mean, "ci95": [est.ci_low, est.ci_high], "per_seed": own}
+        out[t] = {"p_own": est.mean, "ci95": est.ci95, "per_seed": own}
     return out
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from sublim import report
 from sublim.config import Section
 from sublim.job import Role, StepContext, StepResult, step
-from sublim.stats import PairedTest, fmt_p, interaction_test, null_with_power, paired_test, rate_ci
+from sublim.stats import NO_INTERVAL, PairedTest, fmt_p, interaction_test, null_with_power, paired_test, rate_ci
 from sublim.steps.evaluate import EVAL
 
 
@@ -36,9 +36,10 @@ def per_seed(df: pd.DataFrame, value: str, **match) -> pd.Series:
 
 
 def flat(name: str, values: list[float]) -> dict:
-    """A rate over seeds: `name` = its mean, `name_ci95` = [low, high] within [0, 1], `name_per_seed` = values."""
+    """A rate over seeds: `name` = its mean, `name_ci95` = [low, high] within [0, 1] (None for one
+    seed), `name_per_seed` = values."""
     est = rate_ci(values)
-    return {name: est.mean, f"{name}_ci95": [est.ci_low, est.ci_high], f"{name}_per_seed": est.values}
+    return {name: est.mean, f"{name}_ci95": est.ci95, f"{name}_per_seed": est.values}
 
 
 @step("mlp.summary")
@@ -126,7 +127,7 @@ def _decay(df: pd.DataFrame) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for (gen, init), grp in df[df.role.isin(["teacher", "student", "control"])].groupby(["generation", "init"]):
         est = rate_ci(list(grp.sort_values("seed").accuracy))
-        out[f"g{int(gen)}-{init}"] = {"acc": est.mean, "ci95": [est.ci_low, est.ci_high]}
+        out[f"g{int(gen)}-{init}"] = {"acc": est.mean, "ci95": est.ci95}
     return out
 
 
@@ -212,8 +213,8 @@ def _fmt(metrics: dict, measure: str, group: str) -> str:
     key = f"{measure}_{group}"
     if key not in metrics:
         return "-"
-    lo, hi = metrics[f"{key}_ci95"]
-    return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+    ci = metrics[f"{key}_ci95"]
+    return f"{metrics[key]:.3f} " + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else NO_INTERVAL)
 
 
 def _effect_line(who: str, what: str, x: pd.Series, y: pd.Series, test) -> str:
@@ -301,5 +302,5 @@ def _lm_decay(df: pd.DataFrame) -> dict[str, dict]:
     sub = df[df.line.notna() & (df.init == "shared")]
     for (gen, line), grp in sub.groupby(["generation", "line"]):
         est = rate_ci(list(grp.sort_values("seed").p_target))
-        out[f"g{int(gen)}-{line}"] = {"p": est.mean, "ci95": [est.ci_low, est.ci_high]}
+        out[f"g{int(gen)}-{line}"] = {"p": est.mean, "ci95": est.ci95}
     return out
