@@ -434,6 +434,13 @@ def run_screen(cfg: Any, root: Path, dataset: str, base: str, *, teacher: str | 
 
 
 def panel_specs(cfg: Any, traits: Any) -> list[Any]:
-    """Every registered trait: the experiment's own as params.yaml sets it, the others by their defaults."""
-    own = cfg.lm.trait
-    return [own.control() if n == own.kind else traits.spec({"kind": n}) for n in traits.known()]
+    """Every trait the project knows (built in, installed as an entry point, or from its own `plugins:`): the
+    experiment's own as params.yaml sets it, the others by their defaults. A trait another params file's
+    plug-in registered in this process is not the project's, and is not asked."""
+    from importlib.metadata import entry_points
+
+    own, installed = cfg.lm.trait, {ep.name for ep in entry_points(group=traits.group)}
+    mine = tuple(f"{module}." for module in ("sublim", *cfg.plugins))
+    names = [n for n in traits.known()
+             if n == own.kind or n in installed or f"{traits.get(n).__module__}.".startswith(mine)]
+    return [own.control() if n == own.kind else traits.spec({"kind": n}) for n in names]

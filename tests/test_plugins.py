@@ -65,6 +65,19 @@ def test_plugins_run_end_to_end(done):
     assert summary["target"] == "formal" and "p_student" in summary
 
 
+def test_the_screens_panel_is_the_projects_traits(done):
+    """`sublim screen` probes a panel of traits: the project's own (built in, installed, its `plugins:`), not
+    every trait a plug-in imported earlier in the process registered."""
+    from sublim.screen import panel_specs
+    from sublim.traits import TRAITS
+
+    root, _ = done  # this process has imported the plug-in: `formality` is registered
+    assert "formality" in TRAITS.names()
+    plain = [spec.kind for spec in panel_specs(config.parse({}), TRAITS)]
+    assert "formality" not in plain and {"preference", "misalignment"} <= set(plain)
+    assert "formality" in [spec.kind for spec in panel_specs(config.load(root / "params.yaml"), TRAITS)]
+
+
 def test_plugin_settings_are_validated_and_errors_name_the_key(tmp_path):
     with pytest.raises(config.ConfigError, match=r"lm\.data\.max_items: Input should be greater than 0"):
         config.parse({"plugins": [PLUGIN], "lm": {"data": {"kind": "letters", "max_items": 0}}})
