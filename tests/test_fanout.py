@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from sublim import config
 from sublim.job import STEPS, TrainingDiverged, get_step
 from sublim.lineage.record import client, tracking_uri
-from tests.conftest import TINY_MLP, make_project
+from tests.conftest import REPO, TINY_MLP, make_project
 
 
 def _failing(monkeypatch, step: str, seed: int, times: int | None, error: type[Exception] = RuntimeError):
@@ -348,6 +349,21 @@ def test_a_worker_whose_display_is_gone_keeps_computing():
     relay = Relay(Gone())
     relay.started("mlp.student x1 (s0)")
     assert list(relay.steps(range(5), 5, "student x1")) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("entry", ["sublim.cli", "flows.pipeline"])
+def test_offline_by_design_mlflow_sends_no_telemetry(entry):
+    """MLflow 3 sends usage records to its collector from any process that is not CI or a test; sublim's
+    commands, DVC stages and flows do not (MLFLOW_DISABLE_TELEMETRY=false turns it back on)."""
+    import subprocess
+
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}  # no CI or pytest marks
+    ask = "from mlflow.telemetry.utils import is_telemetry_disabled as off; print(off())"
+    run = lambda code, **extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, check=True,  # noqa: E731
+                                               capture_output=True, text=True, cwd=REPO).stdout.split()[-1]
+    assert run(f"import mlflow; {ask}") == "False"  # what a plain MLflow process would do here
+    assert run(f"import {entry}; {ask}") == "True"
+    assert run(f"import {entry}; {ask}", MLFLOW_DISABLE_TELEMETRY="false") == "False"
 
 
 def test_no_early_server_when_an_api_is_configured(prefect_server):
