@@ -365,10 +365,13 @@ def _sweep_run_name() -> str:
 @contextlib.contextmanager
 def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
     """Ctrl-C or a SIGTERM ends the pipeline's MLflow run KILLED at once (it stayed RUNNING until the next
-    flow reaped it); an error is the caller's to report."""
+    flow reaped it), and the running jobs at their loops' next step (the task runner waits for them before the
+    command can end); an error is the caller's to report."""
+    progress.interrupt(False)
     try:
         yield
     except (KeyboardInterrupt, TerminationSignal):
+        progress.interrupt()
         with contextlib.suppress(Exception):  # the store may be what is going away
             track.close_pipeline_run(run_id, "KILLED")
         raise

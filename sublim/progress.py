@@ -185,9 +185,28 @@ def use(reporter: Reporter) -> Iterator[Reporter]:
         _current = previous
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in a job's loop once its command was interrupted: the loop stops at its next step. A job running in
+    a task thread is out of reach of Ctrl-C, and the command could only end after it (42 s of an lm base's
+    pretraining, seen by a new user), though the flow was already reported interrupted."""
+
+
+_stop = threading.Event()
+
+
+def interrupt(stop: bool = True) -> None:
+    """Ctrl-C or SIGTERM reached the flow: every running loop of this process stops at its next step.
+    `interrupt(False)` when a flow starts (a process may run another after an interrupted one)."""
+    _stop.set() if stop else _stop.clear()
+
+
 def steps(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
-    """The `progress` callable steps receive: the current reporter's bar for a training or generation loop."""
-    return _current.steps(items, total, desc)
+    """The `progress` callable steps receive: the current reporter's bar for a training or generation loop,
+    stopping at the next step once the command is interrupted."""
+    for item in _current.steps(items, total, desc):
+        if _stop.is_set():
+            raise Interrupted(f"interrupted during {desc}")
+        yield item
 
 
 def key_metric(metrics: dict[str, float]) -> tuple[str, float] | None:

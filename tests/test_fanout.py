@@ -531,3 +531,40 @@ def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, m
     store = client(tracking_uri(root))
     runs = store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server, monkeypatch):
+    """A job in a task thread is out of Ctrl-C's reach: it ran to its end (42 s of an lm base's pretraining)
+    before the command could exit. Now its loop stops at the next step: it publishes nothing and its MLflow run
+    says it was interrupted."""
+    import signal
+    import threading
+
+    from sublim import progress
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0], "teacher": {"epochs": 3000}}}, git=False)
+    began, taken = threading.Event(), []
+    loop = progress.Silent.steps
+
+    def watched(self, items, total, desc):
+        for i, item in enumerate(loop(self, items, total, desc)):
+            if desc.startswith("teacher"):
+                taken.append(total)
+                began.set()
+            yield item
+
+    monkeypatch.setattr(progress.Silent, "steps", watched)
+    # a real SIGINT, as a terminal's Ctrl-C (interrupt_main() would not wake the flow's wait on its futures)
+    threading.Thread(target=lambda: began.wait(120) and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _run(root)
+    assert began.is_set() and 0 < len(taken) < taken[0] // 10  # stopped early: a few of its 120,000 steps
+    assert not (root / "models/mlp/s0/g0-shared").exists()  # nothing published
+    store = client(tracking_uri(root))
+    runs = {r.data.tags.get("sublim.job"): r for r in
+            store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])}
+    teacher = runs["mlp.teacher@s0.g0"]
+    assert teacher.info.status == "FAILED" and teacher.data.tags["sublim.error"].startswith("Interrupted: ")
+    assert runs[None].info.status == "KILLED"  # the pipeline run
+    progress.interrupt(False)
+
