@@ -52,6 +52,7 @@ from tests.conftest import TINY_LM, TINY_MLP, cli_env, deep_update, make_project
 
 RESULTS = REPO / "benchmarks" / "results.json"
 SMOKE_RESULTS = Path(tempfile.gettempdir()) / "sublim-bench-smoke.json"
+HISTORY = 10  # earlier measurements kept per section in results.json
 
 
 # --- sizes ---------------------------------------------------------------------------------------------------
@@ -998,6 +999,21 @@ SECTIONS = {"demo": demo, "demo_one_worker": demo_one_worker, "demo_mlp": demo_m
             "dask_sweep": dask_sweep, "task_overhead": task_overhead}
 
 
+def commit() -> str:
+    """The checkout measured: its commit, '+' when its working tree differs from it."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def with_history(new: dict, old: dict | None, keep: int = HISTORY) -> dict:
+    """A section's new figures, with the ones they replace first in its `previous` list (newest first, the last
+    `keep`): a rerun never loses a measurement."""
+    if not old:
+        return new
+    earlier = [{k: v for k, v in old.items() if k != "previous"}, *old.get("previous", [])]
+    return {**new, "previous": earlier[:keep]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help=f"results file (default {RESULTS}; with --smoke {SMOKE_RESULTS})")
@@ -1016,8 +1032,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"sublim-bench-{name}-") as tmp:
             print(f"== {name}", flush=True)
             started = time.perf_counter()
-            results[name] = {**SECTIONS[name](Path(tmp), scale), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             **({"smoke": True} if scale.smoke else {})}
+            measured = {**SECTIONS[name](Path(tmp), scale), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "commit": commit(), **({"smoke": True} if scale.smoke else {})}
+            results[name] = with_history(measured, results.get(name))
             print(json.dumps(results[name], indent=1), f"\n({time.perf_counter() - started:.0f} s)", flush=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
 
