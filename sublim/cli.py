@@ -28,12 +28,14 @@ from sublim import config, progress
 from sublim.plan import DVC_PIPELINES, PLANNERS
 from sublim.plan import plan as make_plan
 
-# Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure), and MLflow
-# would send its usage records to its collector from every command and DVC stage. Prefect's
+# Offline by design: Prefect's server would otherwise try to send telemetry (and log the failure), Prefect's
+# client its own (with a first-run notice on the terminal), and MLflow its usage records, from every command and
+# DVC stage (DO_NOT_TRACK is the switch both clients read). Prefect's
 # INFO lines (each job's start and result) go to its API, so the UI shows them, but not to the terminal, where
 # they would bury the progress display: `-v` shows them. All stay overridable from the environment.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # The ephemeral server's 20 s default start-up timeout was missed on a busy 2-core machine (a flow failed with
 # "Timed out while attempting to connect to ephemeral Prefect API server" while two pipelines trained).

@@ -352,18 +352,20 @@ def test_a_worker_whose_display_is_gone_keeps_computing():
 
 
 @pytest.mark.parametrize("entry", ["sublim.cli", "flows.pipeline"])
-def test_offline_by_design_mlflow_sends_no_telemetry(entry):
-    """MLflow 3 sends usage records to its collector from any process that is not CI or a test; sublim's
-    commands, DVC stages and flows do not (MLFLOW_DISABLE_TELEMETRY=false turns it back on)."""
+def test_offline_by_design_no_usage_telemetry(entry):
+    """MLflow 3 and Prefect's client send usage records from any process that is not CI or a test (Prefect
+    with a first-run notice on the terminal); sublim's commands, DVC stages and flows do not (the environment
+    can turn them back on)."""
     import subprocess
 
     env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}  # no CI or pytest marks
-    ask = "from mlflow.telemetry.utils import is_telemetry_disabled as off; print(off())"
+    ask = ("from mlflow.telemetry.utils import is_telemetry_disabled as off; "
+           "from prefect._internal.analytics.enabled import is_telemetry_enabled as on; print(off(), on())")
     run = lambda code, **extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, check=True,  # noqa: E731
-                                               capture_output=True, text=True, cwd=REPO).stdout.split()[-1]
-    assert run(f"import mlflow; {ask}") == "False"  # what a plain MLflow process would do here
-    assert run(f"import {entry}; {ask}") == "True"
-    assert run(f"import {entry}; {ask}", MLFLOW_DISABLE_TELEMETRY="false") == "False"
+                                               capture_output=True, text=True, cwd=REPO).stdout.split()[-2:]
+    assert run(f"import mlflow; {ask}") == ["False", "True"]  # what plain MLflow and Prefect would do here
+    assert run(f"import {entry}; {ask}") == ["True", "False"]
+    assert run(f"import {entry}; {ask}", MLFLOW_DISABLE_TELEMETRY="false", DO_NOT_TRACK="0") == ["False", "True"]
 
 
 def test_no_early_server_when_an_api_is_configured(prefect_server):
