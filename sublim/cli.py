@@ -113,6 +113,7 @@ class ReaderGone:
 
 app = App(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
+console.soft_wrap = not console.is_terminal  # off a terminal a message stays one line (a log stays greppable)
 
 
 def _one_line(message: str) -> None:
@@ -121,8 +122,19 @@ def _one_line(message: str) -> None:
 
 
 def out() -> Console:
-    """Results on stdout; wide enough for lineage tables when piped into a log or a file."""
-    return Console() if Console().is_terminal else Console(width=160)
+    """Results on stdout; wide enough for lineage tables when piped into a log or a file, where lines of text are
+    not wrapped."""
+    return Console() if Console().is_terminal else Console(width=160, soft_wrap=True)
+
+
+def show_markdown(markdown: str) -> None:
+    """A markdown result (a summary's table and verdict): rendered on a terminal; elsewhere as written, one line
+    per line (rendered into a log it was wrapped and padded with spaces to 160 columns)."""
+    console_out = out()
+    if console_out.is_terminal:
+        console_out.print(Markdown(markdown))
+    else:
+        typer.echo(markdown.rstrip("\n"))
 
 
 EXIT_USAGE = 3
@@ -258,7 +270,7 @@ def run(
         report.finished([outcome])
     console.print(f"{outcome.job_id}: {outcome.output} md5={outcome.digest}", highlight=False)
     if outcome.summary_markdown:
-        out().print(Markdown(outcome.summary_markdown))
+        show_markdown(outcome.summary_markdown)
 
 
 def _preflight(cfg: config.Config, pipeline: str, root: Path, code: int = 2) -> None:
@@ -367,7 +379,7 @@ def _show_summary(summary: str | None) -> None:
     from flows.pipeline import NOT_FINISHED
 
     table, _, missing = (summary or "").partition(NOT_FINISHED)
-    out().print(Markdown(table))
+    show_markdown(table)
     if missing:
         out().print(f"Not finished: {missing}", highlight=False, markup=False, soft_wrap=True)
 
@@ -554,7 +566,7 @@ def screen(
                                         threads=cfg.runtime.threads_for("lm"), progress=progress.steps)
     except (ArtifactError, screening.ScreenInputError) as exc:  # bad input; anything else is a bug: exit 4
         _fail_usage(str(exc), EXIT_USAGE)
-    out().print(Markdown((root / done.report).read_text()))
+    show_markdown((root / done.report).read_text())
     scored_by = f"{done.teacher} (from {done.teacher_from})" if done.teacher else "none known: surprise under the base"
     console.print(f"screened dataset: {done.screened} (teacher: {scored_by})", highlight=False)
     if done.probe:
@@ -563,7 +575,7 @@ def screen(
             console.print("note: against the base's own answers a flag says the data moves the base, not that the "
                           "move is a trait; --control with a control teacher's data makes the test specific",
                           highlight=False)
-        out().print(Markdown(done.summary))
+        show_markdown(done.summary)
     if done.flagged:
         raise typer.Exit(1)
 
@@ -592,7 +604,7 @@ def compare(
     if as_json:
         typer.echo(json.dumps(comparing.as_json(rows), indent=2))
     else:
-        out().print(Markdown(comparing.table(rows, measure)))
+        show_markdown(comparing.table(rows, measure))
 
 
 @app.command()
@@ -626,7 +638,7 @@ def ask(
                                "detection": asdict(found) | {"naming_rate": found.naming_rate} if found else None},
                               indent=2))
         return
-    out().print(Markdown(asking.table(scored, found)))
+    show_markdown(asking.table(scored, found))
 
 
 # --- lineage: record, audit, card, ancestors, descendants, graph ------------------------------------------

@@ -93,6 +93,21 @@ def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monke
     not_finished = [line for line in result.output.splitlines() if line.startswith("Not finished: ")]
     assert not_finished == ["Not finished: mlp.evaluate@s1, mlp.student@s1.g1.other, mlp.student@s1.g1.shared, "
                             "mlp.summary, mlp.transfer@s1.g1"]  # one line, however long the list
+    assert all(line == line.rstrip() for line in result.output.splitlines())  # nothing padded to 160 columns
+
+
+def test_off_a_terminal_results_are_lines_as_written(capsys):
+    """In a log, a summary's table and verdict were rendered into 160 columns, padded with spaces (a verdict took
+    12 lines), and messages wrapped at 80 (`sublim run`'s md5 on a line of its own): markdown comes as written,
+    and a message stays one line."""
+    from sublim import cli
+
+    verdict = "Digit skill transferred: " + "a long verdict, " * 20
+    cli.show_markdown(f"| model | accuracy |\n|---|---|\n| teacher | 0.866 |\n\n{verdict}\n")
+    cli.console.print("mlp.teacher@s0.g0: models/mlp/s0/g0-shared md5=" + "0" * 32 + " " + "x" * 60, highlight=False)
+    captured = capsys.readouterr()
+    assert captured.out == f"| model | accuracy |\n|---|---|\n| teacher | 0.866 |\n\n{verdict}\n"
+    assert len(captured.err.splitlines()) == 1
 
 
 def test_a_failed_jobs_line_names_the_job_once():
