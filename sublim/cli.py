@@ -386,7 +386,7 @@ def _show_summary(summary: str | None) -> None:
 
 @app.command()
 def sweep(
-    pipeline: Annotated[str, typer.Argument(help="mlp or lm")] = "lm",
+    pipeline: Annotated[str, typer.Argument(help=f"the pipeline swept: {', '.join(PLANNERS)}")] = "lm",
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=v1,v2,... (dotted params key; repeat "
                                                                      "for a grid), e.g. lm.trait.target=owl,cat")] = None,
     name: Annotated[str, typer.Option("--name", help="folder under sweeps/")] = "sweep",

@@ -142,7 +142,19 @@ def build(name: str, pipeline: str, raw: dict, grid: dict[str, list[Any]]) -> Sw
     if unknown:  # a typo, not a bad point: one line, not one refusal per value
         raise config.ConfigError(f"--set {unknown[0]}: not a params key (every point refuses it; see params.yaml "
                                  f"for the keys)")
+    same = [p for p, why in invalid.items() if why.startswith("the same jobs as ")]
+    if len(grid_points) > 1 and len(reports) == 1 and len(same) == len(grid_points) - 1:
+        raise config.ConfigError(_varies_nothing(pipeline, grid))
     return SweepPlan(name, Plan(pipeline, tuple(jobs)), tuple(grid_points), reports, invalid)
+
+
+def _varies_nothing(pipeline: str, grid: dict[str, list[Any]]) -> str:
+    """Every point plans the same jobs: the sweep would run the pipeline once and compare nothing (`sublim sweep
+    --set mlp.x=1,2` ran the whole lm pipeline, the default, after one line saying so)."""
+    keys = ", ".join(grid)
+    other = {k.split(".", 1)[0] for k in grid} - {pipeline}
+    hint = f"; did you mean `sublim sweep {sorted(other)[0]} ...`?" if len(other) == 1 else ""
+    return f"--set {keys}: the {pipeline} pipeline does not depend on it (every point plans the same jobs){hint}"
 
 
 def slug(text: str) -> str:

@@ -35,12 +35,27 @@ def test_sets_parse_into_a_grid():
 
 
 def test_a_point_that_changes_no_job_is_reported_not_left_unfinished():
-    """An MLP sweep over an LM setting, or a repeated value, plans one point's jobs twice: the second point is
-    reported as the same as the first (a new-user audit saw it listed as "did not finish", exit 0)."""
-    swept = sweep.build("x", "mlp", {"mlp": {"seeds": [0]}}, {"lm.trait.target": ["owl", "cat"]})
-    assert list(swept.reports) == ["lm.trait.target=owl"]
-    assert swept.invalid == {"lm.trait.target=cat": "the same jobs as lm.trait.target=owl: the mlp pipeline does "
-                                                    "not depend on what lm.trait.target=cat changes"}
+    """A point that plans another point's jobs (its setting is not the pipeline's) is reported as the same as
+    that one (a new-user audit saw it listed as "did not finish", exit 0)."""
+    grid = {"mlp.model.aux_logits": [3, 5], "lm.trait.target": ["owl", "cat"]}
+    swept = sweep.build("x", "mlp", {"mlp": {"seeds": [0]}}, grid)
+    assert sorted(swept.reports) == ["mlp.model.aux_logits=3,lm.trait.target=owl",
+                                     "mlp.model.aux_logits=5,lm.trait.target=owl"]
+    assert swept.invalid["mlp.model.aux_logits=3,lm.trait.target=cat"] == (
+        "the same jobs as mlp.model.aux_logits=3,lm.trait.target=owl: the mlp pipeline does not depend on what "
+        "mlp.model.aux_logits=3,lm.trait.target=cat changes")
+
+
+def test_a_sweep_that_varies_nothing_is_refused_before_compute():
+    """`sublim sweep --set mlp.model.aux_logits=1,2` (the pipeline left at its default, lm) said one point was
+    the same as the other, then ran the whole lm pipeline to compare nothing."""
+    with pytest.raises(config.ConfigError, match=r"^--set mlp.model.aux_logits: the lm pipeline does not depend on "
+                                                 r"it \(every point plans the same jobs\); did you mean `sublim "
+                                                 r"sweep mlp \.\.\.`\?$"):
+        sweep.build("x", "lm", {"lm": {"seeds": [0]}}, {"mlp.model.aux_logits": [1, 2]})
+    with pytest.raises(config.ConfigError, match=r"the mlp pipeline does not depend on it"):
+        sweep.build("x", "mlp", {"mlp": {"seeds": [0]}}, {"lm.trait.target": ["owl", "cat"]})
+    assert list(sweep.build("x", "mlp", {}, {"mlp.model.aux_logits": [3]}).reports) == ["mlp.model.aux_logits=3"]
     with pytest.raises(config.ConfigError, match="lists 3 twice"):
         sweep.parse_sets(["mlp.model.aux_logits=3,3,5"])
 
