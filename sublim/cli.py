@@ -236,10 +236,13 @@ def main(ctx: typer.Context,
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
-    step: Annotated[str, typer.Argument(help="pipeline.step, e.g. mlp.teacher")],
-    seed: Annotated[int | None, typer.Option()] = None,
+    step: Annotated[str, typer.Argument(help="pipeline.step with --seed/--gen/--variant (e.g. mlp.teacher "
+                                             "--seed 0 --gen 0), or a job id as `sublim plan` lists it "
+                                             "(mlp.base@s0.shared)")],
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
     gen: Annotated[int | None, typer.Option(help="generation")] = None,
-    variant: Annotated[str | None, typer.Option(help="e.g. shared/other init")] = None,
+    variant: Annotated[str | None, typer.Option(help="e.g. shared / other (the init), trait-shared, "
+                                                    "control-other (see `sublim plan`)")] = None,
     teacher: Annotated[int | None, typer.Option(help="generation the data comes from (checked)")] = None,
     params: ParamsOpt = Path(config.PARAMS_FILE),
 ) -> None:
@@ -253,10 +256,15 @@ def run(
         _fail_usage(f"STEP {step!r}: expected pipeline.step, e.g. mlp.teacher (see `sublim plan PIPELINE`)")
     try:
         jobs = make_plan(cfg, pipeline)
-        job = jobs.find(short, seed, gen, variant, source=str(params))
+        if "@" in short:  # a job id, as `sublim plan` lists them
+            if (seed, gen, variant) != (None, None, None):
+                _fail_usage(f"STEP {step!r} is a job id: it takes no --seed, --gen or --variant")
+            job = jobs.get(step)
+        else:
+            job = jobs.find(short, seed, gen, variant, source=str(params))
     except LookupError as exc:
         _fail_usage(str(exc))
-    _check_link(cfg, pipeline, gen, teacher, ctx.args)
+    _check_link(cfg, pipeline, job.gen, teacher, ctx.args)
     root = params.resolve().parent
     _preflight(cfg, pipeline, root)
     with progress.use(reporter()) as report:
@@ -291,7 +299,11 @@ def _check_link(cfg: config.Config, pipeline: str, gen: int | None, teacher: int
         if extra:
             _fail_usage(f"unexpected arguments {' '.join(extra)}")
         return
-    link = getattr(cfg, pipeline).link(gen)
+    try:
+        link = getattr(cfg, pipeline).link(gen)
+    except StopIteration:  # generation 0 (teachers) learns from no generation
+        _fail_usage(f"--teacher {teacher}: generation {gen} learns from no teacher generation ({pipeline}."
+                    "generations lists the students' generations, 1 and up)")
     if link.teacher != teacher:
         _fail_usage(f"--teacher {teacher} disagrees with params.yaml ({pipeline}.generations: gen {gen} learns "
                     f"from {link.teacher})")

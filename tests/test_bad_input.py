@@ -154,6 +154,10 @@ CASES = [
     # commands and jobs
     Case("unknown-step", None, ["run", "mlp.nope"], "no step mlp.nope; the mlp pipeline's steps: mlp.data, mlp.base"),
     Case("unknown-seed", None, ["run", "mlp.teacher", "--seed", "9", "--gen", "0"], "seed=9"),
+    Case("unknown-job-id", None, ["run", "mlp.base@s9.shared"], "no job 'mlp.base@s9.shared' in the mlp pipeline"),
+    Case("job-id-and-seed", None, ["run", "mlp.base@s0.shared", "--seed", "0"], "is a job id: it takes no --seed"),
+    Case("teacher-of-gen-0", None, ["run", "mlp.teacher", "--seed", "0", "--gen", "0", "--teacher", "3"],
+         "--teacher 3: generation 0 learns from no teacher generation"),
     Case("unknown-pipeline", None, ["flow", "nope"], "unknown pipeline 'nope'"),
     Case("confirm-not-offered", None, ["flow", "detect", "--confirm"], "--confirm: the detect pipeline has no "
          "confirmation run (there are: lm, matrix)"),
@@ -315,6 +319,23 @@ def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
                                                "student": {"steps": 8}}]}})
     _check_link(lm, "lm", 1, 0, ["--generate.temperature", "0.5", "--student.steps", "8"])
     _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
+
+
+def test_run_takes_a_job_id_as_plan_lists_it(tmp_path):
+    """`sublim run mlp.base@s0.shared` (an id copied from `sublim plan`) said "no step"; it runs that job, as
+    `--seed 0 --variant shared` does."""
+    from typer.testing import CliRunner
+
+    from sublim import cli
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
+    assert CliRunner().invoke(cli.app, ["run", "mlp.data", "-p", str(root / "params.yaml")]).exit_code == 0
+    by_id = CliRunner().invoke(cli.app, ["run", "mlp.base@s0.shared", "-p", str(root / "params.yaml")])
+    assert by_id.exit_code == 0, by_id.output
+    assert "mlp.base@s0.shared: models/mlp/s0/base-shared md5=" in by_id.output
+    again = CliRunner().invoke(cli.app, ["run", "mlp.base", "--seed", "0", "--variant", "shared", "-p",
+                                         str(root / "params.yaml")])
+    assert again.exit_code == 0 and by_id.output.splitlines()[-1] == again.output.splitlines()[-1]
 
 
 def test_more_workers_than_cores_is_noted_not_refused(tmp_path, monkeypatch):
