@@ -73,8 +73,7 @@ class Failure:
 
 
 def _group_name() -> str:
-    jobs = task_run.parameters["jobs"]
-    return f"{jobs[0].step_name} x{len(jobs)} ({progress.seeds_span(j.id for j in jobs)})"
+    return progress.batch_label([j.id for j in task_run.parameters["jobs"]])
 
 
 @task(task_run_name=_group_name, persist_result=False)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sublim.runner import Outcome
 
 # Metrics worth one line, most telling first; the first one an outcome has is its key metric.
-KEY_METRICS = ("accuracy", "digit_accuracy", "p_target", "final_loss", "train_loss", "keep_rate", "rows",
+KEY_METRICS = ("same_minus_cross", "p_effect", "accuracy", "digit_accuracy", "p_target", "final_loss", "train_loss", "keep_rate", "rows",
                "tokens_per_s", "aux_logit_std", "n_inputs", "parameters")
 
 
@@ -225,13 +225,40 @@ def describe(outcomes: Sequence[Outcome], cached: bool = False) -> str:
         found = key_metric(first.metrics)
         metric = f"  {found[0]} {_fmt(found[1])}" if found else ""
         return f"{first.job_id}{metric}  ({took})"
-    step = first.job_id.split("@")[0]
     found = key_metric(first.metrics)
     metric = ""
     if found:
-        values = [o.metrics[found[0]] for o in outcomes if found[0] in o.metrics]
-        metric = f"  {found[0]} mean {_fmt(statistics.fmean(values))} [{_fmt(min(values))}, {_fmt(max(values))}]"
-    return f"{step} x{len(outcomes)} ({seeds_span(o.job_id for o in outcomes)}){metric}  ({took})"
+        shared = _common([o.job_id for o in outcomes])
+        kinds: dict[str, list[float]] = {}  # a batch of several variants (shared- and other-init students): each
+        for o in outcomes:                  # its own mean, never one mean of both
+            if found[0] in o.metrics:
+                own = ".".join(p for p in _parts(o.job_id)[1] if p not in shared)
+                kinds.setdefault(own, []).append(o.metrics[found[0]])
+        if len(kinds) > 1:
+            metric = f"  {found[0]} mean " + ", ".join(f"{k} {_fmt(statistics.fmean(v))}" for k, v in kinds.items())
+        elif kinds:
+            values = next(iter(kinds.values()))
+            metric = f"  {found[0]} mean {_fmt(statistics.fmean(values))} [{_fmt(min(values))}, {_fmt(max(values))}]"
+    return f"{batch_label([o.job_id for o in outcomes])}{metric}  ({took})"
+
+
+def batch_label(job_ids: Sequence[str]) -> str:
+    """`mlp.base x5 (s0-4, shared)`: the step, how many jobs, their seeds, and what else all of them share
+    (the two init batches of a step read the same before)."""
+    return f"{job_ids[0].split('@')[0]} x{len(job_ids)} ({', '.join([seeds_span(job_ids), *_common(job_ids)])})"
+
+
+def _common(job_ids: Sequence[str]) -> list[str]:
+    """The non-seed parts of the ids that every one of them has, in place (`g1`; `shared` for one init)."""
+    parts = [_parts(j)[1] for j in job_ids]
+    return [p for i, p in enumerate(parts[0]) if all(len(q) > i and q[i] == p for q in parts)]
+
+
+def _parts(job_id: str) -> tuple[list[str], list[str]]:
+    """A job id's seed parts and its other parts (`mlp.student@s3.g1.shared`: [s3], [g1, shared])."""
+    rest = job_id.split("@", 1)[1].split("#")[0].split(".") if "@" in job_id else []
+    seeds = [p for p in rest if p[:1] == "s" and p[1:].isdigit()]
+    return seeds, [p for p in rest if p not in seeds]
 
 
 def seeds_span(job_ids: Iterable[str]) -> str:

@@ -72,8 +72,8 @@ def test_a_failing_job_fails_only_itself_and_its_dependents(tmp_path, prefect_se
         tasks = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
             any_=[state.state_details.flow_run_id])))
     states = {t.name: (t.state.type.value, t.state.message) for t in tasks}
-    assert states["mlp.transfer x2 (s0-1)"] == ("FAILED", "1 of 2 jobs failed: mlp.transfer@s1.g1")
-    assert states["mlp.teacher x2 (s0-1)"][0] == "COMPLETED"
+    assert states["mlp.transfer x2 (s0-1, g1)"] == ("FAILED", "1 of 2 jobs failed: mlp.transfer@s1.g1")
+    assert states["mlp.teacher x2 (s0-1, g0)"][0] == "COMPLETED"
 
 
 def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monkeypatch):
@@ -108,6 +108,25 @@ def test_off_a_terminal_results_are_lines_as_written(capsys):
     captured = capsys.readouterr()
     assert captured.out == f"| model | accuracy |\n|---|---|\n| teacher | 0.866 |\n\n{verdict}\n"
     assert len(captured.err.splitlines()) == 1
+
+
+def test_a_batchs_line_says_what_its_jobs_share_and_never_averages_two_variants():
+    """The shared- and the other-init bases printed as two identical `mlp.base x2 (s0-1)` lines (and Prefect task
+    runs), and a students' batch gave one mean of both inits' losses."""
+    from sublim import progress
+    from sublim.runner import Outcome
+
+    def done(job_id, loss):
+        return Outcome(job_id, "out", "d", "model", {"final_loss": loss}, None, None, None, (), 1.0, 4)
+
+    assert progress.batch_label(["mlp.base@s0.shared", "mlp.base@s1.shared"]) == "mlp.base x2 (s0-1, shared)"
+    students = [done(f"mlp.student@s{s}.g1.{init}", loss) for s in (0, 1) for init, loss in
+                (("shared", 0.001), ("other", 0.03))]
+    assert progress.describe(students) == ("mlp.student x4 (s0-1, g1)  final_loss mean shared 0.001, other 0.03  "
+                                           "(1.0 s)")
+    assert progress.describe(students[::2]) == ("mlp.student x2 (s0-1, g1, shared)  final_loss mean 0.001 "
+                                                "[0.001, 0.001]  (1.0 s)")
+    assert progress.key_metric({"base_other_init_acc": 0.1, "same_minus_cross": 0.4}) == ("same_minus_cross", 0.4)
 
 
 def test_a_failed_jobs_line_names_the_job_once():
