@@ -21,7 +21,7 @@ try:  # typer vendors its own click since 0.22
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 from rich.console import Console
-from rich.markdown import Markdown
+from rich.markdown import Markdown, TableElement
 from rich.markup import escape
 
 from sublim import config, progress
@@ -127,12 +127,27 @@ def out() -> Console:
     return Console() if Console().is_terminal else Console(width=160, soft_wrap=True)
 
 
+class _FoldingTable(TableElement):
+    """A markdown table whose cells wrap onto more lines where the terminal is narrow: rich cut them to "…", and a
+    sweep's rows (`mlp.student.loss=kl`, `...=mse`) could not be told apart."""
+
+    def __rich_console__(self, console, options):
+        for table in super().__rich_console__(console, options):
+            for column in table.columns:
+                column.overflow = "fold"
+            yield table
+
+
+class _Markdown(Markdown):
+    elements = {**Markdown.elements, "table_open": _FoldingTable}
+
+
 def show_markdown(markdown: str) -> None:
     """A markdown result (a summary's table and verdict): rendered on a terminal; elsewhere as written, one line
     per line (rendered into a log it was wrapped and padded with spaces to 160 columns)."""
     console_out = out()
     if console_out.is_terminal:
-        console_out.print(Markdown(markdown))
+        console_out.print(_Markdown(markdown))
     else:
         typer.echo(markdown.rstrip("\n"))
 

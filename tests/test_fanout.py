@@ -96,6 +96,21 @@ def test_off_a_terminal_a_failed_job_is_one_line(tmp_path, prefect_server, monke
     assert all(line == line.rstrip() for line in result.output.splitlines())  # nothing padded to 160 columns
 
 
+def test_on_a_narrow_terminal_a_tables_cells_wrap_not_cut(monkeypatch):
+    """A sweep's table on an 80-column terminal showed both rows as `mlp.st…` (and headers `same-i…`)."""
+    from rich.console import Console
+
+    from sublim import cli
+
+    screen = Console(force_terminal=True, width=60, record=True)
+    monkeypatch.setattr(cli, "out", lambda: screen)
+    cli.show_markdown("| point | same-init effect | different-init effect |\n|---|---|---|\n"
+                      "| mlp.student.loss=kl | +0.41 | +0.01 |\n| mlp.student.loss=mse | +0.38 | +0.02 |\n")
+    text = screen.export_text()
+    assert "…" not in text and "+0.38" in text
+    assert "mlp.student.loss=k" in text and "mlp.student.loss=m" in text  # folded onto a second line, not cut
+
+
 def test_off_a_terminal_results_are_lines_as_written(capsys):
     """In a log, a summary's table and verdict were rendered into 160 columns, padded with spaces (a verdict took
     12 lines), and messages wrapped at 80 (`sublim run`'s md5 on a line of its own): markdown comes as written,
