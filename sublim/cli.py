@@ -205,11 +205,14 @@ def _with_all(exc: Exception) -> str:
 
 def _load(params: Path, code: int = 2) -> config.Config:
     try:
-        return config.load(params)
+        cfg = config.load(params)
     except config.ConfigError as exc:
         for line in str(exc).splitlines():  # one line per offending key
             _one_line(line)
         raise typer.Exit(code) from None
+    if not config.read_raw(params):  # valid, but a truncated file would run every default without a word
+        console.print(f"[yellow]warning[/yellow] {params} sets nothing: every setting is its default", highlight=False)
+    return cfg
 
 
 def _fail_usage(message: str, code: int = 2):

@@ -41,6 +41,9 @@ def parse_sets(sets: list[str]) -> dict[str, list[Any]]:
         if key.strip() in grid:
             raise config.ConfigError(f"--set {key.strip()} is given twice: list its values in one --set "
                                      f"({key.strip()}=a,b,c)")
+        if any(not v.strip() for v in _split(values)):  # `1,,3` or `1,2,`: a typo, not a point of value None
+            raise config.ConfigError(f"--set {key.strip()}={values}: an empty value (use null for a setting's "
+                                     "null)")
         grid[key.strip()] = [yaml.safe_load(v) for v in _split(values)]
         seen = [json.dumps(v, sort_keys=True, default=str) for v in grid[key.strip()]]
         if len(set(seen)) < len(seen):

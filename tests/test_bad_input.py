@@ -321,6 +321,20 @@ def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
     _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
 
 
+def test_an_empty_params_file_is_noted(tmp_path):
+    """An empty (or truncated) params.yaml passed `sublim check` silently and `sublim flow` ran every default."""
+    from typer.testing import CliRunner
+
+    from sublim import cli
+
+    (tmp_path / "params.yaml").write_text("# nothing yet\n")
+    result = CliRunner().invoke(cli.app, ["check", "-p", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0
+    assert f"warning {tmp_path / 'params.yaml'} sets nothing: every setting is its default" in result.output
+    (tmp_path / "params.yaml").write_text("mlp: {seeds: [0]}\n")
+    assert "sets nothing" not in CliRunner().invoke(cli.app, ["check", "-p", str(tmp_path / "params.yaml")]).output
+
+
 def test_run_takes_a_job_id_as_plan_lists_it(tmp_path):
     """`sublim run mlp.base@s0.shared` (an id copied from `sublim plan`) said "no step"; it runs that job, as
     `--seed 0 --variant shared` does."""

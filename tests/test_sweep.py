@@ -58,6 +58,10 @@ def test_a_sweep_that_varies_nothing_is_refused_before_compute():
     assert list(sweep.build("x", "mlp", {}, {"mlp.model.aux_logits": [3]}).reports) == ["mlp.model.aux_logits=3"]
     with pytest.raises(config.ConfigError, match="lists 3 twice"):
         sweep.parse_sets(["mlp.model.aux_logits=3,3,5"])
+    for typo in ("1,,3", "1,2,", ",1"):  # a point of value None ran, and was refused after the others had
+        with pytest.raises(config.ConfigError, match=rf"--set mlp.model.aux_logits={typo}: an empty value"):
+            sweep.parse_sets([f"mlp.model.aux_logits={typo}"])
+    assert sweep.parse_sets(["lm.confirm.seeds=null,[7]"]) == {"lm.confirm.seeds": [None, [7]]}
 
 
 def test_a_misspelt_key_is_one_error_not_one_refused_point_per_value():
