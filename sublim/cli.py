@@ -231,10 +231,23 @@ def reporter() -> progress.Reporter:
     return progress.Rich(console) if console.is_terminal else progress.Failures(console)
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"sublim {version('sublim')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("sublim (not installed: run from a checkout)")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(ctx: typer.Context,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and sublim's log "
-                                                                     "lines (and tracebacks)")] = False) -> None:
+                                                                     "lines (and tracebacks)")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print sublim's version and exit")] = False) -> None:
     global _verbose
     _verbose = verbose
     handler = logging.StreamHandler()

@@ -321,6 +321,18 @@ def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
     _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
 
 
+def test_version_is_the_projects():
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from sublim import cli
+
+    result = CliRunner().invoke(cli.app, ["--version"])
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert result.exit_code == 0 and result.output == f"sublim {expected}\n"
+
+
 def test_an_empty_params_file_is_noted(tmp_path):
     """An empty (or truncated) params.yaml passed `sublim check` silently and `sublim flow` ran every default."""
     from typer.testing import CliRunner
