@@ -298,6 +298,7 @@ class Rich:
         self._jobs = None
         self._lock = threading.Lock()
         self._started = False
+        self._tally: dict[str, int] = {}
 
     def _start(self) -> None:
         if not self._started:
@@ -307,8 +308,10 @@ class Rich:
     def begin(self, title: str, total: int) -> None:
         with self._lock:
             self._start()
+            self._say_tally()
             if self._jobs is not None:
                 self.bar.remove_task(self._jobs)
+            self._name, self._tally = title, {"computed": 0, "cached": 0, "failed": 0}
             self._title = f"[bold]{title}[/bold] jobs"
             self._jobs = self.bar.add_task(self._title, total=total)
             self._t0 = time.perf_counter()
@@ -323,6 +326,8 @@ class Rich:
             self._start()
             mark = "[dim]=[/dim]" if cached else "[green]✓[/green]"
             self.bar.console.print(f"{mark} {describe(outcomes, cached)}", highlight=False)
+            if self._tally:
+                self._tally["cached" if cached else "computed"] += len(outcomes)
             if self._jobs is not None:
                 self.bar.advance(self._jobs, len(outcomes))
 
@@ -332,6 +337,8 @@ class Rich:
         with self._lock:
             self._start()
             self.bar.console.print(f"[red]✗[/red] {job_id}: {escape(first_line(job_id, message))}", highlight=False)
+            if self._tally:
+                self._tally["failed"] += 1
             if self._jobs is not None:
                 self.bar.advance(self._jobs, 1)
 
@@ -355,7 +362,18 @@ class Rich:
     def close_bar(self, bar: Any) -> None:
         self.bar.remove_task(bar)
 
+    def _say_tally(self) -> None:
+        """`mlp: 37 jobs: 0 computed, 37 cached`: what a rerun took up is plain without counting its lines."""
+        if sum(self._tally.values()):
+            parts = [f"{n} {what}" for what, n in self._tally.items() if n or what != "failed"]
+            self.bar.console.print(f"[bold]{self._name}[/bold]: {sum(self._tally.values())} jobs: "
+                                   f"{', '.join(parts)}", highlight=False)
+        self._tally = {}
+
     def end(self) -> None:
+        with self._lock:
+            if self._started:
+                self._say_tally()
         if self._started:
             self.bar.stop()
             self._started = False

@@ -7,6 +7,7 @@ import contextlib
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -386,6 +387,30 @@ def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
     (task,) = report.bar.tasks
     assert task.description == "[bold]lm[/bold] jobs -> lm.base x2 (s0-1)"
     report.end()
+
+
+def test_each_pipeline_ends_with_its_jobs_computed_and_cached():
+    """A rerun listed 67 `= ... (cached)` lines and no total: each pipeline now ends with one."""
+    import io
+
+    from rich.console import Console
+
+    from sublim.progress import Rich
+    from sublim.runner import Outcome
+
+    screen = io.StringIO()
+    report = Rich(Console(file=screen, force_terminal=True, width=120))
+    done = lambda job_id: Outcome(job_id, "out", "d", "model", {}, None, None, None, (), 1.0, 1)  # noqa: E731
+    report.begin("mlp", 3)
+    report.finished([done("mlp.data")], cached=True)
+    report.finished([done("mlp.base@s0.shared"), done("mlp.base@s1.shared")])
+    report.begin("lm", 2)
+    report.finished([done("lm.questions")], cached=True)
+    report.failed("lm.base@s0.shared", "RuntimeError: boom")
+    report.end()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # without the terminal's escapes
+    assert "mlp: 3 jobs: 2 computed, 1 cached" in text
+    assert "lm: 2 jobs: 0 computed, 1 cached, 1 failed" in text
 
 
 def test_a_worker_whose_display_is_gone_keeps_computing():
