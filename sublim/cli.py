@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -396,14 +397,17 @@ def flow(
             _fail_usage(_with_all(exc))
     from sublim import prefect_server
 
-    server = prefect_server.EarlyServer.start()  # it boots while the flows are imported and MLflow is checked
-    from flows.pipeline import run_flow, sublim_pipeline
-    from sublim.code import pipeline_jobs, warm
+    with contextlib.ExitStack() as running:
+        with _starting():
+            server = prefect_server.EarlyServer.start()  # it boots while the flows are imported, MLflow checked
+            from flows.pipeline import run_flow, sublim_pipeline
+            from sublim.code import pipeline_jobs, warm
 
-    for name in names:
-        _preflight(cfg, name, params.resolve().parent)
-    warm(pipeline_jobs(cfg, PLANNERS))  # while the server boots: every flow writes every manifest
-    with prefect_server.reporting_to(server), progress.use(reporter()):
+            for name in names:
+                _preflight(cfg, name, params.resolve().parent)
+            warm(pipeline_jobs(cfg, PLANNERS))  # while the server boots: every flow writes every manifest
+            running.enter_context(prefect_server.reporting_to(server))
+        running.enter_context(progress.use(reporter()))
         results = []
         for name in names:
             results.append(run_flow(sublim_pipeline, cfg, pipeline=name, params=str(params), workers=workers))
@@ -415,6 +419,17 @@ def flow(
         console.print(f"[yellow]note[/yellow] {escape(results[-1]['dvc_skipped'])}", highlight=False)
     if results[-1]["missing"]:
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _starting() -> Iterator[None]:
+    """On a terminal, a spinner while a flow command starts: its imports, the tracking store's check and
+    Prefect's server took ~8 s of blank screen before the first job showed."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status("starting: the tracking store and Prefect's server", spinner="dots"):
+        yield
 
 
 def _show_summary(summary: str | None) -> None:
@@ -456,16 +471,19 @@ def sweep(
         raise typer.Exit(2)
     from sublim import prefect_server
 
-    server = prefect_server.EarlyServer.start()
-    from sublim.code import warm
-
-    _preflight(cfg, pipeline, params.resolve().parent)
-    warm(swept.plan.jobs)  # while the server boots
     for point, why in swept.invalid.items():
         console.print(f"[yellow]skipped[/yellow] {point}: {why}", highlight=False)
-    from flows.pipeline import run_flow, sublim_sweep
+    with contextlib.ExitStack() as running:
+        with _starting():
+            server = prefect_server.EarlyServer.start()
+            from sublim.code import warm
 
-    with prefect_server.reporting_to(server), progress.use(reporter()):
+            _preflight(cfg, pipeline, params.resolve().parent)
+            warm(swept.plan.jobs)  # while the server boots
+            from flows.pipeline import run_flow, sublim_sweep
+
+            running.enter_context(prefect_server.reporting_to(server))
+        running.enter_context(progress.use(reporter()))
         result = run_flow(sublim_sweep, cfg, name=name, grid=grid, pipeline=pipeline, params=str(params),
                           workers=workers)
     _show_summary(result.get("summary"))

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from sublim.runner import Outcome
 
 # Metrics worth one line, most telling first; the first one an outcome has is its key metric.
-KEY_METRICS = ("same_minus_cross", "p_effect", "accuracy", "digit_accuracy", "p_target", "final_loss", "train_loss", "keep_rate", "rows",
-               "tokens_per_s", "aux_logit_std", "n_inputs", "parameters")
+KEY_METRICS = ("same_minus_cross", "student_same_init_acc", "p_effect", "p_student", "accuracy", "digit_accuracy",
+               "p_target", "final_loss", "train_loss", "keep_rate", "rows", "tokens_per_s", "aux_logit_std",
+               "n_inputs", "parameters")
 
 
 class Reporter(Protocol):
