@@ -48,6 +48,21 @@ class App(typer.Typer):
     2 or the command's own), and any exception a command lets through (exit 1; 4 where 1 is a finding, see
     `FindingExits`; `-v` re-raises it with its traceback)."""
 
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        """A command's line in `sublim --help` is its docstring's first sentence on one line (the whole first
+        paragraph came with its hard line breaks, mid-sentence)."""
+        register = super().command(*args, **kwargs)
+
+        def add(fn: Any) -> Any:
+            if "short_help" not in kwargs and fn.__doc__:
+                first = " ".join(fn.__doc__.split("\n\n")[0].split())
+                cut = first.find(". ")
+                return super(App, self).command(*args, short_help=first[: cut + 1] if cut >= 0 else first,
+                                                **kwargs)(fn)
+            return register(fn)
+
+        return add
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
         try:

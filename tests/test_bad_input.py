@@ -321,6 +321,15 @@ def test_a_generations_own_settings_as_dvc_renders_them_are_accepted():
     _check_link(lm, "lm", 1, 0, ["--student.steps", "8", "--generate.temperature", "0.5"])
 
 
+def test_each_commands_line_in_the_help_is_one_sentence():
+    """`sublim --help` showed each command's first paragraph with its hard line breaks, cut mid-sentence."""
+    from sublim import cli
+
+    for command in cli.app.registered_commands:
+        assert command.short_help and "\n" not in command.short_help and command.short_help.endswith((".", ")")), \
+            command.callback.__name__
+
+
 def test_version_is_the_projects():
     import tomllib
 
