@@ -364,9 +364,39 @@ def test_off_a_terminal_workers_relay_nothing():
     from sublim.orchestrate import task_runner
 
     runtime = config.parse({}).runtime.with_workers(2)
-    assert task_runner(runtime)._initializer is None  # the silent default: nothing to show, nothing sent
+    assert task_runner(runtime)._initargs == (None,)  # the silent default: nothing to show, nothing sent
     with progress.use(_Recorder()):
-        assert task_runner(runtime)._initializer is progress.relay_into
+        assert task_runner(runtime)._initargs == (progress.relay_queue(),)
+
+
+def test_a_worker_process_leaves_without_teardown_but_runs_its_exit_handlers(tmp_path):
+    """Each worker's teardown of torch, MLflow and Prefect (1.5-2.5 s) held the flow's end; the exit handlers
+    that matter (Prefect's log and event workers flush, registered while the worker runs) still run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sublim.orchestrate import worker_starts
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_starts,
+                             initargs=(None,)) as pool:
+        pid = pool.submit(_registers_exit_handlers, str(tmp_path)).result()
+        (process,) = pool._processes.values()
+    assert process.exitcode == 0 and pid == process.pid
+    assert (tmp_path / "flushed").read_text() == "at exit"  # an exit handler registered by the work ran
+    assert not (tmp_path / "torn down").exists()  # the module teardown did not
+
+
+def _registers_exit_handlers(where: str) -> int:
+    import atexit
+    import builtins
+
+    class Teardown:  # reached only when the interpreter tears its modules down
+        def __del__(self):
+            Path(where, "torn down").write_text("yes")
+
+    builtins._sublim_test_teardown = Teardown()
+    atexit.register(lambda: Path(where, "flushed").write_text("at exit"))
+    return os.getpid()
 
 
 def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
