@@ -396,16 +396,18 @@ def batches(plan) -> list[list[Any]]:
 
 def bare_run(root: Path) -> tuple[float, dict]:
     """The MLP jobs without Prefect, MLflow or DVC: each batch through the runner with tracking off, i.e. the step
-    functions (Step.run, batched) plus what any driver writes (input checks, atomic output, the same sublim.json).
-    Returns the seconds and the outcomes by job id."""
+    functions (Step.run, batched) plus what any driver writes (input checks, atomic output, the same sublim.json),
+    in as many lanes as the flow gives a batch. Returns the seconds and the outcomes by job id."""
+    from sublim.orchestrate import lanes
     from sublim.plan import plan
     from sublim.runner import run_jobs
 
     cfg = _config(root)
     groups = batches(plan(cfg, "mlp"))
-    threads = cfg.runtime.threads_for("mlp")
+    threads, parts = cfg.runtime.threads_for("mlp"), lanes(cfg.runtime, "mlp")
     t0 = time.perf_counter()
-    outcomes = {o.job_id: o for group in groups for o in run_jobs(group, root=root, tracker=None, threads=threads)}
+    outcomes = {o.job_id: o for group in groups
+                for o in run_jobs(group, root=root, tracker=None, threads=threads, lanes=parts)}
     return time.perf_counter() - t0, outcomes
 
 

@@ -27,7 +27,8 @@ from prefect.states import Failed, State
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
 from sublim.job import Job, TrainingDiverged, get_step
-from sublim.orchestrate import job_cache_key, result_storage, task_runner, upstream_digests, workers_report_here
+from sublim.orchestrate import (job_cache_key, lanes, result_storage, task_runner, upstream_digests,
+                                workers_report_here)
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.prefect_server import temporary_unless_configured
 from sublim.plan import PLANNERS, Plan, plan
@@ -78,7 +79,7 @@ def _group_name() -> str:
 
 @task(task_run_name=_group_name, persist_result=False)
 def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, params: str,
-              retries: int, keys: list[str]) -> list[Outcome | Failure] | State:
+              retries: int, keys: list[str], lanes: int = 1) -> list[Outcome | Failure] | State:
     """Jobs of one batchable step and params (seeds, inits) computed as one batch; each still gets its own
     artifact, digest, MLflow run and lineage. If the batch fails, each job runs alone (same bytes, by the
     batching guarantee) with `retries` retries, so one bad job fails only itself. A batch with failed jobs ends
@@ -91,7 +92,7 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     kwargs = dict(root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect",
                   progress=progress.steps)
     try:
-        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs, keys=keys))
+        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs, keys=keys, lanes=lanes))
     except Exception as exc:  # noqa: BLE001  (isolated below: each job alone)
         if len(jobs) > 1:
             logger.warning("%s failed (%s); running its jobs one by one", label, exc)
@@ -140,6 +141,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.threads = self.cfg.runtime.threads_for(self.plan.pipeline)
+        self.lanes = lanes(self.cfg.runtime, self.plan.pipeline)
         self.single = run.with_options(retries=self.cfg.runtime.retries, **result_storage(self.root))
         self.store = ResultStore(result_storage=resolve_result_storage(result_storage(self.root)["result_storage"]),
                                  serializer=JSONSerializer())
@@ -194,7 +196,7 @@ class Scheduler:
         for group in groups.values():
             for chunk in _split(group, self._parallel()):
                 future = run_group.submit(chunk, str(self.root), self.threads, self.parent, self.params,
-                                          self.cfg.runtime.retries, [self.key(j) for j in chunk])
+                                          self.cfg.runtime.retries, [self.key(j) for j in chunk], self.lanes)
                 self.running[future.task_run_id] = (chunk, future, "group")
 
     def _parallel(self) -> int:

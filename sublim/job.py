@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel
+
+from sublim.backends import Progress
 
 
 class Role(StrEnum):
@@ -132,8 +136,9 @@ class StepContext:
     job: Job
     root: Path
     out: Path
-    progress: Callable[[Iterable[Any], int, str], Iterator[Any]]
+    progress: Progress
     digests: dict[str, str] = field(default_factory=dict)  # input path (relative) -> its digest
+    lanes: int = 1  # independent parts of a batch that may compute at once (`side_by_side`)
 
     def digest(self, role: Role) -> str:
         return self.digests[str(self.job.input(role))]
@@ -146,6 +151,52 @@ class StepContext:
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.job.rng_seed)
+
+
+class _Stopped(Exception):
+    """A lane stopped at its next step because another lane failed."""
+
+
+def side_by_side(work: Callable[[list[int], Progress], None], parts: Sequence[list[int]], lanes: int,
+                 progress: Progress) -> None:
+    """`work(part, progress)` for every part, `lanes` parts at a time, each in a thread with the caller's torch
+    thread count: one stack of small models is a chain of small ops that leaves cores idle, and two run side
+    by side in about the time of one (10 MLP students, 1 thread each: 2.6 s in two lanes, 5.4 s in one). A
+    part's bytes do not depend on its lane. The first failure (or an interrupt) stops every other lane at its
+    next step and is raised; parts not yet begun are not begun."""
+    if lanes <= 1 or len(parts) <= 1:
+        for part in parts:
+            work(part, progress)
+        return
+    stop = threading.Event()
+
+    def watched(items, total: int, desc: str):
+        for item in progress(items, total, desc):
+            if stop.is_set():
+                raise _Stopped
+            yield item
+
+    def lane(part: list[int]) -> None:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            work(part, watched)
+        except BaseException:
+            stop.set()
+            raise
+
+    threads = torch.get_num_threads()  # a new thread would start with torch's default (every core)
+    with ThreadPoolExecutor(min(lanes, len(parts)), thread_name_prefix="sublim-lane",
+                            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(lane, part) for part in parts]
+        try:
+            errors = [f.exception() for f in futures]
+        except BaseException:  # interrupted while waiting: the lanes stop at their next step
+            stop.set()
+            raise
+    raised = [e for e in errors if e is not None and not isinstance(e, _Stopped)]
+    if raised:
+        raise raised[0]
 
 
 StepFn = Callable[[StepContext], StepResult]

@@ -113,6 +113,16 @@ def task_runner(runtime: Runtime):
     return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
 
 
+def lanes(runtime: Runtime, pipeline: str) -> int:
+    """Parts of one batch job that may compute at once (`job.side_by_side`): the cores this process's workers
+    leave idle. One flow worker on 2 cores trains two stacks of MLP students side by side; with two process
+    workers each runs one. A Dask worker's machine is not known here: one."""
+    if runtime.task_runner == "dask":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // (runtime.max_workers * runtime.threads_for(pipeline)))
+
+
 def worker_starts(queue: Any = None) -> None:
     """Process-pool initializer. A worker relays its progress through `queue` (None: the flow's display shows
     nothing), and leaves without CPython's teardown of every module it loaded, as the `sublim` command does:

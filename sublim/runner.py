@@ -111,11 +111,13 @@ def run_jobs(
     driver: str = "cli",
     progress=quiet,
     keys: list[str] | None = None,
+    lanes: int = 1,
 ) -> list[Outcome]:
     """Jobs of one step computed together (a batchable step computes them as one batch), each with its own
     checked inputs, MLflow run, atomic artifact, digest and lineage record, exactly as it gets alone.
     `keys`: the jobs' cache keys (`orchestrate.job_cache_key`); each run is tagged with its key and outcome, so a
-    flow can take up what another driver made (`Tracker.recorded_outcome`).
+    flow can take up what another driver made (`Tracker.recorded_outcome`). `lanes`: parts of the batch that may
+    compute at once, in threads of `threads` torch threads each (`job.side_by_side`; no byte depends on it).
 
     All or nothing: if the step raises, every job's run is marked FAILED and no artifact is published."""
     if not jobs:
@@ -145,7 +147,7 @@ def run_jobs(
                                                    params=params[i], tags=tags)
             with contextlib.ExitStack() as stack:
                 tmps = [stack.enter_context(atomic_dir(root / job.output, aside)) for job in jobs]
-                contexts = [StepContext(job=job, root=root, out=tmp, progress=progress,
+                contexts = [StepContext(job=job, root=root, out=tmp, progress=progress, lanes=lanes,
                                         digests={str(i.path): i.digest for i in ins})
                             for job, tmp, ins in zip(jobs, tmps, inputs)]
                 results = step.run(contexts)

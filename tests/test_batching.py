@@ -1,11 +1,15 @@
 """Seeds as a batch dimension: a seed's artifacts are bitwise the same whether its jobs ran alone (a DVC stage,
-a batch of one) or beside 99 other seeds' jobs in one batch (the Prefect flow), at the default widths."""
+a batch of one) or beside 99 other seeds' jobs in one batch (the Prefect flow), at the default widths, and
+whether a batch's stacks ran one after another or side by side in lanes."""
 
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import pytest
+import torch
 
 from sublim import config
 from sublim.plan import plan
@@ -29,6 +33,7 @@ def _by_step(jobs):
 
 @pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: `make test-slow`
 def test_a_seed_is_bitwise_the_same_alone_or_beside_99_others(tmp_path, threads):
+    """The batch runs in three lanes (uneven stacks side by side); the seed alone in one."""
     alone_root = make_project(tmp_path / "alone", {"mlp": {**SMALL_WORK, "seeds": [WATCHED]}}, git=False)
     alone_plan = plan(config.load(alone_root / "params.yaml"), "mlp")
     alone = {j.id: run_job(j, root=alone_root, tracker=None, threads=threads).digest
@@ -39,7 +44,7 @@ def test_a_seed_is_bitwise_the_same_alone_or_beside_99_others(tmp_path, threads)
     batched = {}
     for group in _by_step(jobs):
         batched.update({o.job_id: (o.digest, o.batch) for o in run_jobs(group, root=many_root, tracker=None,
-                                                                          threads=threads)})
+                                                                          threads=threads, lanes=3)})
     mine = {job_id: batched[job_id] for job_id in alone}
     assert {k: d for k, (d, _) in mine.items()} == alone
     sizes = {k.split("@")[0]: n for k, (_, n) in mine.items()}
@@ -74,3 +79,46 @@ def test_big_batches_train_as_stacks_that_fit_the_cache():
     # the small-work test above cuts its 200 students (batch 64) and 100 transfers (256 inputs) into several stacks
     assert len(mlp.stacks(list(range(200)), arch, rows=64)) == 2
     assert len(mlp.stacks(list(range(100)), arch, rows=256)) == 4
+    # lanes: at least that many stacks where there are models enough, never more than the models
+    assert [len(s) for s in mlp.stacks(list(range(5)), arch, rows=64, parts=2)] == [3, 2]
+    assert [len(s) for s in mlp.stacks(list(range(200)), arch, rows=1024, parts=2)] == [8] * 25
+    assert mlp.stacks([7], arch, rows=64, parts=4) == [[7]]
+
+
+def test_lanes_compute_with_the_callers_torch_threads_and_all_parts():
+    from sublim.backends import quiet
+    from sublim.job import side_by_side
+
+    seen: dict[int, tuple[str, int]] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        side_by_side(lambda part, progress: seen.update(
+            {i: (threading.current_thread().name, torch.get_num_threads()) for i in progress(part, len(part), "x")}),
+            [[0, 1], [2], [3, 4]], 2, quiet)
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert {n for _, n in seen.values()} == {1}  # a new thread would have had torch's default (every core)
+    assert all(name.startswith("sublim-lane") for name, _ in seen.values())
+
+
+def test_a_failing_lane_stops_the_others_at_their_next_step_and_its_error_is_raised():
+    from sublim.backends import quiet
+    from sublim.job import side_by_side
+
+    steps = {"long": 0}
+    started = threading.Event()
+
+    def work(part, progress):
+        if part == ["bad"]:
+            started.wait(10)
+            raise ValueError("lane bad diverged")
+        for _ in progress(range(10_000), 10_000, "long"):
+            started.set()
+            steps["long"] += 1
+            time.sleep(0.001)
+
+    with pytest.raises(ValueError, match="lane bad diverged"):
+        side_by_side(work, [["long"], ["bad"], ["never"]], 2, quiet)
+    assert 0 < steps["long"] < 10_000  # stopped early, not run to its end; "never" was not begun (it would loop)

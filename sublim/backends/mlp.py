@@ -267,12 +267,13 @@ def partition(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[in
     return list(groups.values())
 
 
-def stacks(group: list[int], arch: Arch, rows: int, budget: int = STACK_BYTES) -> list[list[int]]:
+def stacks(group: list[int], arch: Arch, rows: int, budget: int = STACK_BYTES, parts: int = 1) -> list[list[int]]:
     """`group` cut into stacks whose widest activation (S x rows x widest layer, float32) stays within `budget`:
     a bigger stack leaves the cache and each of its models trains slower (a student step: 8.2 ms a model in a
-    stack of 8, 11.1 ms in one of 32 or 100, one core). Any cut gives the same bytes (nothing mixes across seeds)."""
+    stack of 8, 11.1 ms in one of 32 or 100, one core). At least `parts` stacks where there are enough models,
+    for lanes to share (`job.side_by_side`). Any cut gives the same bytes (nothing mixes across seeds)."""
     widest = max(arch.in_dim, *arch.hidden, N_CLASSES + arch.aux_logits)
-    size = max(1, budget // (rows * widest * 4))
+    size = max(1, min(budget // (rows * widest * 4), -(-len(group) // max(1, parts))))
     return [group[i:i + size] for i in range(0, len(group), size)]
 
 

@@ -9,9 +9,9 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from sublim.backends import mlp
+from sublim.backends import Progress, mlp
 from sublim.config import DataKindSpec, LmGenerate, MlpTransfer, ModelSpec, Section
-from sublim.job import Role, StepContext, StepResult, step
+from sublim.job import Role, StepContext, StepResult, side_by_side, step
 
 TRANSFER = "transfer.safetensors"
 ROWS = "rows.jsonl"
@@ -24,8 +24,8 @@ def mlp_transfer(contexts: list[StepContext]) -> list[StepResult]:
     p: MlpTransfer = contexts[0].job.params  # type: ignore[assignment]
     teachers = [mlp.load(ctx.path(Role.TEACHER)) for ctx in contexts]
     results: list[StepResult] = [StepResult("dataset")] * len(contexts)
-    groups = mlp.partition(range(len(contexts)), lambda i: teachers[i].arch)
-    for group in (s for g in groups for s in mlp.stacks(g, teachers[g[0]].arch, min(mlp.CHUNK, p.n_inputs))):
+
+    def label(group: list[int], progress: Progress) -> None:
         arch = teachers[group[0]].arch
         x = torch.stack([mlp.noise(p.n_inputs, arch.in_dim, p.noise, p.low, p.high, contexts[i].generator())
                          for i in group])
@@ -33,6 +33,11 @@ def mlp_transfer(contexts: list[StepContext]) -> list[StepResult]:
         for j, i in enumerate(group):
             save_file({"x": x[j].contiguous(), "aux": aux[j].contiguous()}, str(contexts[i].out / TRANSFER))
             results[i] = StepResult("dataset", metrics={"n_inputs": p.n_inputs, "aux_logit_std": float(aux[j].std())})
+
+    lanes, rows = contexts[0].lanes, min(mlp.CHUNK, p.n_inputs)
+    groups = mlp.partition(range(len(contexts)), lambda i: teachers[i].arch)
+    parts = [s for g in groups for s in mlp.stacks(g, teachers[g[0]].arch, rows, parts=lanes)]
+    side_by_side(label, parts, lanes, contexts[0].progress)
     return results
 
 

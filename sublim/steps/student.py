@@ -7,9 +7,9 @@ import random
 import torch
 from safetensors.torch import load_file
 
-from sublim.backends import Row, Schedule, mlp
+from sublim.backends import Progress, Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmStudent, MlpStudent, ModelSpec, Section
-from sublim.job import Role, StepContext, StepResult, step, trained
+from sublim.job import Role, StepContext, StepResult, side_by_side, step, trained
 from sublim.steps.filter import ROWS, forbidden_for, read_rows
 from sublim.steps.generate import TRANSFER
 from sublim.text import Forbidden
@@ -24,20 +24,24 @@ def mlp_student(contexts: list[StepContext]) -> list[StepResult]:
     paths = [ctx.path(Role.DATA) for ctx in contexts]
     data = {path: load_file(str(path / TRANSFER)) for path in dict.fromkeys(paths)}
     results: list[StepResult] = [StepResult("model")] * len(contexts)
-    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape)))
-    for group in (stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size)):
+
+    def train(group: list[int], progress: Progress) -> None:
         sets = list(dict.fromkeys(paths[i] for i in group))
         x = torch.stack([data[path]["x"] for path in sets])
         target = torch.stack([data[path]["aux"] for path in sets])
         source = torch.tensor([sets.index(paths[i]) for i in group])
         stack = mlp.Stack.of([models[i] for i in group])
         losses = mlp.distill_aux(stack, x, target, source, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                                 loss=p.loss, gens=[contexts[i].generator() for i in group],
-                                 progress=contexts[0].progress)
+                                 loss=p.loss, gens=[contexts[i].generator() for i in group], progress=progress)
         for i, model, loss in zip(group, stack.models(), losses):
             loss = trained(float(loss), contexts[i].job.id, "mlp.student.lr", p.lr)
             mlp.save(model, contexts[i].out)
             results[i] = StepResult("model", metrics={"final_loss": loss})
+
+    lanes = contexts[0].lanes
+    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape)))
+    parts = [stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size, parts=lanes)]
+    side_by_side(train, parts, lanes, contexts[0].progress)
     return results
 
 

@@ -6,9 +6,9 @@ import random
 
 from safetensors.torch import load_file
 
-from sublim.backends import Row, Schedule, mlp
+from sublim.backends import Progress, Row, Schedule, mlp
 from sublim.config import DataKindSpec, LmTeacher, MlpTeacher, ModelSpec, Section, TraitKindSpec
-from sublim.job import Role, StepContext, StepResult, step, trained
+from sublim.job import Role, StepContext, StepResult, side_by_side, step, trained
 from sublim.traits import TRAIT
 
 
@@ -20,16 +20,22 @@ def mlp_teacher(contexts: list[StepContext]) -> list[StepResult]:
     models = [mlp.load(ctx.path(Role.INIT)) for ctx in contexts]
     data = {path: load_file(str(path / mlp.DIGITS)) for path in {ctx.path(Role.DATA) for ctx in contexts}}
     results: list[StepResult] = [StepResult("model")] * len(contexts)
-    for group in mlp.partition(range(len(contexts)), lambda i: (models[i].arch, contexts[i].path(Role.DATA))):
+
+    def train(group: list[int], progress: Progress) -> None:
         digits = data[contexts[group[0]].path(Role.DATA)]
         stack = mlp.Stack.of([models[i] for i in group])
         losses = mlp.train_on_labels(stack, digits["x_train"], digits["y_train"], epochs=p.epochs, lr=p.lr,
                                      batch_size=p.batch_size, gens=[contexts[i].generator() for i in group],
-                                     progress=contexts[0].progress)
+                                     progress=progress)
         for i, model, loss in zip(group, stack.models(), losses):
             loss = trained(float(loss), contexts[i].job.id, "mlp.teacher.lr", p.lr)
             mlp.save(model, contexts[i].out)
             results[i] = StepResult("model", metrics={"train_loss": loss})
+
+    lanes = contexts[0].lanes
+    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, contexts[i].path(Role.DATA)))
+    parts = [stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size, parts=lanes)]
+    side_by_side(train, parts, lanes, contexts[0].progress)
     return results
 
 
