@@ -121,4 +121,4 @@ def test_a_failing_lane_stops_the_others_at_their_next_step_and_its_error_is_rai
 
     with pytest.raises(ValueError, match="lane bad diverged"):
         side_by_side(work, [["long"], ["bad"], ["never"]], 2, quiet)
-    assert 0 < steps["long"] < 10_000  # stopped early, not run to its end; "never" was not begun (it would loop)
+    assert 0 < steps["long"] < 10_000  # stopped early, not run to its end
