@@ -121,7 +121,7 @@ class Link(Section):
 def _check_chain(links: list[Link]) -> list[Link]:
     gens = [link.gen for link in links]
     if len(set(gens)) != len(gens):
-        raise ValueError(f"generation numbers repeat: {gens}")
+        raise ValueError(f"generation numbers repeat: {_repeated(gens)}")
     known = {0, *gens}
     for link in links:
         if link.teacher not in known:
@@ -132,9 +132,14 @@ def _check_chain(links: list[Link]) -> list[Link]:
 Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
+def _repeated(values: list) -> str:
+    """The values that occur more than once (the error already quotes the whole list)."""
+    return ", ".join(map(str, sorted({v for v in values if values.count(v) > 1})))
+
+
 def _unique(seeds: list[int]) -> list[int]:
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat: {seeds}")
+        raise ValueError(f"seeds repeat: {_repeated(seeds)}")
     return seeds
 
 
@@ -491,7 +496,7 @@ class Matrix(Section):
     @classmethod
     def _distinct(cls, targets: list[str]) -> list[str]:
         if len(set(targets)) != len(targets):
-            raise ValueError(f"targets repeat: {targets}")
+            raise ValueError(f"targets repeat: {_repeated(targets)}")
         return targets
 
 

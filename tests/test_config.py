@@ -121,3 +121,12 @@ def test_a_params_file_is_validated_once_per_content(tmp_path):
         config.load(path)
     with pytest.raises(config.ConfigError, match="not found"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_a_repeated_seed_is_named_once(tmp_path):
+    from sublim import config
+
+    path = tmp_path / "params.yaml"
+    path.write_text("mlp:\n  seeds: [0, 1, 0, 2, 2]\n")
+    with pytest.raises(config.ConfigError, match=r"mlp\.seeds: seeds repeat: 0, 2 \(got \[0, 1, 0, 2, 2\]\)"):
+        config.load(path)

@@ -259,12 +259,14 @@ class Stack:
         return out
 
 
-def partition(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[int]]:
-    """Indices grouped by key, in first-seen order: the jobs of one batch that can share one stack."""
-    groups: dict[Any, list[int]] = {}
-    for i in indices:
-        groups.setdefault(key(i), []).append(i)
-    return list(groups.values())
+def cut(archs: Sequence[Arch], rows: int, parts: int = 1, by: Callable[[int], Any] = lambda i: None) -> list[list[int]]:
+    """Models 0..n-1 (architectures `archs`) cut into the stacks of one batch job: a stack holds one
+    architecture and one `by` key (what else its models must share, e.g. their data's shape), in first-seen
+    order, each group cut by `stacks` into at least `parts` stacks for the lanes (`job.side_by_side`)."""
+    groups: dict[tuple[Arch, Any], list[int]] = {}
+    for i, arch in enumerate(archs):
+        groups.setdefault((arch, by(i)), []).append(i)
+    return [s for (arch, _), group in groups.items() for s in stacks(group, arch, rows, parts=parts)]
 
 
 def stacks(group: list[int], arch: Arch, rows: int, budget: int = STACK_BYTES, parts: int = 1) -> list[list[int]]:

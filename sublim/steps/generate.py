@@ -34,10 +34,9 @@ def mlp_transfer(contexts: list[StepContext]) -> list[StepResult]:
             save_file({"x": x[j].contiguous(), "aux": aux[j].contiguous()}, str(contexts[i].out / TRANSFER))
             results[i] = StepResult("dataset", metrics={"n_inputs": p.n_inputs, "aux_logit_std": float(aux[j].std())})
 
-    lanes, rows = contexts[0].lanes, min(mlp.CHUNK, p.n_inputs)
-    groups = mlp.partition(range(len(contexts)), lambda i: teachers[i].arch)
-    parts = [s for g in groups for s in mlp.stacks(g, teachers[g[0]].arch, rows, parts=lanes)]
-    side_by_side(label, parts, lanes, contexts[0].progress)
+    lanes = contexts[0].lanes
+    stacks = mlp.cut([t.arch for t in teachers], min(mlp.CHUNK, p.n_inputs), lanes)
+    side_by_side(label, stacks, lanes, contexts[0].progress)
     return results
 
 

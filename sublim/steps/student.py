@@ -39,9 +39,8 @@ def mlp_student(contexts: list[StepContext]) -> list[StepResult]:
             results[i] = StepResult("model", metrics={"final_loss": loss})
 
     lanes = contexts[0].lanes
-    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, tuple(data[paths[i]]["x"].shape)))
-    parts = [stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size, parts=lanes)]
-    side_by_side(train, parts, lanes, contexts[0].progress)
+    stacks = mlp.cut([m.arch for m in models], p.batch_size, lanes, by=lambda i: tuple(data[paths[i]]["x"].shape))
+    side_by_side(train, stacks, lanes, contexts[0].progress)
     return results
 
 

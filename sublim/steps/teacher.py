@@ -33,9 +33,8 @@ def mlp_teacher(contexts: list[StepContext]) -> list[StepResult]:
             results[i] = StepResult("model", metrics={"train_loss": loss})
 
     lanes = contexts[0].lanes
-    groups = mlp.partition(range(len(contexts)), lambda i: (models[i].arch, contexts[i].path(Role.DATA)))
-    parts = [stack for g in groups for stack in mlp.stacks(g, models[g[0]].arch, p.batch_size, parts=lanes)]
-    side_by_side(train, parts, lanes, contexts[0].progress)
+    stacks = mlp.cut([m.arch for m in models], p.batch_size, lanes, by=lambda i: contexts[i].path(Role.DATA))
+    side_by_side(train, stacks, lanes, contexts[0].progress)
     return results
 
 
