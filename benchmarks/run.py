@@ -106,6 +106,23 @@ def spread(values: list[float], digits: int = 2) -> dict:
             "min": round(min(values), digits), "max": round(max(values), digits)}
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its children: the finished ones (a DVC helper) and the live
+    ones (the Prefect server), so the flow's bookkeeping counts wherever it runs."""
+    import psutil
+
+    me = psutil.Process()
+    live = 0.0
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            live += t.user + t.system
+        except psutil.Error:  # gone meanwhile: then it is counted among the finished children
+            pass
+    t = me.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system + live
+
+
 def _config(root: Path):
     from sublim import config
 
@@ -398,13 +415,13 @@ def bare_run(root: Path) -> tuple[float, dict]:
     """The MLP jobs without Prefect, MLflow or DVC: each batch through the runner with tracking off, i.e. the step
     functions (Step.run, batched) plus what any driver writes (input checks, atomic output, the same sublim.json),
     in as many lanes as the flow gives a batch. Returns the seconds and the outcomes by job id."""
-    from sublim.orchestrate import lanes
+    from sublim.orchestrate import lanes_for
     from sublim.plan import plan
     from sublim.runner import run_jobs
 
     cfg = _config(root)
     groups = batches(plan(cfg, "mlp"))
-    threads, parts = cfg.runtime.threads_for("mlp"), lanes(cfg.runtime, "mlp")
+    threads, parts = cfg.runtime.threads_for("mlp"), lanes_for(cfg.runtime, "mlp")
     t0 = time.perf_counter()
     outcomes = {o.job_id: o for group in groups
                 for o in run_jobs(group, root=root, tracker=None, threads=threads, lanes=parts)}
@@ -420,14 +437,19 @@ def overhead(tmp: Path, scale: Scale) -> dict:
     startup = prefect_up()
     get_step("mlp.data")  # import every step module before any timing
     bare_s, flow_s, store_s, same_bytes, same_batches = [], [], [], True, True
+    bare_cpu, flow_cpu = [], []
     for i in range(scale.pairs):
         root = make_project(tmp / f"bare{i}", {"mlp": scale.mlp}, git=False)
+        cpu = cpu_seconds()
         seconds, bare_out = bare_run(root)
+        bare_cpu.append(cpu_seconds() - cpu)
         bare_s.append(seconds)
         seeds = len(_config(root).mlp.seeds)
         shutil.rmtree(root)
         root = make_project(tmp / f"flow{i}", {"mlp": scale.mlp})
+        cpu = cpu_seconds()
         store, seconds, flow_out = flow_run(root, "mlp")
+        flow_cpu.append(cpu_seconds() - cpu)
         store_s.append(store)
         flow_s.append(seconds)
         same_bytes &= {k: o.digest for k, o in bare_out.items()} == {k: o.digest for k, o in flow_out.items()}
@@ -441,10 +463,15 @@ def overhead(tmp: Path, scale: Scale) -> dict:
             "overhead_ratio": {**spread(ratios, 3), "of_medians": round(statistics.median(flow_s) /
                                                                        statistics.median(bare_s), 3)},
             "overhead_ratio_incl_store_creation": spread(with_store, 3), "target_ratio": 1.10,
+            "cpu_s": {"bare": spread(bare_cpu), "flow": spread(flow_cpu)},
+            "cpu_ratio": spread([f / b for f, b in zip(flow_cpu, bare_cpu)], 3),
             "meets_target": statistics.median(ratios) <= 1.10,
             "same_artifacts_as_flow": same_bytes, "same_batches_as_flow": same_batches,
             "flow_compute_by_step_s_last_run": split, "jobs": len(bare_out), "seeds": seeds,
-            "note": "runs alternate bare, flow; overhead_ratio.runs are flow/bare of each pair",
+            "note": "runs alternate bare, flow; overhead_ratio.runs are flow/bare of each pair; cpu_s: CPU seconds "
+                    "of this process and its children (the Prefect server, the DVC helper) during each run, so "
+                    "cpu_ratio is the work the bookkeeping adds, which a shared machine's speed swings do not move "
+                    "as much as they move wall times",
             "params": "params.yaml defaults" if not scale.mlp else scale.mlp}
 
 

@@ -27,8 +27,8 @@ from prefect.states import Failed, State
 from sublim import code, config, progress, sweep
 from sublim.artifacts import digest
 from sublim.job import Job, TrainingDiverged, get_step
-from sublim.orchestrate import (job_cache_key, lanes, result_storage, task_runner, upstream_digests,
-                                workers_report_here)
+from sublim.orchestrate import (interrupt_workers, job_cache_key, lanes_for, result_storage, task_runner,
+                                upstream_digests, workers_report_here)
 from sublim.pipeline import DvcSync, tracker, workspace_lock
 from sublim.prefect_server import temporary_unless_configured
 from sublim.plan import PLANNERS, Plan, plan
@@ -141,7 +141,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.threads = self.cfg.runtime.threads_for(self.plan.pipeline)
-        self.lanes = lanes(self.cfg.runtime, self.plan.pipeline)
+        self.lanes = lanes_for(self.cfg.runtime, self.plan.pipeline)
         self.single = run.with_options(retries=self.cfg.runtime.retries, **result_storage(self.root))
         self.store = ResultStore(result_storage=resolve_result_storage(result_storage(self.root)["result_storage"]),
                                  serializer=JSONSerializer())
@@ -371,8 +371,10 @@ def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
     progress.interrupt(False)
     try:
         yield
-    except (KeyboardInterrupt, TerminationSignal):
+    except (KeyboardInterrupt, TerminationSignal) as exc:
         progress.interrupt()
+        if isinstance(exc, TerminationSignal):  # a terminal's Ctrl-C reached the workers already; a SIGTERM not
+            interrupt_workers()
         with contextlib.suppress(Exception):  # the store may be what is going away
             track.close_pipeline_run(run_id, "KILLED")
         raise

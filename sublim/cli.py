@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -65,6 +66,8 @@ class App(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
+        _stop_on_sigterm()
+        _quiet_when_interrupted()
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
         except click_exc.NoArgsIsHelpError:  # the help was shown
@@ -79,8 +82,8 @@ class App(typer.Typer):
         except click_exc.ClickException as exc:
             _one_line(exc.format_message())
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            code = INTERRUPTED
+        except KeyboardInterrupt:  # what reaches here of a SIGTERM may be another KeyboardInterrupt (a job's)
+            code = TERMINATED if _sigterm.is_set() else INTERRUPTED
         except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
             if verbose:
                 raise
@@ -88,12 +91,61 @@ class App(typer.Typer):
                                                                         OSError | ValueError) else str(exc)
                       .strip("'\""))
             sys.exit(1)
+        if code == INTERRUPTED and _sigterm.is_set():
+            code = TERMINATED
         if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
             _one_line("interrupted")
+        elif code == TERMINATED:
+            _one_line("terminated")
         sys.exit(code if isinstance(code, int) else 0)
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM (a scheduler, `kill`, a cancelled CI job) taken as Ctrl-C is: running jobs stop at their next
+    step, their runs end KILLED, nothing half-written is published."""
+
+
+_sigterm = threading.Event()
+
+
+def _quiet_when_interrupted() -> None:
+    """An interrupt says one line: a KeyboardInterrupt that ends another thread (Prefect's process pool hands a
+    worker's back to its manager thread) is part of the interrupt already reported, not a traceback; and the
+    semaphores an interrupted pool leaves are multiprocessing's resource tracker's to clean, without a warning
+    (it takes its warning filters from this process when a pool starts it)."""
+    hook = threading.excepthook
+
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, KeyboardInterrupt):
+            hook(args)
+
+    threading.excepthook = quiet
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM's default killed the command on the spot: no message, MLflow runs left RUNNING, temp folders
+    left behind. Now it stops the command as the terminal's Ctrl-C does, which also reaches this command's
+    worker processes: they get a SIGINT. Only where nothing else handles SIGTERM (a running Prefect flow takes
+    it first: `flows.pipeline` then interrupts the workers)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        _sigterm.set()
+        from sublim.orchestrate import interrupt_workers
+
+        interrupt_workers()
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 
 
 class ReaderGone:
@@ -214,8 +266,11 @@ RootOpt = Annotated[Path, typer.Option("--root", help="project whose embedded st
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _with_all(exc: Exception) -> str:
-    """An unknown pipeline's error also names `all`, which the commands accept beside the planned pipelines."""
+def _unplannable(exc: Exception, params: Path) -> str:
+    """Why a pipeline cannot be planned, in one line: an unknown pipeline's error also names `all`, which the
+    commands accept beside the planned pipelines; a setting the plan refuses is named in its params file."""
+    if isinstance(exc, config.ConfigError):
+        return f"{params}: {exc}"
     return f"{exc}, or all" if str(exc).startswith("unknown pipeline") else str(exc)
 
 
@@ -409,7 +464,7 @@ def flow(
         try:
             make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
-            _fail_usage(_with_all(exc))
+            _fail_usage(_unplannable(exc, params))
     from sublim import prefect_server
 
     with contextlib.ExitStack() as running:
@@ -539,7 +594,7 @@ def plan(
     try:
         jobs = [j for name in (ALL if pipeline == "all" else [pipeline]) for j in make_plan(cfg, name).jobs]
     except (LookupError, config.ConfigError) as exc:
-        _fail_usage(_with_all(exc))
+        _fail_usage(_unplannable(exc, params))
     if as_json:
         print(json.dumps([{"id": j.id, "output": str(j.output), "inputs": [[n, str(p)] for n, p in j.inputs]}
                           for j in jobs], indent=1))
@@ -1064,6 +1119,8 @@ def entrypoint() -> NoReturn:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
+    if code in (INTERRUPTED, TERMINATED):
+        _end_workers()
     threading._shutdown()  # as the interpreter's own exit: threading's exit hooks (Prefect's services drain), joins
     atexit._run_exitfuncs()
     logging.shutdown()
@@ -1071,6 +1128,23 @@ def entrypoint() -> NoReturn:
         with contextlib.suppress(Exception):  # a closed pipe (`sublim ... | head`)
             stream.flush()
     os._exit(code or 0)
+
+
+def _end_workers(grace_s: float = 3.0) -> None:
+    """An interrupted flow's worker processes wait for work that will never come, and multiprocessing's exit
+    joins them: `sublim flow --workers 2` hung after Ctrl-C. Their jobs got the SIGINT too and stopped; after a
+    grace for their bookkeeping (runs ended KILLED) they are ended."""
+    import multiprocessing
+    import time
+
+    workers = multiprocessing.active_children()
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+            worker.join(5)
 
 
 if __name__ == "__main__":

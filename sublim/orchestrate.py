@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,7 +114,7 @@ def task_runner(runtime: Runtime):
     return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
 
 
-def lanes(runtime: Runtime, pipeline: str) -> int:
+def lanes_for(runtime: Runtime, pipeline: str) -> int:
     """Parts of one batch job that may compute at once (`job.side_by_side`): the cores this process's workers
     leave idle. One flow worker on 2 cores trains two stacks of MLP students side by side; with two process
     workers each runs one. A Dask worker's machine is not known here: one."""
@@ -131,6 +132,27 @@ def worker_starts(queue: Any = None) -> None:
     if queue is not None:
         progress.relay_into(queue)
     atexit.register(_leave)
+    signal.signal(signal.SIGINT, _stop_jobs)
+
+
+def interrupt_workers() -> None:
+    """SIGINT to this process's descendants in its process group, as a terminal's Ctrl-C sends it: a SIGTERM
+    reaches only the command, and its worker processes computed on until their jobs ended (the Prefect server,
+    in a session of its own, stops with the command)."""
+    import psutil
+
+    group = os.getpgrp()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == group:
+                child.send_signal(signal.SIGINT)
+
+
+def _stop_jobs(signum: int, frame: Any) -> None:
+    """A worker's Ctrl-C (the terminal's, or the one `sublim` forwards on a SIGTERM): its running job stops at
+    its loop's next step (its run ends KILLED, nothing is published). Raising here instead would print a
+    traceback from every idle worker, and could cut a job's bookkeeping short; the command ends idle workers."""
+    progress.interrupt()
 
 
 def _leave() -> None:

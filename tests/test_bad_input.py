@@ -162,9 +162,9 @@ CASES = [
     Case("confirm-not-offered", None, ["flow", "detect", "--confirm"], "--confirm: the detect pipeline has no "
          "confirmation run (there are: lm, matrix)"),
     Case("confirm-on-tuning-seeds", _set("confirm.seeds", [0, 200]), ["flow", "lm", "--confirm"],
-         "confirm.seeds: [0] are also lm.seeds"),
+         "params.yaml: confirm.seeds: [0] are also lm.seeds"),
     Case("matrix-seeds-not-lm-seeds", _set("matrix.seeds", [0, 99]), ["plan", "matrix"],
-         "matrix.seeds: [99] not among lm.seeds"),
+         "params.yaml: matrix.seeds: [99] not among lm.seeds"),
     Case("zero-workers", None, ["flow", "mlp", "--workers", "0"], "--workers: 0"),
     Case("zero-workers-sweep", None, ["sweep", "lm", "--set", "lm.trait.target=owl", "--workers", "0"], "--workers: 0"),
     Case("bad-sweep-set", None, ["sweep", "lm", "--set", "lm.trait.target"], "key=value"),

@@ -85,6 +85,30 @@ def test_big_batches_train_as_stacks_that_fit_the_cache():
     assert mlp.stacks([7], arch, rows=64, parts=4) == [[7]]
 
 
+def test_a_batch_is_cut_by_architecture_and_key_in_first_seen_order():
+    from sublim.backends import mlp
+
+    a, b = mlp.Arch(64, (256, 256), 3), mlp.Arch(64, (32,), 3)
+    archs, data = [a, b, a, a, b, a], ["x", "x", "y", "x", "x", "x"]
+    assert mlp.cut(archs, rows=64) == [[0, 2, 3, 5], [1, 4]]  # one stack per architecture...
+    assert mlp.cut(archs, rows=64, by=lambda i: data[i]) == [[0, 3, 5], [1, 4], [2]]  # ...and per key
+    assert mlp.cut(archs, rows=64, parts=2) == [[0, 2], [3, 5], [1], [4]]  # each group cut for the lanes
+    assert mlp.cut([a] * 3, rows=64, by=lambda i: i) == [[0], [1], [2]]
+
+
+def test_lanes_are_the_cores_the_flows_workers_leave_idle(monkeypatch):
+    import os
+
+    from sublim.config import Runtime
+    from sublim.orchestrate import lanes_for
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert lanes_for(Runtime(), "mlp") == 8  # params.yaml's default: one worker of one thread
+    assert lanes_for(Runtime(task_runner="process", max_workers=2, threads={"mlp": 2, "lm": 1}), "mlp") == 2
+    assert lanes_for(Runtime(task_runner="process", max_workers=16), "mlp") == 1  # never none
+    assert lanes_for(Runtime(task_runner="dask"), "mlp") == 1  # a Dask worker's machine is not known here
+
+
 def test_lanes_compute_with_the_callers_torch_threads_and_all_parts():
     from sublim.backends import quiet
     from sublim.job import side_by_side

@@ -30,3 +30,15 @@ def test_a_rerun_keeps_the_figures_it_replaces():
     for day in range(4, 20):
         many = bench.with_history({"wall_s": 30.0, "measured_at": f"day {day}"}, many)
     assert len(many["previous"]) == bench.HISTORY and many["previous"][0]["measured_at"] == "day 18"
+
+
+def test_cpu_seconds_count_the_work_of_children():
+    """The flow's bookkeeping runs partly in other processes (the DVC helper, the Prefect server): the
+    overhead's CPU figures must see it."""
+    import subprocess
+
+    bench = _bench()
+    before = bench.cpu_seconds()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"],
+                   check=True)
+    assert bench.cpu_seconds() - before >= 0.4

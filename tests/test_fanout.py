@@ -683,6 +683,43 @@ def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server,
     runs = {r.data.tags.get("sublim.job"): r for r in
             store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])}
     teacher = runs["mlp.teacher@s0.g0"]
-    assert teacher.info.status == "FAILED" and teacher.data.tags["sublim.error"].startswith("Interrupted: ")
+    assert teacher.info.status == "KILLED" and teacher.data.tags["sublim.error"].startswith("Interrupted: ")
     assert runs[None].info.status == "KILLED"  # the pipeline run
 
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-worker", "two-worker-processes"])
+def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, workers):
+    """A SIGTERM (a scheduler, `kill`, a cancelled CI job) killed `sublim flow` on the spot: no message, job
+    runs left RUNNING; with worker processes the command waited for their jobs to end, and after a Ctrl-C it hung
+    for good (multiprocessing's exit joined workers idle in their queue). Now the running jobs stop at their next
+    step, their runs end KILLED, nothing half-written stays, and the command says so in one line, exit 143."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import cli_env
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1], "teacher": {"epochs": 3000}}})
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "flow", "mlp", *workers], cwd=root,
+                            env={**cli_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600  # a loaded machine may take long to reach the teachers' loop
+        while not list((root / "models/mlp").glob("s*/.tmp-g0-shared*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(2)  # inside the loop: 3000 epochs would take minutes
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err
+    assert time.monotonic() - stopped < 60  # not the teachers' end
+    store = client(tracking_uri(root))
+    runs = store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])
+    teachers = [r for r in runs if (r.data.tags.get("sublim.job") or "").startswith("mlp.teacher")]
+    assert teachers and {r.info.status for r in teachers} == {"KILLED"}
+    assert {r.info.status for r in runs if r.data.tags.get("sublim.job") is None} == {"KILLED"}  # the pipeline's
+    assert not list(root.rglob(".tmp-*")) and not (root / "models/mlp/s0/g0-shared").exists()

@@ -597,10 +597,12 @@ class Tracker:
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
     def fail_job(self, run_id: str, error: BaseException) -> None:
+        """The job's run ends FAILED, or KILLED when the command was stopped from outside (Ctrl-C, a SIGTERM:
+        a BaseException that is no error of the job's), so a query for failed jobs finds only real failures."""
         with self.writing():
             self._fail_pending_models(run_id)
             self.client.set_tag(run_id, f"{T}error", f"{type(error).__name__}: {error}"[:5000])
-            self.client.set_terminated(run_id, "FAILED")
+            self.client.set_terminated(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
 
     # --- lineage nodes and datasets --------------------------------------------------------------------
 
