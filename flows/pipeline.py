@@ -234,6 +234,7 @@ class Scheduler:
 
     def _settle(self, jobs: list[Job], future, kind: str) -> list[Job]:
         logger = get_run_logger()
+        self.report.settled(progress.batch_label([j.id for j in jobs]) if kind == "group" else jobs[0].id)
         results = _results(future.state, kind)
         if results is None:
             for job in jobs:

@@ -32,6 +32,7 @@ KEY_METRICS = ("same_minus_cross", "student_same_init_acc", "p_effect", "p_stude
 class Reporter(Protocol):
     def begin(self, title: str, total: int) -> None: ...
     def started(self, label: str) -> None: ...
+    def settled(self, label: str) -> None: ...
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None: ...
     def failed(self, job_id: str, message: str) -> None: ...
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]: ...
@@ -55,6 +56,9 @@ class Silent:
         pass
 
     def started(self, label: str) -> None:
+        pass
+
+    def settled(self, label: str) -> None:
         pass
 
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
@@ -300,6 +304,8 @@ class Rich:
         self._lock = threading.Lock()
         self._started = False
         self._tally: dict[str, int] = {}
+        self._running: dict[str, None] = {}  # labels of the jobs and batches computing, in the order they began
+        self._settled: set[str] = set()
 
     def _start(self) -> None:
         if not self._started:
@@ -313,14 +319,32 @@ class Rich:
             if self._jobs is not None:
                 self.bar.remove_task(self._jobs)
             self._name, self._tally = title, {"computed": 0, "cached": 0, "failed": 0}
+            self._running, self._settled = {}, set()
             self._title = f"[bold]{title}[/bold] jobs"
             self._jobs = self.bar.add_task(self._title, total=total)
             self._t0 = time.perf_counter()
 
     def started(self, label: str) -> None:
         with self._lock:
-            if self._jobs is not None:  # (`bar.tasks` is a list: a task id indexes it only until one is removed)
-                self.bar.update(self._jobs, description=f"{self._title} -> {label}")
+            if label not in self._settled:  # (a worker's word may come after its task was settled)
+                self._running[label] = None
+            self._show_running()
+
+    def settled(self, label: str) -> None:
+        """The job or batch `label` is over (finished, failed or cached): no longer shown as running."""
+        with self._lock:
+            self._running.pop(label, None)
+            self._settled.add(label)
+            self._show_running()
+
+    def _show_running(self, most: int = 2) -> None:
+        """Every job or batch now computing (with `--workers 2`, two), the longest-running first."""
+        if self._jobs is None:
+            return
+        labels = list(self._running)
+        shown = " | ".join(labels[:most]) + (f" (+{len(labels) - most} more)" if len(labels) > most else "")
+        # (`bar.tasks` is a list: a task id indexes it only until one is removed)
+        self.bar.update(self._jobs, description=f"{self._title} -> {shown}" if shown else self._title)
 
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
         with self._lock:

@@ -316,6 +316,9 @@ class _Recorder:
     def started(self, label):
         self.events.append(("started", label))
 
+    def settled(self, label):
+        self.events.append(("settled", label))
+
     def finished(self, outcomes, cached=False):
         pass
 
@@ -353,6 +356,8 @@ def test_worker_processes_show_their_jobs_and_loops_on_the_flows_display(tmp_pat
     assert result["missing"] == []
     started = {e[1].split(" ")[0].split("@")[0] for e in seen.events if e[0] == "started"}
     assert {"mlp.teacher", "mlp.student"} <= started, seen.events[:20]
+    # each job or batch shown as running is settled (the display then stops showing it)
+    assert {e[1] for e in seen.events if e[0] == "started"} <= {e[1] for e in seen.events if e[0] == "settled"}
     opened = [e for e in seen.events if e[0] == "open"]
     assert any(desc.startswith("student") for _, desc, _ in opened), opened
     desc, total = next((d, t) for _, d, t in opened if d.startswith("student"))
@@ -416,6 +421,17 @@ def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
     report.started("lm.base x2 (s0-1)")
     (task,) = report.bar.tasks
     assert task.description == "[bold]lm[/bold] jobs -> lm.base x2 (s0-1)"
+    # with --workers 2, both jobs computing at once (the display showed the last one started only)
+    report.started("lm.teacher@s0.trait")
+    assert task.description == "[bold]lm[/bold] jobs -> lm.base x2 (s0-1) | lm.teacher@s0.trait"
+    report.started("lm.teacher@s1.trait")
+    assert task.description.endswith("-> lm.base x2 (s0-1) | lm.teacher@s0.trait (+1 more)")
+    report.settled("lm.base x2 (s0-1)")
+    report.settled("lm.teacher@s0.trait")
+    assert task.description == "[bold]lm[/bold] jobs -> lm.teacher@s1.trait"
+    report.settled("lm.teacher@s1.trait")
+    report.started("lm.teacher@s1.trait")  # a worker's word that came after its task was settled
+    assert task.description == "[bold]lm[/bold] jobs"
     report.end()
 
 
