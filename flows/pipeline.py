@@ -91,13 +91,7 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     track = tracker(config.load(params), jobs[0].pipeline, Path(root))
     kwargs = dict(root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect",
                   progress=progress.steps)
-    try:
-        outcomes: list[Outcome | Failure] = list(run_jobs(jobs, **kwargs, keys=keys, lanes=lanes))
-    except Exception as exc:  # noqa: BLE001  (isolated below: each job alone)
-        if len(jobs) > 1:
-            logger.warning("%s failed (%s); running its jobs one by one", label, exc)
-        outcomes = [_alone(job, {**kwargs, "key": key}, retries if len(jobs) > 1 else retries - 1, logger)
-                    for job, key in zip(jobs, keys)]
+    outcomes = _batch(jobs, keys, kwargs, lanes, retries, logger, label)
     for o in outcomes:
         if isinstance(o, Outcome):
             logger.info("finished %s", _result_line(o))
@@ -105,6 +99,40 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     if failed:
         return Failed(message=f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}", data=outcomes)
     return outcomes
+
+
+def _batch(jobs: list[Job], keys: list[str], kwargs: dict, lanes: int, retries: int, logger,
+           label: str) -> list[Outcome | Failure]:
+    """The jobs as one batch. A training that diverged names its job: that job fails (alone it would diverge
+    again, to the same bytes) and the others run again as a batch. Any other error runs each job alone, so one
+    bad job fails only itself."""
+    failed: dict[str, Failure] = {}
+    pending = list(zip(jobs, keys))
+    while pending:
+        try:
+            done = run_jobs([j for j, _ in pending], **kwargs, keys=[k for _, k in pending], lanes=lanes)
+            return [failed.get(j.id) or next(o for o in done if o.job_id == j.id) for j in jobs]
+        except TrainingDiverged as exc:
+            if exc.job_id not in {j.id for j, _ in pending}:
+                error: Exception = exc
+                break
+            logger.error("%s failed: %s", exc.job_id, exc)
+            failed[exc.job_id] = Failure(exc.job_id, f"{type(exc).__name__}: {exc}")
+            pending = [(j, k) for j, k in pending if j.id != exc.job_id]
+        except Exception as exc:  # noqa: BLE001  (isolated below: each job alone)
+            error = exc
+            break
+    else:
+        return [failed[j.id] for j in jobs]
+    if len(pending) > 1:
+        logger.warning("%s failed (%s); running its jobs one by one", label, error)
+    elif retries == 0:  # the batch of one was its only attempt
+        (job, _), = pending
+        logger.error("%s failed: %s", job.id, error)
+        return [failed.get(j.id) or Failure(job.id, f"{type(error).__name__}: {error}") for j in jobs]
+    alone = {j.id: _alone(j, {**kwargs, "key": k}, retries if len(pending) > 1 else retries - 1, logger)
+             for j, k in pending}
+    return [failed.get(j.id) or alone[j.id] for j in jobs]
 
 
 def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:

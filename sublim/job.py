@@ -117,7 +117,15 @@ class StepResult:
 
 
 class TrainingDiverged(ValueError):
-    """Training left a model's loss (so its weights) NaN or infinite."""
+    """Training left a model's loss (so its weights) NaN or infinite: the job `job_id`'s, where known (a batch
+    that raises it names the one job to fail; the others are sound)."""
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+
+    def __reduce__(self):  # (Prefect's process workers pickle a task's exception)
+        return type(self), (str(self), self.job_id)
 
 
 def trained(loss: float, job_id: str, lr_key: str, lr: float) -> float:
@@ -125,7 +133,7 @@ def trained(loss: float, job_id: str, lr_key: str, lr: float) -> float:
     instead of publishing it (and a NaN loss would not even say which model)."""
     if not math.isfinite(loss):
         raise TrainingDiverged(f"{job_id}: training diverged (final loss {loss}) at {lr_key} = {lr:g}; "
-                               f"lower {lr_key} in params.yaml")
+                               f"lower {lr_key} in params.yaml", job_id)
     return loss
 
 

@@ -29,6 +29,8 @@ def _failing(monkeypatch, step: str, seed: int, times: int | None, error: type[E
         for ctx in contexts:
             if ctx.job.seed == seed and (times is None or calls["n"] < times):
                 calls["n"] += 1
+                if error is TrainingDiverged:  # as `job.trained` raises it: naming its job
+                    raise TrainingDiverged(f"injected failure in {ctx.job.id}", ctx.job.id)
                 raise error(f"injected failure in {ctx.job.id}")
         return real.run(contexts)
 
@@ -154,6 +156,9 @@ def test_a_failed_jobs_line_names_the_job_once():
     with pytest.raises(TrainingDiverged) as err:
         trained(float("nan"), "mlp.student@s0.g1.shared", "mlp.student.lr", 1e30)
     assert str(err.value).startswith("mlp.student@s0.g1.shared: ")
+    import pickle  # a process worker's error crosses to the flow pickled: it still names its job
+
+    assert pickle.loads(pickle.dumps(err.value)).job_id == err.value.job_id == "mlp.student@s0.g1.shared"
     assert first_line("mlp.student@s0.g1.shared", f"TrainingDiverged: {err.value}\nmore") == (
         "TrainingDiverged: training diverged (final loss nan) at mlp.student.lr = 1e+30; lower mlp.student.lr in "
         "params.yaml")
@@ -166,14 +171,36 @@ def test_a_transient_error_is_retried(tmp_path, prefect_server, monkeypatch):
     assert calls["n"] == 1 and result["missing"] == []
 
 
+def test_without_retries_a_failed_batch_of_one_fails_its_job(tmp_path, prefect_server, monkeypatch):
+    """`runtime.retries: 0`: a one-job batch that raised has had its only attempt, and its error is the job's
+    (it was an UnboundLocalError of the flow's own, which hid it)."""
+    from sublim import progress
+
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 0}}, git=False)
+    calls = _failing(monkeypatch, "mlp.transfer", seed=0, times=None)
+    seen = _Recorder()
+    with progress.use(seen):
+        result = _run(root)
+    assert calls["n"] == 1 and "mlp.transfer@s0.g1" in result["missing"]
+    failed = [e for e in seen.events if e[0] == "failed"]
+    assert failed and all("injected failure in mlp.transfer@s0.g1" in message for _, _, message in failed), failed
+
+
 def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_server, monkeypatch):
-    """A diverged training diverges again: a batch's failed job runs alone once (to tell it from its siblings),
-    then fails; a one-job task (Prefect's own retries) fails at its first attempt."""
-    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}, "runtime": {"retries": 2}}, git=False)
+    """A diverged training diverges again: the job its error names fails at once and its siblings run again as a
+    batch (each job alone, and the diverged one once more, cost 1 + n attempts); a one-job task (Prefect's own
+    retries) fails at its first attempt."""
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1, 2]}, "runtime": {"retries": 2}},
+                        git=False)
     calls = _failing(monkeypatch, "mlp.transfer", seed=1, times=None, error=TrainingDiverged)
+    batches = []
+    real = get_step("mlp.transfer").batch
+    monkeypatch.setitem(STEPS, "mlp.transfer", dataclasses.replace(
+        get_step("mlp.transfer"), batch=lambda contexts: batches.append([c.job.seed for c in contexts]) or real(contexts)))
     result = _run(root)
-    assert calls["n"] == 2  # the batch, then alone: not 1 + 3 attempts
-    assert "mlp.transfer@s1.g1" in result["missing"] and "mlp.transfer@s0.g1" not in result["missing"]
+    assert calls["n"] == 1 and batches == [[0, 1, 2], [0, 2]]  # the batch, then its sound jobs as one
+    assert "mlp.transfer@s1.g1" in result["missing"]
+    assert not {"mlp.transfer@s0.g1", "mlp.transfer@s2.g1"} & set(result["missing"])
 
     root = make_project(tmp_path / "q", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 2}}, git=False)
     data = {"n": 0}
@@ -323,7 +350,7 @@ class _Recorder:
         pass
 
     def failed(self, job_id, message):
-        pass
+        self.events.append(("failed", job_id, message))
 
     def steps(self, items, total, desc):
         yield from items
