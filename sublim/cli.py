@@ -66,10 +66,20 @@ class App(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
-        _stop_on_sigterm()
         _quiet_when_interrupted()
+        with _stopping_on_sigterm():
+            code = self._run(verbose, *args, **kwargs)
+        if code == INTERRUPTED and _sigterm.is_set():
+            code = TERMINATED
+        if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
+            _one_line("interrupted")
+        elif code == TERMINATED:
+            _one_line("terminated")
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _run(self, verbose: bool, *args: Any, **kwargs: Any) -> Any:
         try:
-            code = super().__call__(*args, standalone_mode=False, **kwargs)
+            return super().__call__(*args, standalone_mode=False, **kwargs)
         except click_exc.NoArgsIsHelpError:  # the help was shown
             sys.exit(2)
         except click_exc.UsageError as exc:
@@ -83,7 +93,7 @@ class App(typer.Typer):
             _one_line(exc.format_message())
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:  # what reaches here of a SIGTERM may be another KeyboardInterrupt (a job's)
-            code = TERMINATED if _sigterm.is_set() else INTERRUPTED
+            return INTERRUPTED
         except Exception as exc:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
             if verbose:
                 raise
@@ -91,13 +101,6 @@ class App(typer.Typer):
                                                                         OSError | ValueError) else str(exc)
                       .strip("'\""))
             sys.exit(1)
-        if code == INTERRUPTED and _sigterm.is_set():
-            code = TERMINATED
-        if code == INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
-            _one_line("interrupted")
-        elif code == TERMINATED:
-            _one_line("terminated")
-        sys.exit(code if isinstance(code, int) else 0)
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
@@ -114,25 +117,31 @@ _sigterm = threading.Event()
 
 def _quiet_when_interrupted() -> None:
     """An interrupt says one line: a KeyboardInterrupt that ends another thread (Prefect's process pool hands a
-    worker's back to its manager thread) is part of the interrupt already reported, not a traceback; and the
-    semaphores an interrupted pool leaves are multiprocessing's resource tracker's to clean, without a warning
-    (it takes its warning filters from this process when a pool starts it)."""
+    worker's back to its manager thread, also while the command exits) is part of the interrupt already
+    reported, not a traceback; and the semaphores an interrupted pool leaves are multiprocessing's resource
+    tracker's to clean, without a warning (it takes its warning filters from this process when a pool starts
+    it). For the rest of the process: nothing else is hidden."""
+    if getattr(threading.excepthook, "quiet_when_interrupted", False):
+        return
     hook = threading.excepthook
 
     def quiet(args: threading.ExceptHookArgs) -> None:
         if not issubclass(args.exc_type, KeyboardInterrupt):
             hook(args)
 
+    quiet.quiet_when_interrupted = True  # type: ignore[attr-defined]
     threading.excepthook = quiet
     sys.warnoptions.append("ignore:resource_tracker:UserWarning")
 
 
-def _stop_on_sigterm() -> None:
+@contextlib.contextmanager
+def _stopping_on_sigterm() -> Iterator[None]:
     """SIGTERM's default killed the command on the spot: no message, MLflow runs left RUNNING, temp folders
-    left behind. Now it stops the command as the terminal's Ctrl-C does, which also reaches this command's
+    left behind. While the command runs, it stops it as the terminal's Ctrl-C does, which also reaches its
     worker processes: they get a SIGINT. Only where nothing else handles SIGTERM (a running Prefect flow takes
     it first: `flows.pipeline` then interrupts the workers)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
         return
 
     def stop(signum: int, frame: Any) -> None:
@@ -143,9 +152,12 @@ def _stop_on_sigterm() -> None:
         interrupt_workers()
         raise Terminated
 
+    _sigterm.clear()
     signal.signal(signal.SIGTERM, stop)
-
-
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class ReaderGone:
@@ -429,7 +441,8 @@ def _options(words: list[str]) -> list[tuple[str, ...]]:
 
 
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at once, in worker processes (default: "
-                                               "params.yaml runtime); results do not depend on it")]
+                                               "params.yaml runtime); a pipeline of batches only (mlp) runs in one "
+                                               "process, its batches on every core; results do not depend on it")]
 
 
 def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
@@ -472,6 +485,7 @@ def flow(
             server = prefect_server.EarlyServer.start()  # it boots while the flows are imported, MLflow checked
             from flows.pipeline import run_flow, sublim_pipeline
             from sublim.code import pipeline_jobs, warm
+            from sublim.orchestrate import workers_for
 
             for name in names:
                 _preflight(cfg, name, params.resolve().parent)
@@ -480,7 +494,9 @@ def flow(
         running.enter_context(progress.use(reporter()))
         results = []
         for name in names:
-            results.append(run_flow(sublim_pipeline, cfg, pipeline=name, params=str(params), workers=workers))
+            alike = workers_for(make_plan(cfg, name), workers, cfg.runtime)  # (batches only: lanes, no processes)
+            results.append(run_flow(sublim_pipeline, cfg.with_workers(alike), pipeline=name, params=str(params),
+                                    workers=alike))
             if results[-1]["missing"]:
                 break
     for result in results:

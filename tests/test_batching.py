@@ -96,6 +96,21 @@ def test_a_batch_is_cut_by_architecture_and_key_in_first_seen_order():
     assert mlp.cut([a] * 3, rows=64, by=lambda i: i) == [[0], [1], [2]]
 
 
+def test_workers_of_a_pipeline_of_batches_are_lanes_of_one_process():
+    """`--workers 2` split the MLP batches over two processes that each imported torch, MLflow and Prefect (flow
+    38 s; one process with two lanes: 27 s); a pipeline with jobs that are not batches keeps its processes."""
+    from sublim.config import Runtime, parse
+    from sublim.orchestrate import workers_for
+    from sublim.plan import plan
+
+    cfg = parse({"mlp": {"seeds": [0, 1]}})
+    process, dask = Runtime().with_workers(2), Runtime(task_runner="dask").with_workers(2)
+    assert workers_for(plan(cfg, "mlp"), 2, process) == 1  # every step with many jobs is a batch step
+    assert workers_for(plan(cfg, "lm"), 2, process) == 2  # lm bases, teachers, students: one job at a time
+    assert workers_for(plan(cfg, "mlp"), 2, dask) == 2  # a cluster's workers are its own
+    assert workers_for(plan(cfg, "mlp"), None, process) is None and workers_for(plan(cfg, "mlp"), 1, process) == 1
+
+
 def test_lanes_are_the_cores_the_flows_workers_leave_idle(monkeypatch):
     import os
 

@@ -258,11 +258,12 @@ def test_worker_processes_report_to_the_one_ephemeral_server(tmp_path):
 
     from tests.conftest import BIN, cli_env
 
-    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]}}, git=False)
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1]},  # (--workers 2 would run mlp in one)
+                                         "runtime": {"task_runner": "process", "max_workers": 2}}, git=False)
     env = {k: v for k, v in cli_env().items() if not k.startswith("PREFECT_")}  # other tests' CLI runs set some
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_LOGGING_LEVEL="INFO", PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
-    ran = subprocess.run([str(BIN / "sublim"), "-v", "flow", "mlp", "--workers", "2"], cwd=root, env=env,
+    ran = subprocess.run([str(BIN / "sublim"), "-v", "flow", "mlp"], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     log = ran.stdout + ran.stderr
     assert ran.returncode == 0, log[-3000:]
@@ -731,8 +732,9 @@ def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server,
 
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-worker", "two-worker-processes"])
-def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, workers):
+@pytest.mark.parametrize("runtime", [{}, {"task_runner": "process", "max_workers": 2}],
+                         ids=["one-worker", "two-worker-processes"])
+def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, runtime):
     """A SIGTERM (a scheduler, `kill`, a cancelled CI job) killed `sublim flow` on the spot: no message, job
     runs left RUNNING; with worker processes the command waited for their jobs to end, and after a Ctrl-C it hung
     for good (multiprocessing's exit joined workers idle in their queue). Now the running jobs stop at their next
@@ -743,8 +745,9 @@ def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, workers):
 
     from tests.conftest import cli_env
 
-    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1], "teacher": {"epochs": 3000}}})
-    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "flow", "mlp", *workers], cwd=root,
+    root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0, 1], "teacher": {"epochs": 3000}},
+                                         "runtime": runtime})
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "flow", "mlp"], cwd=root,
                             env={**cli_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
