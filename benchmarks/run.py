@@ -149,9 +149,12 @@ def flow_run(root: Path, pipeline: str, workers: int | None = None) -> tuple[flo
     create the MLflow store, flow seconds, the flow's outcomes by job id). The store is created first, outside
     the timing, as a server would be."""
     from flows.pipeline import run_flow, sublim_pipeline
+    from sublim.orchestrate import workers_for
     from sublim.pipeline import tracker
 
     cfg = _config(root).with_workers(workers)
+    workers = workers_for(_plan(root, pipeline), workers, cfg.runtime)  # as `sublim flow` takes --workers
+    cfg = cfg.with_workers(workers)
     t0 = time.perf_counter()
     tracker(cfg, pipeline, root)
     store_s = time.perf_counter() - t0
@@ -495,9 +498,10 @@ def recorded(root: Path, pipeline: str) -> dict:
 
 
 def mlp_many_seeds(tmp: Path, scale: Scale) -> dict:
-    """The MLP pipeline on seeds 0..99 (params.yaml defaults otherwise) through the Prefect flow with one worker
-    per core (`sublim flow mlp --workers N`, as `make demo` runs): wall time, and every job's run and every model
-    recorded in MLflow."""
+    """The MLP pipeline on seeds 0..99 (params.yaml defaults otherwise) through the Prefect flow as
+    `sublim flow mlp --workers N` runs it (N: one per core, as `make demo`; a pipeline of batches only runs in one
+    process, its batches in lanes on every core): wall time, and every job's run and every model recorded in
+    MLflow."""
     prefect_up()
     seeds = list(range(scale.many_seeds))
     root = make_project(tmp / "mlp", {"mlp": {**scale.mlp, "seeds": seeds}})
