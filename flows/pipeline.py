@@ -104,7 +104,8 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
 def _batch(jobs: list[Job], keys: list[str], kwargs: dict, lanes: int, retries: int, logger,
            label: str) -> list[Outcome | Failure]:
     """The jobs as one batch. A training that diverged names its job: that job fails (alone it would diverge
-    again, to the same bytes) and the others run again as a batch. Any other error runs each job alone, so one
+    again, to the same bytes) and the others run again as a batch, once (a second divergence, e.g. a learning
+    rate too high for every seed, would cost a batch per job). Any other error runs each job alone, so one
     bad job fails only itself."""
     failed: dict[str, Failure] = {}
     pending = list(zip(jobs, keys))
@@ -113,7 +114,7 @@ def _batch(jobs: list[Job], keys: list[str], kwargs: dict, lanes: int, retries: 
             done = run_jobs([j for j, _ in pending], **kwargs, keys=[k for _, k in pending], lanes=lanes)
             return [failed.get(j.id) or next(o for o in done if o.job_id == j.id) for j in jobs]
         except TrainingDiverged as exc:
-            if exc.job_id not in {j.id for j, _ in pending}:
+            if failed or exc.job_id not in {j.id for j, _ in pending}:
                 error: Exception = exc
                 break
             logger.error("%s failed: %s", exc.job_id, exc)
@@ -419,12 +420,17 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
     track = tracker(cfg, pipeline, root)
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config=cfg.model_dump(mode="json"))
-    with workspace_lock(root, cfg.runtime.lock_timeout_s), _killed_on_interrupt(track, parent):
+    with _killed_on_interrupt(track, parent), workspace_lock(root, cfg.runtime.lock_timeout_s):
         dvc = DvcSync(root, Path(params))
         code.write_manifests(code.pipeline_jobs(cfg, PLANNERS), root)  # the `code` stage's output
         dvc.commit([code.MANIFESTS])
-        finished = execute(jobs, cfg, root, parent, dvc, params)
-        _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)  # while DVC commits
+        try:
+            finished = execute(jobs, cfg, root, parent, dvc, params)
+            _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)  # while DVC commits
+        except BaseException:  # interrupted: what finished is in dvc.lock before the command ends
+            with contextlib.suppress(Exception):
+                dvc.close()
+            raise
         committed = dvc.close()
     missing = sorted(j.id for j in jobs.jobs if j.id not in finished)
     track.close_pipeline_run(parent, "FINISHED" if not missing else "FAILED")
@@ -448,7 +454,7 @@ def sublim_sweep(name: str, grid: dict[str, list], pipeline: str = "lm", params:
     parent = track.open_pipeline_run(driver="prefect", name=f"prefect-{flow_run.get_name()}",
                                      config={"sweep": name, "grid": grid, **cfg.model_dump(mode="json")})
     # sweeps/ is outside dvc.yaml: `dvc add` to version it
-    with workspace_lock(root, cfg.runtime.lock_timeout_s), _killed_on_interrupt(track, parent):
+    with _killed_on_interrupt(track, parent), workspace_lock(root, cfg.runtime.lock_timeout_s):
         finished = execute(swept.plan, cfg, root, parent, None, params)
         table = sweep.table_job(swept, {o.output for o in finished.values()})
         with workers_report_here(cfg.runtime):

@@ -1156,7 +1156,8 @@ def _end_workers(grace_s: float = 3.0) -> None:
     workers = multiprocessing.active_children()
     deadline = time.monotonic() + grace_s
     for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
+        if not worker.name.startswith("SyncManager"):  # (the progress relay's manager never ends by itself)
+            worker.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
         if worker.is_alive():
             worker.terminate()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -16,6 +17,9 @@ DUMP_EVERY_S = 15.0  # rewrite dvc.lock at most this often (each rewrite dumps e
 
 
 def main(root: str) -> None:
+    # a terminal's Ctrl-C reaches this helper too: it ends when the flow closes its input, after its last dump
+    # (interrupted, it left commits unwritten, or dvc.lock half-rewritten)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from dvc.repo import Repo
 
     os.chdir(root)  # DVC resolves stage paths against the working directory

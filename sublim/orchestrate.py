@@ -150,16 +150,16 @@ def worker_starts(queue: Any = None) -> None:
 
 
 def interrupt_workers() -> None:
-    """SIGINT to this process's descendants in its process group, as a terminal's Ctrl-C sends it: a SIGTERM
-    reaches only the command, and its worker processes computed on until their jobs ended (the Prefect server,
-    in a session of its own, stops with the command)."""
-    import psutil
+    """SIGINT to this process's worker processes, as a terminal's Ctrl-C sends it: a SIGTERM reaches only the
+    command, and its workers computed on until their jobs ended. Only the pool's workers: never the DVC helper
+    (it must finish writing dvc.lock), a Prefect server, or the progress relay's manager. (A worker still
+    starting, before `worker_starts` takes SIGINT over, prints a KeyboardInterrupt traceback, as with a Ctrl-C.)"""
+    import multiprocessing
 
-    group = os.getpgrp()
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(child.pid) == group:
-                child.send_signal(signal.SIGINT)
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(OSError, ValueError):
+            if worker.pid is not None and not worker.name.startswith("SyncManager"):
+                os.kill(worker.pid, signal.SIGINT)
 
 
 def _stop_jobs(signum: int, frame: Any) -> None:

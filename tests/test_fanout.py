@@ -202,6 +202,24 @@ def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_ser
     assert "mlp.transfer@s1.g1" in result["missing"]
     assert not {"mlp.transfer@s0.g1", "mlp.transfer@s2.g1"} & set(result["missing"])
 
+    # two that diverge: after the second, each job alone (a batch per diverged job would grow as n squared)
+    root = make_project(tmp_path / "r", {"mlp": {**TINY_MLP, "seeds": [0, 1, 2]}, "runtime": {"retries": 2}},
+                        git=False)
+    batches.clear()
+
+    def two_diverge(contexts):
+        batches.append([c.job.seed for c in contexts])
+        bad = next((c.job.id for c in contexts if c.job.seed in (1, 2)), None)
+        if bad:
+            raise TrainingDiverged(f"injected failure in {bad}", bad)
+        return real(contexts)
+
+    monkeypatch.setitem(STEPS, "mlp.transfer", dataclasses.replace(get_step("mlp.transfer"), batch=two_diverge))
+    result = _run(root)
+    assert batches == [[0, 1, 2], [0, 2], [0], [2]]
+    assert {"mlp.transfer@s1.g1", "mlp.transfer@s2.g1"} <= set(result["missing"])
+    assert "mlp.transfer@s0.g1" not in result["missing"]
+
     root = make_project(tmp_path / "q", {"mlp": {**TINY_MLP, "seeds": [0]}, "runtime": {"retries": 2}}, git=False)
     data = {"n": 0}
 
@@ -749,7 +767,7 @@ def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, runtime):
                                          "runtime": runtime})
     proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "flow", "mlp"], cwd=root,
                             env={**cli_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own group: see finally
     try:
         deadline = time.monotonic() + 600  # a loaded machine may take long to reach the teachers' loop
         while not list((root / "models/mlp").glob("s*/.tmp-g0-shared*")) and time.monotonic() < deadline:
@@ -760,7 +778,10 @@ def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, runtime):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        if proc.poll() is None:  # it did not stop: not to train on for minutes, its workers included
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    # (a worker process still starting, before it takes SIGINT over, may print a traceback above it)
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err
     assert time.monotonic() - stopped < 60  # not the teachers' end
     store = client(tracking_uri(root))
@@ -769,3 +790,7 @@ def test_sigterm_stops_the_flow_as_ctrl_c_does(tmp_path, runtime):
     assert teachers and {r.info.status for r in teachers} == {"KILLED"}
     assert {r.info.status for r in runs if r.data.tags.get("sublim.job") is None} == {"KILLED"}  # the pipeline's
     assert not list(root.rglob(".tmp-*")) and not (root / "models/mlp/s0/g0-shared").exists()
+    import yaml  # the DVC helper (no SIGINT reaches it) wrote what had finished before the command ended
+
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert "mlp_data" in stages and not any(name.startswith("mlp_teacher") for name in stages), list(stages)
