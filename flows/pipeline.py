@@ -401,10 +401,9 @@ def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
     progress.interrupt(False)
     try:
         yield
-    except (KeyboardInterrupt, TerminationSignal) as exc:
+    except (KeyboardInterrupt, TerminationSignal):
         progress.interrupt()
-        if isinstance(exc, TerminationSignal):  # a terminal's Ctrl-C reached the workers already; a SIGTERM not
-            interrupt_workers()
+        interrupt_workers()  # a SIGTERM, or a `kill -INT`, reaches this process only (a worker takes it twice alike)
         with contextlib.suppress(Exception):  # the store may be what is going away
             track.close_pipeline_run(run_id, "KILLED")
         raise

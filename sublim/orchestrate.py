@@ -147,23 +147,37 @@ def worker_starts(queue: Any = None) -> None:
         progress.relay_into(queue)
     atexit.register(_leave)
     signal.signal(signal.SIGINT, _stop_jobs)
+    signal.signal(STOP_JOBS, _stop_jobs)
+
+
+STOP_JOBS = signal.SIGUSR2  # what a worker takes as its Ctrl-C once it is ready for it (`worker_starts`)
 
 
 def interrupt_workers() -> None:
-    """SIGINT to this process's worker processes, as a terminal's Ctrl-C sends it: a SIGTERM reaches only the
-    command, and its workers computed on until their jobs ended. Only the pool's workers: never the DVC helper
-    (it must finish writing dvc.lock), a Prefect server, or the progress relay's manager. (A worker still
-    starting, before `worker_starts` takes SIGINT over, prints a KeyboardInterrupt traceback, as with a Ctrl-C.)"""
+    """Stop the running jobs of this process's worker processes, as a terminal's Ctrl-C does: a SIGTERM reaches
+    only the command, and its workers computed on until their jobs ended. Only workers that took `STOP_JOBS`
+    over (Linux says so in /proc): one still starting has no job, and a signal would kill it there, breaking the
+    pool, whose other workers were then killed before they had marked their runs KILLED. Never the DVC helper
+    (it must finish writing dvc.lock), a Prefect server, or the progress relay's manager."""
     import multiprocessing
 
     for worker in multiprocessing.active_children():
         with contextlib.suppress(OSError, ValueError):
-            if worker.pid is not None and not worker.name.startswith("SyncManager"):
-                os.kill(worker.pid, signal.SIGINT)
+            if worker.pid is not None and not worker.name.startswith("SyncManager") and _ready(worker.pid):
+                os.kill(worker.pid, STOP_JOBS)
+
+
+def _ready(pid: int) -> bool:
+    """Whether process `pid` handles `STOP_JOBS` (elsewhere than Linux: assumed)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return not sys.platform.startswith("linux")
+    caught = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (STOP_JOBS - 1) & 1)
 
 
 def _stop_jobs(signum: int, frame: Any) -> None:
-    """A worker's Ctrl-C (the terminal's, or the one `sublim` forwards on a SIGTERM): its running job stops at
+    """A worker's Ctrl-C (the terminal's SIGINT, or `STOP_JOBS` from `interrupt_workers`): its running job stops at
     its loop's next step (its run ends KILLED, nothing is published). Raising here instead would print a
     traceback from every idle worker, and could cut a job's bookkeeping short; the command ends idle workers."""
     progress.interrupt()
