@@ -512,7 +512,8 @@ def mlp_many_seeds(tmp: Path, scale: Scale) -> dict:
     store_s, wall, outcomes = flow_run(root, "mlp", workers)
     models = sum(o.kind == "model" for o in outcomes.values())
     found = recorded(root, "mlp")
-    return {"seeds": len(seeds), "workers": workers, "worker_processes": processes, "wall_s": round(wall, 1), "mlflow_store_creation_s": round(store_s, 2),
+    return {"seeds": len(seeds), "workers": workers, "worker_processes": processes, "wall_s": round(wall, 1),
+            "mlflow_store_creation_s": round(store_s, 2),
             "target_s": 180, "meets_target": wall <= 180, "jobs": len(outcomes), "models": models, **found,
             "all_recorded": found["job_runs_finished"] == len(outcomes) and found["logged_models_ready"] == models,
             "compute_by_step_s": compute_by_step(outcomes, _plan(root, "mlp").jobs),

@@ -39,6 +39,6 @@ def test_cpu_seconds_count_the_work_of_children():
 
     bench = _bench()
     before = bench.cpu_seconds()
-    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"],
-                   check=True)
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True)
     assert bench.cpu_seconds() - before >= 0.4

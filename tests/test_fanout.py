@@ -195,8 +195,8 @@ def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_ser
     calls = _failing(monkeypatch, "mlp.transfer", seed=1, times=None, error=TrainingDiverged)
     batches = []
     real = get_step("mlp.transfer").batch
-    monkeypatch.setitem(STEPS, "mlp.transfer", dataclasses.replace(
-        get_step("mlp.transfer"), batch=lambda contexts: batches.append([c.job.seed for c in contexts]) or real(contexts)))
+    counted = lambda contexts: batches.append([c.job.seed for c in contexts]) or real(contexts)  # noqa: E731
+    monkeypatch.setitem(STEPS, "mlp.transfer", dataclasses.replace(get_step("mlp.transfer"), batch=counted))
     result = _run(root)
     assert calls["n"] == 1 and batches == [[0, 1, 2], [0, 2]]  # the batch, then its sound jobs as one
     assert "mlp.transfer@s1.g1" in result["missing"]
