@@ -127,16 +127,17 @@ def _batch(jobs: list[Job], keys: list[str], kwargs: dict, lanes: int, retries: 
         return [failed[j.id] for j in jobs]
     if len(pending) > 1:
         logger.warning("%s failed (%s); running its jobs one by one", label, error)
-    elif retries == 0:  # the batch of one was its only attempt
-        (job, _), = pending
-        logger.error("%s failed: %s", job.id, error)
-        return [failed.get(j.id) or Failure(job.id, f"{type(error).__name__}: {error}") for j in jobs]
-    alone = {j.id: _alone(j, {**kwargs, "key": k}, retries if len(pending) > 1 else retries - 1, logger)
+    else:
+        logger.error("%s failed: %s", pending[0][0].id, error)
+    alone = {j.id: _alone(j, {**kwargs, "key": k}, retries if len(pending) > 1 else retries - 1, logger, error)
              for j, k in pending}
     return [failed.get(j.id) or alone[j.id] for j in jobs]
 
 
-def _alone(job: Job, kwargs: dict, retries: int, logger) -> Outcome | Failure:
+def _alone(job: Job, kwargs: dict, retries: int, logger, seen: Exception) -> Outcome | Failure:
+    """The job alone, with `retries` retries (-1: none left, the batch of one was its only attempt); its failure
+    names the last error, `seen` (the batch's) where it was not run again."""
+    last = f"{type(seen).__name__}: {seen}"
     for attempt in range(retries + 1):
         try:
             return run_job(job, **kwargs)

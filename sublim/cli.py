@@ -473,9 +473,10 @@ def flow(
         _fail_usage(f"--confirm: the {' and '.join(lacking)} pipeline has no confirmation run (there are: "
                     f"{', '.join(sorted(CONFIRMABLE))})")
     names = [f"{n}-confirm" for n in names] if confirm else names
+    plans = {}
     for name in names:
         try:
-            make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
+            plans[name] = make_plan(cfg, name)  # an unknown pipeline is a clear error before the server starts
         except (LookupError, config.ConfigError) as exc:
             _fail_usage(_unplannable(exc, params))
     from sublim import prefect_server
@@ -494,7 +495,7 @@ def flow(
         running.enter_context(progress.use(reporter()))
         results = []
         for name in names:
-            alike = workers_for(make_plan(cfg, name), workers, cfg.runtime)  # (batches only: lanes, no processes)
+            alike = workers_for(plans[name], workers, cfg.runtime)  # (batches only: lanes, no processes)
             results.append(run_flow(sublim_pipeline, cfg.with_workers(alike), pipeline=name, params=str(params),
                                     workers=alike))
             if results[-1]["missing"]:
@@ -1153,12 +1154,12 @@ def _end_workers(grace_s: float = 3.0) -> None:
     import multiprocessing
     import time
 
-    workers = multiprocessing.active_children()
+    from sublim.orchestrate import pool_workers
+
     deadline = time.monotonic() + grace_s
-    for worker in workers:
-        if not worker.name.startswith("SyncManager"):  # (the progress relay's manager never ends by itself)
-            worker.join(max(0.0, deadline - time.monotonic()))
-    for worker in workers:
+    for worker in pool_workers():
+        worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in multiprocessing.active_children():  # the relay's manager too
         if worker.is_alive():
             worker.terminate()
             worker.join(5)

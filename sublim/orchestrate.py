@@ -159,12 +159,18 @@ def interrupt_workers() -> None:
     over (Linux says so in /proc): one still starting has no job, and a signal would kill it there, breaking the
     pool, whose other workers were then killed before they had marked their runs KILLED. Never the DVC helper
     (it must finish writing dvc.lock), a Prefect server, or the progress relay's manager."""
+    for worker in pool_workers():
+        with contextlib.suppress(OSError, ValueError):
+            if worker.pid is not None and _ready(worker.pid):
+                os.kill(worker.pid, STOP_JOBS)
+
+
+def pool_workers() -> list:
+    """This process's task-runner worker processes: its multiprocessing children but the progress relay's
+    manager (`progress.relay_queue`), which never ends by itself."""
     import multiprocessing
 
-    for worker in multiprocessing.active_children():
-        with contextlib.suppress(OSError, ValueError):
-            if worker.pid is not None and not worker.name.startswith("SyncManager") and _ready(worker.pid):
-                os.kill(worker.pid, STOP_JOBS)
+    return [p for p in multiprocessing.active_children() if not p.name.startswith("SyncManager")]
 
 
 def _ready(pid: int) -> bool:
