@@ -183,3 +183,27 @@ def test_the_committed_dvc_lock_holds_the_manifests_this_code_writes(tmp_path):
                if os.path.exists(root / path)}
     stale = sorted(path for path in locked if written.get(path) != locked[path])
     assert not stale, f"dvc.lock is stale for {stale}: rerun their stages (`dvc repro`) and commit dvc.lock"
+
+
+def test_the_dvc_helper_parses_a_params_file_once_until_it_changes(tmp_path, monkeypatch):
+    """The helper's parse cache (each stage's save re-read params.yaml): same content as DVC's own parse, a copy
+    per caller, and a fresh parse once the file changes."""
+    from dvc.dependency import param
+    from dvc.fs import LocalFileSystem
+
+    from sublim import dvc_sync
+
+    original = param.load_path  # restored by monkeypatch after the test
+    calls = []
+    monkeypatch.setattr(param, "load_path", lambda path, fs, **kw: calls.append(path) or original(path, fs, **kw))
+    dvc_sync._parse_params_once()
+    file, fs = tmp_path / "params.yaml", LocalFileSystem()
+    file.write_text("mlp:\n  seeds: [0, 1]\n")
+    first = param.read_param_file(fs, str(file), ["mlp.seeds"], flatten=True)
+    whole = param.read_param_file(fs, str(file))
+    whole["mlp"]["seeds"].append(9)  # a caller's edit reaches no other caller
+    assert first == {"mlp.seeds": [0, 1]} and param.read_param_file(fs, str(file)) == {"mlp": {"seeds": [0, 1]}}
+    assert len(calls) == 1
+    file.write_text("mlp:\n  seeds: [0, 1, 2]\n")
+    assert param.read_param_file(fs, str(file), ["mlp.seeds"], flatten=True) == {"mlp.seeds": [0, 1, 2]}
+    assert len(calls) == 2
