@@ -447,15 +447,24 @@ WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="jobs at
 
 def _with_workers(cfg: config.Config, workers: int | None) -> config.Config:
     try:
-        cfg = cfg.with_workers(workers)
+        return cfg.with_workers(workers)
     except config.ConfigError as exc:
         _fail_usage(str(exc))
+
+
+def _processes(plan, workers: int | None, cfg: config.Config) -> int | None:
+    """The worker processes `--workers` gives `plan` (`orchestrate.workers_for`: one for a pipeline of batches),
+    with a note when more of them than cores would share the machine (said of the processes that will run, not
+    of the option: `--workers 4` on the MLP pipeline runs one process)."""
+    from sublim.orchestrate import workers_for
+
+    processes = workers_for(plan, workers, cfg.runtime)
     cores = os.cpu_count() or 1
-    if workers and workers > cores and cfg.runtime.dask_address is None:  # a remote cluster has its own cores
-        console.print(f"[yellow]note[/yellow] --workers {workers}: this machine has {cores} cores; each worker is "
-                      f"a process with one thread, so more than {cores} share them and none finishes sooner",
+    if processes and processes > cores and cfg.runtime.dask_address is None:  # a remote cluster has its own cores
+        console.print(f"[yellow]note[/yellow] --workers {processes}: this machine has {cores} cores; each worker "
+                      f"is a process with one thread, so more than {cores} share them and none finishes sooner",
                       highlight=False, soft_wrap=True)
-    return cfg
+    return processes
 
 
 @app.command()
@@ -486,8 +495,8 @@ def flow(
             server = prefect_server.EarlyServer.start()  # it boots while the flows are imported, MLflow checked
             from flows.pipeline import run_flow, sublim_pipeline
             from sublim.code import pipeline_jobs, warm
-            from sublim.orchestrate import workers_for
 
+            processes = {name: _processes(plans[name], workers, cfg) for name in names}
             for name in names:
                 _preflight(cfg, name, params.resolve().parent)
             warm(pipeline_jobs(cfg, PLANNERS))  # while the server boots: every flow writes every manifest
@@ -495,9 +504,8 @@ def flow(
         running.enter_context(progress.use(reporter()))
         results = []
         for name in names:
-            alike = workers_for(plans[name], workers, cfg.runtime)  # (batches only: lanes, no processes)
-            results.append(run_flow(sublim_pipeline, cfg.with_workers(alike), pipeline=name, params=str(params),
-                                    workers=alike))
+            results.append(run_flow(sublim_pipeline, cfg.with_workers(processes[name]), pipeline=name,
+                                    params=str(params), workers=processes[name]))
             if results[-1]["missing"]:
                 break
     for result in results:
@@ -569,10 +577,11 @@ def sweep(
             warm(swept.plan.jobs)  # while the server boots
             from flows.pipeline import run_flow, sublim_sweep
 
+            processes = _processes(swept.plan, workers, cfg)
             running.enter_context(prefect_server.reporting_to(server))
         running.enter_context(progress.use(reporter()))
-        result = run_flow(sublim_sweep, cfg, name=name, grid=grid, pipeline=pipeline, params=str(params),
-                          workers=workers)
+        result = run_flow(sublim_sweep, cfg.with_workers(processes), name=name, grid=grid, pipeline=pipeline,
+                          params=str(params), workers=processes)
     _show_summary(result.get("summary"))
     console.print(f"table: {result['table']}/effects.csv", highlight=False)
     if result["missing"] or result["invalid"]:

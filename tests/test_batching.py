@@ -111,6 +111,30 @@ def test_workers_of_a_pipeline_of_batches_are_lanes_of_one_process():
     assert workers_for(plan(cfg, "mlp"), None, process) is None and workers_for(plan(cfg, "mlp"), 1, process) == 1
 
 
+def test_the_more_workers_than_cores_note_speaks_of_the_processes_that_run(monkeypatch):
+    """`sublim flow mlp --workers 4` on 2 cores runs one process, so it says nothing of oversubscription; an lm flow
+    would start 4 processes, and says so."""
+    import io
+
+    from rich.console import Console
+
+    from sublim import cli
+    from sublim.config import parse
+    from sublim.plan import plan
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    cfg = parse({"mlp": {"seeds": [0, 1]}}).with_workers(4)
+
+    def said(plan_, workers):
+        monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=200))
+        processes = cli._processes(plan_, workers, cfg)
+        return processes, cli.console.file.getvalue()
+
+    assert said(plan(cfg, "mlp"), 4) == (1, "")
+    processes, note = said(plan(cfg, "lm"), 4)
+    assert processes == 4 and "--workers 4: this machine has 2 cores" in note
+
+
 def test_lanes_are_the_cores_the_flows_workers_leave_idle(monkeypatch):
     import os
 
