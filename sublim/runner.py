@@ -20,7 +20,7 @@ from typing import Any
 
 from sublim.artifacts import (ArtifactError, ArtifactMeta, Replaced, atomic_dir, digest, inside, read_meta, verify,
                               write_meta)
-from sublim.job import Job, Role, StepContext, StepResult, get_step, seed_everything
+from sublim.job import Job, Role, StepContext, StepResult, TrainingDiverged, get_step, seed_everything
 from sublim.lineage.record import Input, Tracker, artifact_id, artifact_identity, parents_of
 
 log = logging.getLogger("sublim")
@@ -173,9 +173,10 @@ def run_jobs(
         except BaseException as exc:
             _put_back(aside, jobs, root)  # a job that failed after publishing leaves what was there before
             if tracker:
-                for run_id in run_ids:
-                    if run_id:
-                        tracker.fail_job(run_id, exc)
+                diverged = exc.job_id if isinstance(exc, TrainingDiverged) else None
+                for job, run_id in zip(jobs, run_ids):
+                    if run_id:  # a diverged job's sound siblings run again without it: stopped, not failed
+                        tracker.fail_job(run_id, exc, stopped_by=diverged if diverged not in (None, job.id) else None)
             raise
 
 

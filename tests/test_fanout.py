@@ -201,6 +201,17 @@ def test_an_error_the_job_would_raise_again_is_not_retried(tmp_path, prefect_ser
     assert calls["n"] == 1 and batches == [[0, 1, 2], [0, 2]]  # the batch, then its sound jobs as one
     assert "mlp.transfer@s1.g1" in result["missing"]
     assert not {"mlp.transfer@s0.g1", "mlp.transfer@s2.g1"} & set(result["missing"])
+    # in MLflow, only the diverged job failed: its siblings' first runs were stopped, their second ones finished
+    store = client(tracking_uri(root))
+    runs = store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id],
+                             "tags.`sublim.step` = 'mlp.transfer'", order_by=["attributes.start_time ASC"])
+    statuses = {}
+    for run in runs:
+        statuses.setdefault(run.data.tags["sublim.job"], []).append(run.info.status)
+    assert statuses == {"mlp.transfer@s0.g1": ["KILLED", "FINISHED"], "mlp.transfer@s1.g1": ["FAILED"],
+                        "mlp.transfer@s2.g1": ["KILLED", "FINISHED"]}, statuses
+    stopped = next(r for r in runs if r.info.status == "KILLED")
+    assert stopped.data.tags["sublim.error"].startswith("stopped: mlp.transfer@s1.g1, in the same batch, failed")
 
     # two that diverge: after the second, each job alone (a batch per diverged job would grow as n squared)
     root = make_project(tmp_path / "r", {"mlp": {**TINY_MLP, "seeds": [0, 1, 2]}, "runtime": {"retries": 2}},

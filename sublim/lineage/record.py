@@ -596,13 +596,18 @@ class Tracker:
             if model.status == LoggedModelStatus.PENDING:
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
-    def fail_job(self, run_id: str, error: BaseException) -> None:
+    def fail_job(self, run_id: str, error: BaseException, stopped_by: str | None = None) -> None:
         """The job's run ends FAILED, or KILLED when the command was stopped from outside (Ctrl-C, a SIGTERM:
-        a BaseException that is no error of the job's), so a query for failed jobs finds only real failures."""
+        a BaseException that is no error of the job's) or the job was, by `stopped_by`, the job of its batch that
+        failed (it runs again without it), so a query for failed jobs finds only real failures."""
+        told = f"{type(error).__name__}: {error}"
+        if stopped_by:
+            told = f"stopped: {stopped_by}, in the same batch, failed ({told}); this job runs again without it"
         with self.writing():
             self._fail_pending_models(run_id)
-            self.client.set_tag(run_id, f"{T}error", f"{type(error).__name__}: {error}"[:5000])
-            self.client.set_terminated(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
+            self.client.set_tag(run_id, f"{T}error", told[:5000])
+            failed = isinstance(error, Exception) and not stopped_by
+            self.client.set_terminated(run_id, "FAILED" if failed else "KILLED")
 
     # --- lineage nodes and datasets --------------------------------------------------------------------
 
