@@ -56,7 +56,7 @@ def run(job: Job, root: str, threads: int, parent_run_id: str, upstream: list[Ou
     was started with (its tracking settings apply)."""
     logger = get_run_logger()
     logger.info("started %s -> %s", job.id, job.output)
-    progress.current().started(job.id)
+    progress.current().started(job.id, str(task_run.id))
     track = tracker(config.load(params), job.pipeline, Path(root))
     outcome = run_job(job, root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id,
                       driver="prefect", progress=progress.steps,
@@ -87,7 +87,7 @@ def run_group(jobs: list[Job], root: str, threads: int, parent_run_id: str, para
     logger = get_run_logger()
     label = _group_name()
     logger.info("started %s: %s", label, ", ".join(j.id for j in jobs))
-    progress.current().started(label)
+    progress.current().started(label, str(task_run.id))
     track = tracker(config.load(params), jobs[0].pipeline, Path(root))
     kwargs = dict(root=Path(root), tracker=track, threads=threads, parent_run_id=parent_run_id, driver="prefect",
                   progress=progress.steps)
@@ -264,7 +264,7 @@ class Scheduler:
 
     def _settle(self, jobs: list[Job], future, kind: str) -> list[Job]:
         logger = get_run_logger()
-        self.report.settled(progress.batch_label([j.id for j in jobs]) if kind == "group" else jobs[0].id)
+        self.report.settled(str(future.task_run_id))
         results = _results(future.state, kind)
         if results is None:
             for job in jobs:

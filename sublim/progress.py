@@ -31,8 +31,8 @@ KEY_METRICS = ("same_minus_cross", "student_same_init_acc", "p_effect", "p_stude
 
 class Reporter(Protocol):
     def begin(self, title: str, total: int) -> None: ...
-    def started(self, label: str) -> None: ...
-    def settled(self, label: str) -> None: ...
+    def started(self, label: str, key: str | None = None) -> None: ...
+    def settled(self, key: str) -> None: ...
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None: ...
     def failed(self, job_id: str, message: str) -> None: ...
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]: ...
@@ -55,10 +55,10 @@ class Silent:
     def begin(self, title: str, total: int) -> None:
         pass
 
-    def started(self, label: str) -> None:
+    def started(self, label: str, key: str | None = None) -> None:
         pass
 
-    def settled(self, label: str) -> None:
+    def settled(self, key: str) -> None:
         pass
 
     def finished(self, outcomes: Sequence[Outcome], cached: bool = False) -> None:
@@ -109,8 +109,8 @@ class Relay(Silent):
         except Exception:  # noqa: BLE001  (the display is gone, e.g. the flow's process is ending: the job goes on)
             pass
 
-    def started(self, label: str) -> None:
-        self._send("started", (label,))
+    def started(self, label: str, key: str | None = None) -> None:
+        self._send("started", (label, key))
 
     def steps(self, items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
         bar, done, sent = f"{os.getpid()}-{next(self._bars)}", 0, time.perf_counter()
@@ -304,7 +304,9 @@ class Rich:
         self._lock = threading.Lock()
         self._started = False
         self._tally: dict[str, int] = {}
-        self._running: dict[str, None] = {}  # labels of the jobs and batches computing, in the order they began
+        # the jobs and batches computing, in the order they began: their task runs' ids -> their labels (a label
+        # is no key: a stale cached job's rerun, or two sweep points' batches, can share one)
+        self._running: dict[str, str] = {}
         self._settled: set[str] = set()
 
     def _start(self) -> None:
@@ -324,24 +326,26 @@ class Rich:
             self._jobs = self.bar.add_task(self._title, total=total)
             self._t0 = time.perf_counter()
 
-    def started(self, label: str) -> None:
+    def started(self, label: str, key: str | None = None) -> None:
+        """The job or batch `label` began, in the task run `key` (default: the label)."""
+        key = key or label
         with self._lock:
-            if label not in self._settled:  # (a worker's word may come after its task was settled)
-                self._running[label] = None
+            if key not in self._settled:  # (a worker's word may come after its task was settled)
+                self._running[key] = label
             self._show_running()
 
-    def settled(self, label: str) -> None:
-        """The job or batch `label` is over (finished, failed or cached): no longer shown as running."""
+    def settled(self, key: str) -> None:
+        """The task run `key` is over (finished, failed or cached): its job or batch is no longer shown running."""
         with self._lock:
-            self._running.pop(label, None)
-            self._settled.add(label)
+            self._running.pop(key, None)
+            self._settled.add(key)
             self._show_running()
 
     def _show_running(self, most: int = 2) -> None:
         """Every job or batch now computing (with `--workers 2`, two), the longest-running first."""
         if self._jobs is None:
             return
-        labels = list(self._running)
+        labels = list(self._running.values())
         shown = " | ".join(labels[:most]) + (f" (+{len(labels) - most} more)" if len(labels) > most else "")
         # (`bar.tasks` is a list: a task id indexes it only until one is removed)
         self.bar.update(self._jobs, description=f"{self._title} -> {shown}" if shown else self._title)

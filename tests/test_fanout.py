@@ -370,11 +370,11 @@ class _Recorder:
     def begin(self, title, total):
         pass
 
-    def started(self, label):
-        self.events.append(("started", label))
+    def started(self, label, key=None):
+        self.events.append(("started", label, key))
 
-    def settled(self, label):
-        self.events.append(("settled", label))
+    def settled(self, key):
+        self.events.append(("settled", key))
 
     def finished(self, outcomes, cached=False):
         pass
@@ -413,8 +413,9 @@ def test_worker_processes_show_their_jobs_and_loops_on_the_flows_display(tmp_pat
     assert result["missing"] == []
     started = {e[1].split(" ")[0].split("@")[0] for e in seen.events if e[0] == "started"}
     assert {"mlp.teacher", "mlp.student"} <= started, seen.events[:20]
-    # each job or batch shown as running is settled (the display then stops showing it)
-    assert {e[1] for e in seen.events if e[0] == "started"} <= {e[1] for e in seen.events if e[0] == "settled"}
+    # each job or batch shown as running is settled, by its task run's id (the display then stops showing it)
+    assert {e[2] for e in seen.events if e[0] == "started"} <= {e[1] for e in seen.events if e[0] == "settled"}
+    assert all(e[2] for e in seen.events if e[0] == "started")
     opened = [e for e in seen.events if e[0] == "open"]
     assert any(desc.startswith("student") for _, desc, _ in opened), opened
     desc, total = next((d, t) for _, d, t in opened if d.startswith("student"))
@@ -488,6 +489,13 @@ def test_the_current_job_is_shown_in_every_pipeline_of_one_command():
     assert task.description == "[bold]lm[/bold] jobs -> lm.teacher@s1.trait"
     report.settled("lm.teacher@s1.trait")
     report.started("lm.teacher@s1.trait")  # a worker's word that came after its task was settled
+    assert task.description == "[bold]lm[/bold] jobs"
+    # keyed by task run, not label: a stale cached job's rerun, or two sweep points' batches of one label, show
+    report.started("lm.student@s0.trait", "run-1")
+    report.started("lm.student@s0.trait", "run-2")
+    report.settled("run-1")
+    assert task.description == "[bold]lm[/bold] jobs -> lm.student@s0.trait"
+    report.settled("run-2")
     assert task.description == "[bold]lm[/bold] jobs"
     report.end()
 
