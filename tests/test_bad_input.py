@@ -375,16 +375,19 @@ def test_run_takes_a_job_id_as_plan_lists_it(tmp_path):
 
 def test_more_workers_than_cores_is_noted_not_refused(tmp_path, monkeypatch):
     """A new-user audit ran `--workers 1000` on 2 cores without a word: it runs, with a note saying why it
-    cannot be faster."""
+    cannot be faster; said of the processes that run (the MLP pipeline of batches runs in one)."""
     from typer.testing import CliRunner
 
-    from sublim import cli
+    from sublim import cli, prefect_server
 
-    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}}, git=False)
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}, "lm": {"seeds": [0]}}, git=False)
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(cli, "make_plan", lambda cfg, name: (_ for _ in ()).throw(LookupError("stop here")))
-    result = CliRunner().invoke(cli.app, ["flow", "mlp", "--workers", "5", "-p", str(root / "params.yaml")])
-    assert "--workers 5: this machine has 2 cores" in result.output
+    monkeypatch.setattr(prefect_server.EarlyServer, "start", staticmethod(lambda: None))  # no server: stops below
+    monkeypatch.setattr(cli, "_preflight", lambda *a: (_ for _ in ()).throw(LookupError("stop here")))
+    said = {pipeline: CliRunner().invoke(cli.app, ["flow", pipeline, "--workers", "5", "-p",
+                                                   str(root / "params.yaml")]).output for pipeline in ("lm", "mlp")}
+    assert "--workers 5: this machine has 2 cores" in said["lm"]
+    assert "this machine has" not in said["mlp"]
 
 
 def test_a_reader_that_leaves_early_does_not_change_the_exit_code(tmp_path):
