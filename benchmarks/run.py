@@ -1037,9 +1037,11 @@ SECTIONS = {"demo": demo, "demo_one_worker": demo_one_worker, "demo_mlp": demo_m
 
 
 def commit() -> str:
-    """The checkout measured: its commit, '+' when its working tree differs from it."""
+    """The checkout measured: its commit, '+' when its working tree differs from it (but for the results file,
+    which a run with `--out` there rewrites after each section: every later section read '+')."""
     git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS.relative_to(REPO)}")
+    return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
 def with_history(new: dict, old: dict | None, keep: int = HISTORY) -> dict:
