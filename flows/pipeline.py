@@ -10,6 +10,8 @@ finish and the summary lists what is missing.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,11 +405,20 @@ def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, TerminationSignal):
+        _second_sigterm_kills()
         progress.interrupt()
         interrupt_workers()  # a SIGTERM, or a `kill -INT`, reaches this process only (a worker takes it twice alike)
         with contextlib.suppress(Exception):  # the store may be what is going away
             track.close_pipeline_run(run_id, "KILLED")
         raise
+
+
+def _second_sigterm_kills() -> None:
+    """Once a flow is stopping, a second SIGTERM kills the command at once, as the CLI's own handler has it:
+    Prefect's handler, still installed, raised it into the teardown (stopping the workers, closing the runs).
+    Prefect puts its predecessor back when the flow's scope ends."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @flow(name="sublim", log_prints=True, flow_run_name=_pipeline_run_name)

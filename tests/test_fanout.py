@@ -703,6 +703,35 @@ def test_a_diverged_training_fails_its_job_naming_the_setting(tmp_path):
     assert not (root / jobs["mlp.teacher@s0.g0"].output).exists()
 
 
+def test_a_second_sigterm_while_a_flow_stops_kills_at_once(monkeypatch):
+    """Prefect's SIGTERM handler stays installed while the flow tears down: a second SIGTERM raised into it (as
+    the workers were stopped and the runs closed) instead of killing the command, as the CLI's handler does."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.utilities.engine import _prefect_sigterm_handler
+
+    from flows import pipeline
+    from sublim import progress
+
+    closed = []
+
+    class Track:
+        def close_pipeline_run(self, run_id, status):
+            closed.append((run_id, status))
+
+    monkeypatch.setattr(pipeline, "interrupt_workers", lambda: None)
+    before = signal.signal(signal.SIGTERM, _prefect_sigterm_handler)  # as during a flow
+    try:
+        with pytest.raises(TerminationSignal), pipeline._killed_on_interrupt(Track(), "r1"):
+            raise TerminationSignal(signal=signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        progress.interrupt(False)
+    assert closed == [("r1", "KILLED")]
+
+
 def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, monkeypatch):
     """An interrupted flow's pipeline run stayed RUNNING in MLflow until the next flow reaped it."""
     import flows.pipeline
