@@ -176,7 +176,7 @@ def run_jobs(
                 diverged = exc.job_id if isinstance(exc, TrainingDiverged) else None
                 for job, run_id in zip(jobs, run_ids):
                     if run_id:  # a diverged job's sound siblings run again without it: stopped, not failed
-                        tracker.fail_job(run_id, exc, stopped_by=diverged if diverged not in (None, job.id) else None)
+                        tracker.fail_job(run_id, exc, stopped_by=diverged if diverged != job.id else None)
             raise
 
 
