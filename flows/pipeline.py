@@ -437,6 +437,7 @@ def sublim_pipeline(pipeline: str = "mlp", params: str = config.PARAMS_FILE, wor
         dvc.commit([code.MANIFESTS])
         try:
             finished = execute(jobs, cfg, root, parent, dvc, params)
+            dvc.finish()
             _lineage_picture(track, parent, root / "reports" / "lineage" / pipeline, pipeline)  # while DVC commits
         except BaseException:  # interrupted: what finished is in dvc.lock before the command ends
             with contextlib.suppress(Exception):

@@ -110,11 +110,21 @@ class DvcSync:
             self._proc.stdin.flush()
             self._sent += 1
 
+    def finish(self) -> None:
+        """No more commits: the helper writes dvc.lock for what it has while this process does other work
+        (a flow draws its lineage picture; `close` then waited ~0.4 s more on 2 cores, a 5-seed MLP flow)."""
+        if self._proc is not None and not self._proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):  # the helper died: `close` says so
+                self._proc.stdin.close()
+
     def close(self) -> list[str]:
         """Wait for the queued commits; return the stages committed."""
         if self._proc is None:
             return []
-        out, _ = self._proc.communicate()  # the jobs are done; their bookkeeping may take a while
+        self.finish()
+        out = self._proc.stdout.read()  # to its end: the jobs are done; their bookkeeping may take a while
+        self._proc.wait()
+        self._proc.stdout.close()
         if self._proc.returncode != 0:
             raise RuntimeError(f"dvc commit failed (see {self.root / '.sublim' / 'dvc-sync.log'})")
         done = [line.removeprefix("committed ") for line in out.splitlines() if line.startswith("committed ")]
