@@ -134,6 +134,35 @@ def _quiet_when_interrupted() -> None:
     sys.warnoptions.append("ignore:resource_tracker:UserWarning")
 
 
+def _starting_workers_end_quietly() -> None:
+    """A worker process still starting when its command ends (Ctrl-C, a SIGTERM) found its pool's semaphores
+    removed, or took the terminal's Ctrl-C, and printed a traceback after the command's one line. It had no job
+    yet, so it ends without one. Runs where a spawned worker imports this module (as the command's main module),
+    before it unpickles its pool; only what escapes that start-up reaches `sys.excepthook` (a job's error does
+    not: multiprocessing reports it to the pool)."""
+    if "--multiprocessing-fork" not in getattr(sys, "orig_argv", ()):
+        return
+    hook = sys.excepthook
+
+    def quiet(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt) or (issubclass(kind, FileNotFoundError) and _pool_gone(tb)):
+            return
+        hook(kind, error, tb)
+
+    sys.excepthook = quiet
+
+
+def _pool_gone(tb: Any) -> bool:
+    """The error arose rebuilding a semaphore of the pool (multiprocessing/synchronize.py)."""
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing",
+                                                                                   "synchronize.py"))
+
+
+_starting_workers_end_quietly()
+
+
 @contextlib.contextmanager
 def _stopping_on_sigterm() -> Iterator[None]:
     """SIGTERM's default killed the command on the spot: no message, MLflow runs left RUNNING, temp folders
