@@ -256,6 +256,8 @@ class Scheduler:
         self.submit([job for job in self.plan.jobs if not self.upstream[job.id]])
         while self.running:
             future = next(as_completed([f for _, f, _ in self.running.values()]))
+            if progress.interrupted():  # a Ctrl-C whose KeyboardInterrupt did not reach this loop
+                raise KeyboardInterrupt
             jobs, _, kind = self.running.pop(future.task_run_id)
             future.wait()  # done, but this settles the future's final state
             ready = self._settle(jobs, future, kind)
@@ -403,7 +405,8 @@ def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
     command can end); an error is the caller's to report."""
     progress.interrupt(False)
     try:
-        yield
+        with _ctrl_c_stops_jobs():
+            yield
     except (KeyboardInterrupt, TerminationSignal):
         _second_sigterm_kills()
         progress.interrupt()
@@ -411,6 +414,29 @@ def _killed_on_interrupt(track, run_id: str) -> Iterator[None]:
         with contextlib.suppress(Exception):  # the store may be what is going away
             track.close_pipeline_run(run_id, "KILLED")
         raise
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_jobs() -> Iterator[None]:
+    """Ctrl-C stops the running jobs from the signal handler itself, then raises KeyboardInterrupt as before.
+    That KeyboardInterrupt did not always reach the flow (twice, on a loaded machine: once in CI, once here; the
+    job and the flow ran on to their end): now the jobs stop anyway, and the scheduler, woken by their end,
+    sees the flag and stops the flow."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):  # not the main thread, or Ctrl-C ignored (`nohup`): as it was
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        progress.interrupt()
+        previous(signum, frame)
+        raise KeyboardInterrupt  # where the previous handler did not
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _second_sigterm_kills() -> None:

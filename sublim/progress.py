@@ -205,6 +205,11 @@ def interrupt(stop: bool = True) -> None:
     _stop.set() if stop else _stop.clear()
 
 
+def interrupted() -> bool:
+    """Whether this process's command was interrupted (its loops are stopping)."""
+    return _stop.is_set()
+
+
 def steps(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
     """The `progress` callable steps receive: the current reporter's bar for a training or generation loop,
     stopping at the next step once the command is interrupted."""

@@ -749,13 +749,18 @@ def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, m
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
-def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server, monkeypatch):
+@pytest.mark.parametrize("lost", [pytest.param(False, id="interrupt-reaches-the-flow"),
+                                  pytest.param(True, id="interrupt-lost-on-its-way")])
+def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server, monkeypatch, lost):
     """A job in a task thread is out of Ctrl-C's reach: it ran to its end (42 s of an lm base's pretraining)
     before the command could exit. Now its loop stops at the next step: it publishes nothing and its MLflow run
-    says it was interrupted."""
+    says it was interrupted. `lost`: the KeyboardInterrupt never reaches the flow's loop (twice on a loaded
+    machine, the job and the flow ran on to their end; here something on the way keeps it, as a Prefect call
+    running in the main thread keeps an exception as its result): the flow stops all the same."""
     import signal
     import threading
 
+    import flows.pipeline
     from sublim import progress
 
     assert threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
@@ -780,11 +785,24 @@ def test_ctrl_c_stops_the_running_job_at_its_next_step(tmp_path, prefect_server,
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     monkeypatch.setattr(progress.Silent, "steps", watched)
+    kept = []
+    if lost:
+        real = flows.pipeline.as_completed
+
+        def keeps_the_interrupt(futures):
+            while True:
+                try:
+                    return iter([next(real(futures))])
+                except KeyboardInterrupt as exc:
+                    kept.append(exc)
+
+        monkeypatch.setattr(flows.pipeline, "as_completed", keeps_the_interrupt)
     threading.Thread(target=press, daemon=True).start()
     try:
         result = _run(root)
     except KeyboardInterrupt:
         result = None
+    assert len(kept) == lost  # the variant's premise held: its interrupt was kept from the flow
     assert began.is_set(), "the teacher's loop never began"
     assert result is None, f"the flow ended without an interrupt; Ctrl-C at step {pressed} of {taken[:1]}"
     assert 0 < len(taken) < taken[0] // 10  # stopped early: a few of its 120,000 steps
