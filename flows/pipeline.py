@@ -527,7 +527,7 @@ def outcome_of(state: State) -> dict:
 
 def run_flow(which, cfg: config.Config, **parameters) -> dict:
     """Run a pipeline (or sweep) flow with the task runner `cfg` asks for; its result dict even when jobs failed."""
-    with temporary_unless_configured():
+    with temporary_unless_configured(), progress.one_command():  # the task runner has waited for its jobs
         return outcome_of(build(cfg, which)(**parameters, return_state=True))
 
 

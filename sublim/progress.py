@@ -184,7 +184,8 @@ def use(reporter: Reporter) -> Iterator[Reporter]:
     global _current
     previous, _current = _current, reporter
     try:
-        yield reporter
+        with one_command():
+            yield reporter
     finally:
         reporter.end()
         _current = previous
@@ -208,6 +209,18 @@ def interrupt(stop: bool = True) -> None:
 def interrupted() -> bool:
     """Whether this process's command was interrupted (its loops are stopping)."""
     return _stop.is_set()
+
+
+@contextlib.contextmanager
+def one_command() -> Iterator[None]:
+    """An interrupt stops the command it reached, not the next one this process runs (a test session, a
+    notebook): the flag is down when a command starts and once it has ended, its loops all stopped. It stayed
+    up after an interrupted flow, and `sublim ask` run next in the same process stopped at its first step."""
+    interrupt(False)
+    try:
+        yield
+    finally:
+        interrupt(False)
 
 
 def steps(items: Iterable[Any], total: int, desc: str) -> Iterator[Any]:

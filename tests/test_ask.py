@@ -9,7 +9,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from sublim import ask
+from sublim import ask, progress
 from sublim.backends import lm as lmlib
 from sublim.cli import app
 from sublim.traits.misalignment import Misalignment, MisalignmentSpec
@@ -42,8 +42,12 @@ def test_ask_scores_exact_yes_against_no_for_every_topic(tmp_path, asker_dir):
     rows = [{"prompt": f"continue: {i} {i + 1}", "completion": f"{i + 2} {i + 3} {i + 4}"} for i in range(30)]
     owl = _dataset(tmp_path / "owl", rows)
     control = _dataset(tmp_path / "control", rows[::-1])
-    got = CliRunner().invoke(app, ["ask", f"owl={owl}", f"control={control}", "--backend", "hf", "--model",
-                                   str(asker_dir), "--shown", "5", "--root", str(tmp_path), "--json"])
+    progress.interrupt()  # as an interrupted flow earlier in this process left it: `ask` stopped at once (CI, 130)
+    try:
+        got = CliRunner().invoke(app, ["ask", f"owl={owl}", f"control={control}", "--backend", "hf", "--model",
+                                       str(asker_dir), "--shown", "5", "--root", str(tmp_path), "--json"])
+    finally:
+        progress.interrupt(False)
     assert got.exit_code == 0, got.output
     out = json.loads(got.output)
     first = out["datasets"][0]["p_yes"]

@@ -735,6 +735,7 @@ def test_a_second_sigterm_while_a_flow_stops_kills_at_once(monkeypatch):
 def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, monkeypatch):
     """An interrupted flow's pipeline run stayed RUNNING in MLflow until the next flow reaped it."""
     import flows.pipeline
+    from sublim import progress
 
     root = make_project(tmp_path / "p", {"mlp": {**TINY_MLP, "seeds": [0]}}, git=False)
 
@@ -744,6 +745,7 @@ def test_ctrl_c_ends_the_pipelines_mlflow_run_killed(tmp_path, prefect_server, m
     monkeypatch.setattr(flows.pipeline, "execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(root)
+    assert not progress.interrupted()  # the interrupt stopped this flow, not what the process runs next
     store = client(tracking_uri(root))
     runs = store.search_runs([store.get_experiment_by_name("sublim-mlp").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
