@@ -364,7 +364,10 @@ def main(ctx: typer.Context,
     _verbose = verbose
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.sublim_cli = True  # type: ignore[attr-defined]
     own = logging.getLogger("sublim")  # sublim's own lines; Prefect's go through its console handler
+    for earlier in [h for h in own.handlers if getattr(h, "sublim_cli", False)]:  # a command run before in this
+        own.removeHandler(earlier)  # process (a notebook, tests): its stream may be gone, its lines would double
     own.addHandler(handler)
     own.setLevel(logging.INFO if verbose else logging.WARNING)
     own.propagate = False

@@ -429,6 +429,29 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "error: interrupted"
 
 
+def test_a_command_run_again_in_the_same_process_logs_each_line_once(tmp_path, monkeypatch):
+    """Each command added its log handler to sublim's logger, on the stream of its own run: a notebook or a test
+    session running commands one after another got every warning once per command run so far, some on streams
+    already closed."""
+    import logging
+
+    from sublim import cli
+
+    root = make_project(tmp_path / "p", {"mlp": {"seeds": [0]}}, git=False)
+
+    def warns(cfg, name):
+        logging.getLogger("sublim.test").warning("a line said once")
+        raise KeyboardInterrupt  # any end will do: the line is what is looked at
+
+    monkeypatch.setattr(cli, "make_plan", warns)
+    said = []
+    for _ in range(3):
+        got = CliRunner().invoke(app, ["plan", "mlp", "-p", str(root / "params.yaml")])
+        said.append(got.stderr.count("a line said once"))
+        assert "Logging error" not in got.stderr, got.stderr
+    assert said == [1, 1, 1]
+
+
 def test_sweep_names_an_unknown_pipeline_and_check_answers_on_stdout(tmp_path):
     """A new-user audit: `sublim sweep xyz --set a=1,2` complained about `--set a`, never about xyz; `sublim
     check | grep ok` found nothing (the verdict went to stderr)."""
